@@ -1,0 +1,32 @@
+# ecr-layer-upload: see README.md. `make run` serves the API on 127.0.0.1:8080 (embedded backend);
+# `make test` runs every test suite (installing the local tools it needs on first use).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# Tools (Python venvs, protocol servers) live outside the work tree so a kept machine reuses them.
+TOOLS_DIR ?= $(HOME)/.cache/ecr-layer-upload
+export TOOLS_DIR
+
+.PHONY: all build release run test unit fmt clippy lint bench clean
+
+all: build
+
+build:
+	$(CARGO) build --all-targets
+
+release:
+	$(CARGO) build --release
+
+run:
+	$(CARGO) run --release -- serve
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+include $(wildcard mk/*.mk)
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,5 @@
+//! Storage adapters behind the ports of [`crate::ports`].
+
+pub mod aws;
+pub mod local;
+pub mod memory;

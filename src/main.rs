@@ -1,0 +1,136 @@
+//! One binary: the Lambda runtime loop inside AWS Lambda, a local HTTP server elsewhere.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use ecr_layer_upload::backend::aws::{DynamoMetadata, S3Blobs};
+use ecr_layer_upload::backend::local::{LocalBlobs, LocalMetadata};
+use ecr_layer_upload::config::{Backend, Config};
+use ecr_layer_upload::ports::{BlobStore, MetadataStore};
+use ecr_layer_upload::service::Service;
+use ecr_layer_upload::{protocol, server};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = match Config::from_args_and_env(&args, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("ecr-layer-upload: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.in_lambda {
+        // CloudWatch adds its own timestamps; JSON lines are what log queries want.
+        fmt.json().without_time().with_target(false).init();
+    } else {
+        fmt.with_target(false).init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ecr-layer-upload: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(start(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("ecr-layer-upload: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(config: Config) -> Result<(), String> {
+    match config.backend {
+        Backend::Local => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                format!("cannot create data directory {}: {e}", config.data_dir.display())
+            })?;
+            let meta = LocalMetadata::open(&config.data_dir)
+                .map_err(|e| format!("cannot open state in {}: {e}", config.data_dir.display()))?;
+            let blobs = LocalBlobs::open(&config.data_dir)
+                .map_err(|e| format!("cannot open blobs in {}: {e}", config.data_dir.display()))?;
+            let svc = Arc::new(Service::new(meta, blobs, config.settings.clone()));
+            spawn_sweeper(svc.clone());
+            run(svc, &config).await
+        }
+        Backend::Aws => {
+            let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            let (Some(bucket), Some(table)) = (config.bucket.clone(), config.table.clone()) else {
+                return Err("ECR_BACKEND=aws needs ECR_BUCKET and ECR_TABLE".into());
+            };
+            let meta = DynamoMetadata::new(&sdk, table);
+            let blobs = S3Blobs::new(&sdk, bucket);
+            run(Arc::new(Service::new(meta, blobs, config.settings.clone())), &config).await
+        }
+    }
+}
+
+/// The embedded backend removes abandoned uploads itself (S3 and DynamoDB have lifecycle rules
+/// and TTL for that).
+fn spawn_sweeper<M: MetadataStore, B: BlobStore>(svc: Arc<Service<M, B>>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            match svc.sweep_expired(1000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "expired uploads removed"),
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+        }
+    });
+}
+
+async fn run<M: MetadataStore, B: BlobStore>(
+    svc: Arc<Service<M, B>>,
+    config: &Config,
+) -> Result<(), String> {
+    if config.in_lambda {
+        let handler = lambda_http::service_fn(move |req| {
+            let svc = svc.clone();
+            async move { Ok::<_, lambda_http::Error>(protocol::handle(&svc, req).await) }
+        });
+        return lambda_http::run(handler).await.map_err(|e| e.to_string());
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        %addr,
+        backend = ?config.backend,
+        registry_id = %config.settings.registry_id,
+        part_size = config.settings.part_size,
+        "serving the ECR layer-upload API"
+    );
+    server::serve(svc, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

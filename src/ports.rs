@@ -1,0 +1,245 @@
+//! The storage ports: what the service needs from a backend, and nothing of how it is done.
+//!
+//! `MetadataStore` mirrors the DynamoDB single-table model (DESIGN.md §3): every state change is
+//! one conditional write. `BlobStore` mirrors S3: staging objects, a multipart upload per layer
+//! upload, read-back as a stream, deletes. The embedded backend (data directory + redb) and the AWS
+//! backend (S3 + DynamoDB) implement both; one contract suite (`tests/contract.rs`) pins them.
+//!
+//! Expiry is the service's business: adapters return records as stored, expired or not.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A stream of an object's bytes, in order, in chunks of any size.
+pub type ByteStream = Pin<Box<dyn Stream<Item = StoreResult<Bytes>> + Send>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryRecord {
+    pub registry_id: String,
+    pub name: String,
+    /// Milliseconds since the epoch.
+    pub created_at_ms: u64,
+    /// `MUTABLE` or `IMMUTABLE`.
+    pub image_tag_mutability: String,
+    pub scan_on_push: bool,
+    /// `AES256`, `KMS` or `KMS_DSSE`.
+    pub encryption_type: String,
+    pub kms_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UploadState {
+    /// Accepting parts.
+    Open,
+    /// CompleteLayerUpload is assembling and verifying it.
+    Completing,
+    /// Completed, failed verification, or abandoned: the id is retired.
+    Done,
+}
+
+/// The last ECR part accepted, so that a byte-identical re-send can be answered with success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartFingerprint {
+    pub first: u64,
+    pub last: u64,
+    /// Lower-case hex sha256 of the part's bytes.
+    pub sha256: String,
+}
+
+/// One layer upload. Kept small: per-part data lives in [`StagedSegment`] and [`FlushedPart`]
+/// records beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub upload_id: String,
+    pub registry_id: String,
+    pub repository: String,
+    /// Where the assembled layer will live in the blob store.
+    pub blob_key: String,
+    /// The blob store's multipart upload id for `blob_key`.
+    pub multipart_id: String,
+    /// Bytes received so far = offset the next part must start at.
+    pub next_byte: u64,
+    /// Bytes already written as multipart parts (a prefix of the layer).
+    pub flushed_bytes: u64,
+    /// Number of multipart parts written and recorded (parts 1..=n exist).
+    pub parts_flushed: u32,
+    pub last_part: Option<PartFingerprint>,
+    /// Length of the smallest ECR part that is no longer the last one, if any.
+    pub smallest_nonfinal_part: Option<u64>,
+    pub state: UploadState,
+    /// Incremented by every write; conditional writes compare it.
+    pub version: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// Seconds since the epoch after which the upload counts as absent (DynamoDB TTL attribute).
+    pub expires_at: u64,
+}
+
+/// Bytes received but not yet written as a multipart part: one staging object per ECR part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedSegment {
+    /// Offset of the segment's first byte in the layer.
+    pub offset: u64,
+    pub len: u64,
+    /// Key of the staging object holding the bytes.
+    pub key: String,
+}
+
+/// A multipart part that was written, with the ETag the blob store answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushedPart {
+    /// 1-based part number.
+    pub number: u32,
+    pub etag: String,
+    /// Offset of the part's first byte in the layer.
+    pub offset: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub registry_id: String,
+    pub repository: String,
+    /// `sha256:<64 lower hex>`.
+    pub digest: String,
+    pub blob_key: String,
+    pub size: u64,
+    pub media_type: Option<String>,
+    pub created_at_ms: u64,
+}
+
+/// A record written in the same atomic step as an upload update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SideWrite {
+    None,
+    /// A newly accepted part's staging segment.
+    Segment(StagedSegment),
+    /// A multipart part just written.
+    Part(FlushedPart),
+}
+
+/// What [`MetadataStore::finish_upload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// The layer was recorded and the upload retired.
+    Recorded,
+    /// A layer with that digest was already there (returned); the upload was retired anyway.
+    LayerExists(LayerRecord),
+}
+
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Create a repository unless one with that registry and name exists (`AlreadyExists`).
+    fn create_repository(&self, repo: &RepositoryRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    fn get_repository(
+        &self,
+        registry_id: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Option<RepositoryRecord>>> + Send;
+    /// All repositories of a registry, sorted by name.
+    fn list_repositories(
+        &self,
+        registry_id: &str,
+    ) -> impl Future<Output = StoreResult<Vec<RepositoryRecord>>> + Send;
+    /// Delete a repository and the layers recorded in it; `Ok(false)` if there was none.
+    fn delete_repository(
+        &self,
+        registry_id: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Create an upload unless its id exists (`AlreadyExists`).
+    fn create_upload(&self, upload: &UploadRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    fn get_upload(&self, upload_id: &str) -> impl Future<Output = StoreResult<Option<UploadRecord>>> + Send;
+    /// Replace the upload with `upload` if the stored version is `upload.version - 1`, writing
+    /// `side` in the same atomic step; otherwise `Conflict` and nothing is written.
+    fn update_upload(
+        &self,
+        upload: &UploadRecord,
+        side: SideWrite,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Staged segments of an upload with `offset >= from`, in offset order.
+    fn list_segments(
+        &self,
+        upload_id: &str,
+        from: u64,
+    ) -> impl Future<Output = StoreResult<Vec<StagedSegment>>> + Send;
+    /// Forget staged segments (after their bytes were written as a part). Absent ones are fine.
+    fn delete_segments(
+        &self,
+        upload_id: &str,
+        offsets: &[u64],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Recorded multipart parts of an upload, in part-number order.
+    fn list_parts(&self, upload_id: &str) -> impl Future<Output = StoreResult<Vec<FlushedPart>>> + Send;
+    /// Retire the upload (`upload` as in `update_upload`, state `Done`) and record `layer` unless
+    /// a layer with its registry, repository and digest exists, in one atomic step.
+    /// `Conflict` if the upload's version moved; then nothing is written.
+    fn finish_upload(
+        &self,
+        upload: &UploadRecord,
+        layer: &LayerRecord,
+    ) -> impl Future<Output = StoreResult<Finish>> + Send;
+    /// Delete an upload and its segment and part records (cleanup of retired or expired uploads).
+    fn delete_upload(&self, upload_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Uploads whose `expires_at` is before `now_secs`, at most `limit` of them.
+    fn expired_uploads(
+        &self,
+        now_secs: u64,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<UploadRecord>>> + Send;
+
+    fn get_layer(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> impl Future<Output = StoreResult<Option<LayerRecord>>> + Send;
+}
+
+pub trait BlobStore: Send + Sync + 'static {
+    /// Write a whole small object (a staging segment), replacing any object at `key`.
+    fn put_object(&self, key: &str, data: Bytes) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Read a whole small object (a staging segment). `NotFound` if absent.
+    fn get_object(&self, key: &str) -> impl Future<Output = StoreResult<Bytes>> + Send;
+    /// Stream an object, or the inclusive byte range `range` of it. `NotFound` if absent.
+    fn read_object(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> impl Future<Output = StoreResult<ByteStream>> + Send;
+    /// Size of an object, `None` if absent.
+    fn object_size(&self, key: &str) -> impl Future<Output = StoreResult<Option<u64>>> + Send;
+    /// Delete objects; absent ones are fine.
+    fn delete_objects(&self, keys: &[String]) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Start a multipart upload for `key`; returns its id.
+    fn create_multipart(&self, key: &str) -> impl Future<Output = StoreResult<String>> + Send;
+    /// Write part `number` (1-based) of a multipart upload, replacing an earlier write of the same
+    /// number; returns the part's ETag. Every part but the last must be at least 5 MiB.
+    fn upload_part(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> impl Future<Output = StoreResult<String>> + Send;
+    /// Assemble the object at `key` from `parts` (in order, with the ETags recorded for them).
+    /// A part whose ETag no longer matches fails with `Conflict`. Completing an upload that was
+    /// already completed into an object of the same total size succeeds.
+    fn complete_multipart(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        parts: &[FlushedPart],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Abort a multipart upload, dropping its parts; absent ones are fine.
+    fn abort_multipart(&self, key: &str, multipart_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+}

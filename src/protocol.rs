@@ -1,0 +1,238 @@
+//! The AWS JSON 1.1 wire protocol (ECR-API.md §1): `X-Amz-Target` → operation, JSON bodies ⇄
+//! typed requests and responses, errors → `{"__type", "message", ...}`.
+//!
+//! [`handle`] is the one request handler: the Lambda runtime and the local HTTP server both call
+//! it, so every test of it tests both front doors. It never fails: every outcome is a response.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use base64::Engine;
+use base64::engine::general_purpose::PAD;
+use base64::engine::simd::Simd;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use lambda_http::{Body, Request};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EcrError;
+use crate::ports::{BlobStore, MetadataStore};
+use crate::service::Service;
+use crate::service::types::UploadLayerPartRequest;
+
+pub const TARGET_PREFIX: &str = "AmazonEC2ContainerRegistry_V20150921.";
+pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// Tells lambda_http to hand our JSON to the front door as text rather than base64 (it would
+/// otherwise encode every content type it does not know as text).
+const LAMBDA_TEXT_BODY: &str = "x-lambda-http-content-encoding";
+
+static BASE64: LazyLock<Simd> = LazyLock::new(|| Simd::standard(PAD));
+
+/// The operations served, parsed once from `X-Amz-Target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    InitiateLayerUpload,
+    UploadLayerPart,
+    CompleteLayerUpload,
+    CreateRepository,
+    DescribeRepositories,
+    DeleteRepository,
+}
+
+impl Operation {
+    pub fn from_target(target: &str) -> Option<Self> {
+        Some(match target.strip_prefix(TARGET_PREFIX)? {
+            "InitiateLayerUpload" => Self::InitiateLayerUpload,
+            "UploadLayerPart" => Self::UploadLayerPart,
+            "CompleteLayerUpload" => Self::CompleteLayerUpload,
+            "CreateRepository" => Self::CreateRepository,
+            "DescribeRepositories" => Self::DescribeRepositories,
+            "DeleteRepository" => Self::DeleteRepository,
+            _ => return None,
+        })
+    }
+}
+
+/// Largest request body the protocol reads: a 20 MiB blob in base64 plus room for the other
+/// members, and some slack so that a slightly oversized blob still gets the modelled answer.
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// Handles one request of any front door.
+pub async fn handle<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    req: Request,
+) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let target = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body: &[u8] = match req.body() {
+        Body::Empty => b"",
+        Body::Text(t) => t.as_bytes(),
+        Body::Binary(b) => b,
+        _ => b"",
+    };
+    let result = match Operation::from_target(&target) {
+        None => Err(EcrError::UnknownOperation(if target.is_empty() {
+            "Missing X-Amz-Target header".into()
+        } else {
+            format!("Unknown operation {target}")
+        })),
+        Some(op) => dispatch(svc, op, body).await,
+    };
+    let status = match &result {
+        Ok(_) => 200,
+        Err(e) => e.status(),
+    };
+    match &result {
+        Err(e) if e.status() >= 500 => tracing::error!(
+            request_id, target, status, error = %e, ms = started.elapsed().as_millis() as u64, "request failed"
+        ),
+        Err(e) => tracing::info!(
+            request_id, target, status, error = e.type_name(), ms = started.elapsed().as_millis() as u64, "request"
+        ),
+        Ok(_) => tracing::info!(
+            request_id, target, status, ms = started.elapsed().as_millis() as u64, "request"
+        ),
+    }
+    let (body, error_type) = match result {
+        Ok(json) => (json, None),
+        Err(e) => (error_body(&e), Some(e.type_name())),
+    };
+    let mut resp = Response::new(Body::Text(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    h.insert(LAMBDA_TEXT_BODY, HeaderValue::from_static("text"));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-amzn-requestid", v);
+    }
+    if let Some(t) = error_type {
+        h.insert("x-amzn-errortype", HeaderValue::from_static(t));
+    }
+    resp
+}
+
+/// The JSON error document: `__type`, `message`, and the shape's extra members.
+pub fn error_body(e: &EcrError) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ErrorDoc<'a> {
+        #[serde(rename = "__type")]
+        kind: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        registry_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        repository_name: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        upload_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_valid_byte_received: Option<u64>,
+    }
+    let mut doc = ErrorDoc {
+        kind: e.type_name(),
+        message: e.message(),
+        registry_id: None,
+        repository_name: None,
+        upload_id: None,
+        last_valid_byte_received: None,
+    };
+    if let EcrError::InvalidLayerPart {
+        registry_id,
+        repository_name,
+        upload_id,
+        last_valid_byte_received,
+        ..
+    } = e
+    {
+        doc.registry_id = Some(registry_id);
+        doc.repository_name = Some(repository_name);
+        doc.upload_id = Some(upload_id);
+        doc.last_valid_byte_received = Some(*last_valid_byte_received);
+    }
+    serde_json::to_string(&doc).unwrap_or_else(|_| {
+        r#"{"__type":"ServerException","message":"could not render an error"}"#.into()
+    })
+}
+
+fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, EcrError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        EcrError::Serialization(format!("The request body is not a valid {}: {e}", "request document"))
+    })
+}
+
+fn encode<T: Serialize>(out: Result<T, EcrError>) -> Result<String, EcrError> {
+    serde_json::to_string(&out?).map_err(|e| EcrError::Server(format!("could not encode: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawUploadLayerPart<'a> {
+    registry_id: Option<String>,
+    repository_name: Option<String>,
+    upload_id: Option<String>,
+    part_first_byte: Option<i64>,
+    part_last_byte: Option<i64>,
+    #[serde(borrow)]
+    layer_part_blob: Option<Cow<'a, str>>,
+}
+
+fn decode_upload_part(body: &[u8]) -> Result<UploadLayerPartRequest, EcrError> {
+    let raw: RawUploadLayerPart = decode(body)?;
+    let blob = match raw.layer_part_blob {
+        None => None,
+        Some(text) => {
+            let max_encoded = (crate::config::MAX_LAYER_PART as usize).div_ceil(3) * 4;
+            if text.len() > max_encoded {
+                return Err(crate::domain::invalid(
+                    "layerPartBlob",
+                    format_args!(
+                        "must have length less than or equal to {}",
+                        crate::config::MAX_LAYER_PART
+                    ),
+                ));
+            }
+            let bytes = BASE64.decode(text.as_bytes()).map_err(|e| {
+                EcrError::Serialization(format!("layerPartBlob is not valid base64: {e}"))
+            })?;
+            Some(Bytes::from(bytes))
+        }
+    };
+    Ok(UploadLayerPartRequest {
+        registry_id: raw.registry_id,
+        repository_name: raw.repository_name,
+        upload_id: raw.upload_id,
+        part_first_byte: raw.part_first_byte,
+        part_last_byte: raw.part_last_byte,
+        layer_part_blob: blob,
+    })
+}
+
+async fn dispatch<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    op: Operation,
+    body: &[u8],
+) -> Result<String, EcrError> {
+    match op {
+        Operation::InitiateLayerUpload => encode(svc.initiate_layer_upload(decode(body)?).await),
+        Operation::UploadLayerPart => {
+            let req = decode_upload_part(body)?;
+            encode(svc.upload_layer_part(req).await)
+        }
+        Operation::CompleteLayerUpload => encode(svc.complete_layer_upload(decode(body)?).await),
+        Operation::CreateRepository => encode(svc.create_repository(decode(body)?).await),
+        Operation::DescribeRepositories => encode(svc.describe_repositories(decode(body)?).await),
+        Operation::DeleteRepository => encode(svc.delete_repository(decode(body)?).await),
+    }
+}

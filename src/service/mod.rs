@@ -1,0 +1,111 @@
+//! The service: ECR's operations over the storage ports, independent of wire and backend.
+
+mod repository;
+pub mod types;
+mod upload;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::domain;
+use crate::error::EcrError;
+use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
+
+pub use upload::staging_key;
+
+/// What the operations need to know about their deployment (see [`crate::config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The registry served; requests naming another one find no repository.
+    pub registry_id: String,
+    /// Region written into ARNs and repository URIs.
+    pub region: String,
+    /// `partSize` answered by InitiateLayerUpload.
+    pub part_size: u64,
+    /// Smallest ECR part, other than the last, that CompleteLayerUpload accepts.
+    pub min_part_size: u64,
+    /// Staged bytes become one multipart part once at least this many are held (≥ 5 MiB).
+    pub s3_part_size: u64,
+    /// Seconds an unfinished upload lives after its last part.
+    pub upload_ttl_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            registry_id: "123456789012".into(),
+            region: "us-east-1".into(),
+            part_size: 10_485_760,
+            min_part_size: 5_242_880,
+            s3_part_size: 8 * 1024 * 1024,
+            upload_ttl_secs: 86_400,
+        }
+    }
+}
+
+pub struct Service<M, B> {
+    meta: M,
+    blobs: B,
+    settings: Settings,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<M: MetadataStore, B: BlobStore> Service<M, B> {
+    pub fn new(meta: M, blobs: B, settings: Settings) -> Self {
+        Service {
+            meta,
+            blobs,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn metadata(&self) -> &M {
+        &self.meta
+    }
+
+    pub fn blobs(&self) -> &B {
+        &self.blobs
+    }
+
+    /// The registry a request addresses: its `registryId` when given (validated), else ours.
+    fn registry(&self, given: Option<&str>) -> Result<String, EcrError> {
+        match given {
+            None => Ok(self.settings.registry_id.clone()),
+            Some(id) => {
+                domain::registry_id("registryId", id)?;
+                Ok(id.to_string())
+            }
+        }
+    }
+
+    /// Validates `registryId` and `repositoryName` and finds the repository.
+    async fn repository(
+        &self,
+        registry_id: Option<&str>,
+        repository_name: Option<&str>,
+    ) -> Result<RepositoryRecord, EcrError> {
+        let registry = self.registry(registry_id)?;
+        let name = domain::required("repositoryName", repository_name)?;
+        domain::repository_name("repositoryName", name)?;
+        self.find_repository(&registry, name).await
+    }
+
+    async fn find_repository(&self, registry: &str, name: &str) -> Result<RepositoryRecord, EcrError> {
+        if registry != self.settings.registry_id {
+            return Err(EcrError::repository_not_found(registry, name));
+        }
+        self.meta
+            .get_repository(registry, name)
+            .await?
+            .ok_or_else(|| EcrError::repository_not_found(registry, name))
+    }
+}

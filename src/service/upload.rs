@@ -1,0 +1,568 @@
+//! InitiateLayerUpload, UploadLayerPart, CompleteLayerUpload: the upload state machine.
+//!
+//! An ECR part is not a multipart part (DESIGN.md §2). Each accepted ECR part is written once as
+//! a staging object and recorded, with the upload's advance, in one conditional write. As soon as
+//! the staged bytes reach `s3_part_size`, the shortest prefix of staged segments that reaches it
+//! is written as the next multipart part and the segments are dropped. Because segments are only
+//! appended and the prefix rule depends on nothing else, every writer that flushes part `n`
+//! writes the same bytes, so racing flushers are harmless. Completion flushes only the tail.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt;
+use sha2::{Digest, Sha256};
+
+use super::types::*;
+use super::{Service, now_ms};
+use crate::domain;
+use crate::error::{EcrError, StoreError};
+use crate::ports::{
+    BlobStore, Finish, FlushedPart, LayerRecord, MetadataStore, PartFingerprint, SideWrite,
+    StagedSegment, UploadRecord, UploadState,
+};
+
+/// How often a write that lost only to an unrelated change (a flush bumping the version) is
+/// tried again before answering ServerException.
+const MAX_ATTEMPTS: usize = 16;
+
+/// How long a CompleteLayerUpload may hold an upload in `Completing` before another request may
+/// take it over (a crashed or timed-out completion; Lambda stops at 15 minutes).
+const COMPLETING_LEASE_MS: u64 = 16 * 60 * 1000;
+
+/// Where the assembled layer of an upload lives.
+fn blob_key(upload_id: &str) -> String {
+    format!("layers/{upload_id}")
+}
+
+/// Staging object of the part starting at `offset` with content hash `sha256_hex`. Content is in
+/// the key so that a losing concurrent writer can never overwrite the winner's bytes.
+pub fn staging_key(upload_id: &str, offset: u64, sha256_hex: &str) -> String {
+    format!("staging/{upload_id}/{offset:020}-{}", &sha256_hex[..16])
+}
+
+fn invalid_part(up: &UploadRecord, message: String) -> EcrError {
+    EcrError::InvalidLayerPart {
+        message,
+        registry_id: up.registry_id.clone(),
+        repository_name: up.repository.clone(),
+        upload_id: up.upload_id.clone(),
+        last_valid_byte_received: up.next_byte.saturating_sub(1),
+    }
+}
+
+fn nonnegative(member: &str, v: Option<i64>) -> Result<u64, EcrError> {
+    let v = domain::required(member, v)?;
+    u64::try_from(v).map_err(|_| domain::invalid(member, "must have value greater than or equal to 0"))
+}
+
+impl<M: MetadataStore, B: BlobStore> Service<M, B> {
+    /// InitiateLayerUpload: a fresh upload id and the part size we want.
+    pub async fn initiate_layer_upload(
+        &self,
+        req: InitiateLayerUploadRequest,
+    ) -> Result<InitiateLayerUploadResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let upload_id = uuid::Uuid::new_v4().to_string();
+        let key = blob_key(&upload_id);
+        let multipart_id = self.blobs.create_multipart(&key).await?;
+        let now = now_ms();
+        let record = UploadRecord {
+            upload_id: upload_id.clone(),
+            registry_id: repo.registry_id,
+            repository: repo.name,
+            blob_key: key,
+            multipart_id,
+            next_byte: 0,
+            flushed_bytes: 0,
+            parts_flushed: 0,
+            last_part: None,
+            smallest_nonfinal_part: None,
+            state: UploadState::Open,
+            version: 1,
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at: now / 1000 + self.settings.upload_ttl_secs,
+        };
+        self.meta.create_upload(&record).await?;
+        Ok(InitiateLayerUploadResponse {
+            upload_id,
+            part_size: self.settings.part_size,
+        })
+    }
+
+    /// The upload `upload_id` of repository `repo`, if it is live: present, of this repository,
+    /// not expired. Anything else is UploadNotFoundException.
+    async fn live_upload(
+        &self,
+        registry: &str,
+        repo: &str,
+        upload_id: &str,
+    ) -> Result<UploadRecord, EcrError> {
+        let not_found = || EcrError::upload_not_found(registry, repo, upload_id);
+        let up = self.meta.get_upload(upload_id).await?.ok_or_else(not_found)?;
+        if up.registry_id != registry
+            || up.repository != repo
+            || up.expires_at <= now_ms() / 1000
+            || up.state == UploadState::Done
+        {
+            return Err(not_found());
+        }
+        Ok(up)
+    }
+
+    fn touched(&self, up: &UploadRecord) -> UploadRecord {
+        let now = now_ms();
+        UploadRecord {
+            version: up.version + 1,
+            updated_at_ms: now,
+            expires_at: now / 1000 + self.settings.upload_ttl_secs,
+            ..up.clone()
+        }
+    }
+
+    /// UploadLayerPart: accepts the next contiguous part of an upload.
+    pub async fn upload_layer_part(
+        &self,
+        req: UploadLayerPartRequest,
+    ) -> Result<UploadLayerPartResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let upload_id = domain::required("uploadId", req.upload_id)?;
+        domain::upload_id("uploadId", &upload_id)?;
+        let first = nonnegative("partFirstByte", req.part_first_byte)?;
+        let last = nonnegative("partLastByte", req.part_last_byte)?;
+        let blob = domain::required("layerPartBlob", req.layer_part_blob)?;
+        domain::check_len("layerPartBlob", blob.len(), 0, crate::config::MAX_LAYER_PART as usize)?;
+
+        let mut up = self
+            .live_upload(&repo.registry_id, &repo.name, &upload_id)
+            .await?;
+        let answer = |up: &UploadRecord| UploadLayerPartResponse {
+            registry_id: up.registry_id.clone(),
+            repository_name: up.repository.clone(),
+            upload_id: up.upload_id.clone(),
+            last_byte_received: up.next_byte.saturating_sub(1),
+        };
+        if up.state != UploadState::Open {
+            return Err(EcrError::upload_not_found(&repo.registry_id, &repo.name, &upload_id));
+        }
+        if last < first || last - first + 1 != blob.len() as u64 {
+            return Err(invalid_part(
+                &up,
+                format!(
+                    "The layer part size is not valid: partFirstByte {first} to partLastByte {last} is not the length of layerPartBlob ({} bytes)",
+                    blob.len()
+                ),
+            ));
+        }
+        let sha = hex::encode(Sha256::digest(&blob));
+        let fingerprint = PartFingerprint {
+            first,
+            last,
+            sha256: sha.clone(),
+        };
+        let key = staging_key(&upload_id, first, &sha);
+        let mut staged = false;
+        for _ in 0..MAX_ATTEMPTS {
+            if up.last_part.as_ref() == Some(&fingerprint) {
+                // A byte-identical re-send of the last accepted part (an SDK retry after a
+                // timeout): it is already stored.
+                return Ok(answer(&up));
+            }
+            if first != up.next_byte {
+                let err = invalid_part(
+                    &up,
+                    format!(
+                        "First byte of the layer part is {first} instead of {}",
+                        up.next_byte
+                    ),
+                );
+                if staged {
+                    // We lost to a different part at this offset; our staging object is ours
+                    // alone (the key holds our content hash) and nothing refers to it.
+                    self.drop_objects(vec![key]).await;
+                }
+                return Err(err);
+            }
+            if up.state != UploadState::Open {
+                return Err(EcrError::upload_not_found(&repo.registry_id, &repo.name, &upload_id));
+            }
+            if !staged {
+                self.blobs.put_object(&key, blob.clone()).await?;
+                staged = true;
+            }
+            let mut next = self.touched(&up);
+            next.next_byte = last + 1;
+            if let Some(prev) = &up.last_part {
+                let prev_len = prev.last - prev.first + 1;
+                next.smallest_nonfinal_part =
+                    Some(next.smallest_nonfinal_part.map_or(prev_len, |s| s.min(prev_len)));
+            }
+            next.last_part = Some(fingerprint.clone());
+            let segment = StagedSegment {
+                offset: first,
+                len: blob.len() as u64,
+                key: key.clone(),
+            };
+            match self.meta.update_upload(&next, SideWrite::Segment(segment)).await {
+                Ok(()) => {
+                    up = next;
+                    if let Err(e) = self.flush_full_parts(&mut up, Some((&key, &blob))).await {
+                        // The part is committed; the next part or completion flushes again.
+                        tracing::warn!(upload_id = %upload_id, error = %e, "flush deferred");
+                    }
+                    return Ok(UploadLayerPartResponse {
+                        last_byte_received: last,
+                        ..answer(&up)
+                    });
+                }
+                Err(StoreError::Conflict) => {
+                    up = self
+                        .live_upload(&repo.registry_id, &repo.name, &upload_id)
+                        .await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EcrError::Server(
+            "The upload is changing too fast to accept the part; retry the request".into(),
+        ))
+    }
+
+    async fn drop_objects(&self, keys: Vec<String>) {
+        if let Err(e) = self.blobs.delete_objects(&keys).await {
+            tracing::warn!(error = %e, count = keys.len(), "staging cleanup failed");
+        }
+    }
+
+    /// Writes every full multipart part the staged segments make (see the module comment).
+    /// `fresh` is a segment whose bytes are at hand, to spare reading it back.
+    async fn flush_full_parts(
+        &self,
+        up: &mut UploadRecord,
+        fresh: Option<(&str, &Bytes)>,
+    ) -> Result<(), EcrError> {
+        loop {
+            let segments = self.meta.list_segments(&up.upload_id, up.flushed_bytes).await?;
+            let mut total = 0u64;
+            let mut take = 0usize;
+            for s in &segments {
+                if total >= self.settings.s3_part_size {
+                    break;
+                }
+                total += s.len;
+                take += 1;
+            }
+            if total < self.settings.s3_part_size {
+                return Ok(());
+            }
+            self.flush_segments(up, &segments[..take], fresh).await?;
+        }
+    }
+
+    /// Writes `segments` (which start at `up.flushed_bytes`) as multipart part
+    /// `up.parts_flushed + 1` and records it; then drops the staging objects.
+    async fn flush_segments(
+        &self,
+        up: &mut UploadRecord,
+        segments: &[StagedSegment],
+        fresh: Option<(&str, &Bytes)>,
+    ) -> Result<(), EcrError> {
+        let number = up.parts_flushed + 1;
+        let offset = up.flushed_bytes;
+        let mut expected = offset;
+        for s in segments {
+            if s.offset != expected {
+                return Err(EcrError::Server(format!(
+                    "staged segments of upload {} are not contiguous at byte {expected}",
+                    up.upload_id
+                )));
+            }
+            expected += s.len;
+        }
+        let len = expected - offset;
+        let data = if let [only] = segments {
+            self.segment_bytes(only, fresh).await?
+        } else {
+            let mut buf = BytesMut::with_capacity(len as usize);
+            for s in segments {
+                buf.extend_from_slice(&self.segment_bytes(s, fresh).await?);
+            }
+            buf.freeze()
+        };
+        let etag = self
+            .blobs
+            .upload_part(&up.blob_key, &up.multipart_id, number, data)
+            .await?;
+        let part = FlushedPart {
+            number,
+            etag,
+            offset,
+            len,
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            if up.parts_flushed >= number {
+                // Another writer recorded this part (with the same bytes).
+                return Ok(());
+            }
+            let mut next = self.touched(up);
+            next.parts_flushed = number;
+            next.flushed_bytes = offset + len;
+            match self.meta.update_upload(&next, SideWrite::Part(part.clone())).await {
+                Ok(()) => {
+                    *up = next;
+                    let offsets: Vec<u64> = segments.iter().map(|s| s.offset).collect();
+                    let keys = segments.iter().map(|s| s.key.clone()).collect();
+                    self.meta.delete_segments(&up.upload_id, &offsets).await?;
+                    self.drop_objects(keys).await;
+                    return Ok(());
+                }
+                Err(StoreError::Conflict) => {
+                    *up = self
+                        .meta
+                        .get_upload(&up.upload_id)
+                        .await?
+                        .ok_or_else(|| EcrError::Server("upload vanished during a flush".into()))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EcrError::Server("could not record a flushed part".into()))
+    }
+
+    async fn segment_bytes(
+        &self,
+        s: &StagedSegment,
+        fresh: Option<(&str, &Bytes)>,
+    ) -> Result<Bytes, EcrError> {
+        match fresh {
+            Some((key, bytes)) if key == s.key => Ok(bytes.clone()),
+            _ => Ok(self.blobs.get_object(&s.key).await?),
+        }
+    }
+
+    /// CompleteLayerUpload: assembles, verifies and records the layer.
+    pub async fn complete_layer_upload(
+        &self,
+        req: CompleteLayerUploadRequest,
+    ) -> Result<CompleteLayerUploadResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let upload_id = domain::required("uploadId", req.upload_id)?;
+        domain::upload_id("uploadId", &upload_id)?;
+        let digests = domain::required("layerDigests", req.layer_digests)?;
+        domain::check_len("layerDigests", digests.len(), 1, 100)?;
+        for d in &digests {
+            domain::layer_digest("layerDigests.member", d)?;
+        }
+        let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
+        let not_found = || EcrError::upload_not_found(registry, name, &upload_id);
+
+        // Take the upload into `Completing`, so that no part lands while it is assembled.
+        let mut up = self.live_upload(registry, name, &upload_id).await?;
+        let mut taken = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let stale_completion = up.state == UploadState::Completing
+                && now_ms().saturating_sub(up.updated_at_ms) > COMPLETING_LEASE_MS;
+            if up.state != UploadState::Open && !stale_completion {
+                return Err(not_found());
+            }
+            if up.next_byte == 0 {
+                return Err(EcrError::EmptyUpload(format!(
+                    "The upload with id '{upload_id}' in the repository with name '{name}' in registry with id '{registry}' cannot be completed because it does not have any parts"
+                )));
+            }
+            if up
+                .smallest_nonfinal_part
+                .is_some_and(|s| s < self.settings.min_part_size)
+            {
+                return Err(EcrError::LayerPartTooSmall(format!(
+                    "All layer parts except the last part should be at least {}",
+                    human_size(self.settings.min_part_size)
+                )));
+            }
+            let mut next = self.touched(&up);
+            next.state = UploadState::Completing;
+            match self.meta.update_upload(&next, SideWrite::None).await {
+                Ok(()) => {
+                    up = next;
+                    taken = true;
+                    break;
+                }
+                Err(StoreError::Conflict) => {
+                    up = self.live_upload(registry, name, &upload_id).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !taken {
+            return Err(EcrError::Server("could not take the upload for completion".into()));
+        }
+
+        let result = self.assemble_and_verify(&mut up, &digests).await;
+        match result {
+            Ok(layer) => self.record_layer(up, layer).await,
+            Err(err @ EcrError::InvalidLayer(_)) => {
+                // The bytes are not the layer the client meant: retire the upload and its object.
+                self.retire(&up).await;
+                self.drop_objects(vec![up.blob_key.clone()]).await;
+                Err(err)
+            }
+            Err(err) => {
+                // A backend failure: hand the upload back so that the client's retry can finish.
+                let mut back = self.touched(&up);
+                back.state = UploadState::Open;
+                if let Err(e) = self.meta.update_upload(&back, SideWrite::None).await {
+                    tracing::warn!(upload_id = %up.upload_id, error = %e, "could not reopen upload");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Flushes the tail, assembles the multipart upload, and hashes the assembled object.
+    async fn assemble_and_verify(
+        &self,
+        up: &mut UploadRecord,
+        digests: &[String],
+    ) -> Result<LayerRecord, EcrError> {
+        self.flush_full_parts(up, None).await?;
+        let tail = self.meta.list_segments(&up.upload_id, up.flushed_bytes).await?;
+        if !tail.is_empty() {
+            self.flush_segments(up, &tail, None).await?;
+        }
+        if up.flushed_bytes != up.next_byte {
+            return Err(EcrError::Server(format!(
+                "upload {} holds {} of {} bytes after the final flush",
+                up.upload_id, up.flushed_bytes, up.next_byte
+            )));
+        }
+        let parts = self.meta.list_parts(&up.upload_id).await?;
+        self.blobs
+            .complete_multipart(&up.blob_key, &up.multipart_id, &parts)
+            .await?;
+
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut stream = self.blobs.read_object(&up.blob_key, None).await?;
+        while let Some(chunk) = stream.try_next().await? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        if size != up.next_byte {
+            return Err(EcrError::Server(format!(
+                "assembled layer of upload {} has {size} bytes, expected {}",
+                up.upload_id, up.next_byte
+            )));
+        }
+        let computed = domain::sha256_digest(&hasher.finalize());
+        let sha256_given: Vec<&str> = digests
+            .iter()
+            .filter_map(|d| d.split_once(':'))
+            .filter(|(alg, _)| *alg == "sha256")
+            .map(|(_, hex)| hex)
+            .collect();
+        if !sha256_given.is_empty()
+            && !sha256_given
+                .iter()
+                .any(|hex| hex.eq_ignore_ascii_case(&computed["sha256:".len()..]))
+        {
+            return Err(EcrError::InvalidLayer(
+                "None of the provided layer digests match the calculated layer digest".into(),
+            ));
+        }
+        Ok(LayerRecord {
+            registry_id: up.registry_id.clone(),
+            repository: up.repository.clone(),
+            digest: computed,
+            blob_key: up.blob_key.clone(),
+            size,
+            media_type: None,
+            created_at_ms: now_ms(),
+        })
+    }
+
+    async fn record_layer(
+        &self,
+        up: UploadRecord,
+        layer: LayerRecord,
+    ) -> Result<CompleteLayerUploadResponse, EcrError> {
+        let mut done = self.touched(&up);
+        done.state = UploadState::Done;
+        let outcome = self.meta.finish_upload(&done, &layer).await?;
+        self.forget(&up).await;
+        let answer = CompleteLayerUploadResponse {
+            registry_id: up.registry_id.clone(),
+            repository_name: up.repository.clone(),
+            upload_id: up.upload_id.clone(),
+            layer_digest: layer.digest.clone(),
+        };
+        match outcome {
+            Finish::Recorded => Ok(answer),
+            Finish::LayerExists(existing) => {
+                if existing.blob_key != up.blob_key {
+                    self.drop_objects(vec![up.blob_key.clone()]).await;
+                }
+                Err(EcrError::LayerAlreadyExists(format!(
+                    "The layer with digest '{}' already exists in the repository with name '{}' in registry with id '{}'",
+                    layer.digest, up.repository, up.registry_id
+                )))
+            }
+        }
+    }
+
+    /// Marks an upload done (best effort) and forgets its records.
+    async fn retire(&self, up: &UploadRecord) {
+        let mut done = self.touched(up);
+        done.state = UploadState::Done;
+        if let Err(e) = self.meta.update_upload(&done, SideWrite::None).await {
+            tracing::warn!(upload_id = %up.upload_id, error = %e, "could not retire upload");
+        }
+        self.forget(up).await;
+    }
+
+    /// Drops the staging objects, multipart upload and records of a finished upload.
+    async fn forget(&self, up: &UploadRecord) {
+        match self.meta.list_segments(&up.upload_id, 0).await {
+            Ok(segments) => {
+                self.drop_objects(segments.into_iter().map(|s| s.key).collect())
+                    .await
+            }
+            Err(e) => tracing::warn!(upload_id = %up.upload_id, error = %e, "cleanup listing failed"),
+        }
+        if let Err(e) = self.blobs.abort_multipart(&up.blob_key, &up.multipart_id).await {
+            tracing::warn!(upload_id = %up.upload_id, error = %e, "multipart abort failed");
+        }
+        if let Err(e) = self.meta.delete_upload(&up.upload_id).await {
+            tracing::warn!(upload_id = %up.upload_id, error = %e, "upload cleanup failed");
+        }
+    }
+
+    /// Removes uploads past their expiry with their staged bytes and multipart uploads (the
+    /// embedded backend's counterpart of the bucket lifecycle rule and the DynamoDB TTL).
+    /// Returns how many were removed.
+    pub async fn sweep_expired(&self, limit: usize) -> Result<usize, EcrError> {
+        let expired = self.meta.expired_uploads(now_ms() / 1000, limit).await?;
+        for up in &expired {
+            if up.state != UploadState::Done {
+                self.drop_objects(vec![up.blob_key.clone()])
+                    .await;
+            }
+            self.forget(up).await;
+        }
+        Ok(expired.len())
+    }
+}
+
+/// ECR words the minimum as "5MB".
+fn human_size(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if bytes % MIB == 0 {
+        format!("{}MB", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
