@@ -162,14 +162,18 @@ pub fn error_body(e: &EcrError) -> String {
 }
 
 fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, EcrError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
+    let body = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => b"{}".as_slice(),
+        Some(b'{') => body,
+        // serde would read a JSON array into a struct by position.
+        Some(_) => {
+            return Err(EcrError::Serialization(
+                "The request body must be a JSON object".into(),
+            ));
+        }
     };
-    serde_json::from_slice(body).map_err(|e| {
-        EcrError::Serialization(format!("The request body is not a valid {}: {e}", "request document"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| EcrError::Serialization(format!("The request body could not be read: {e}")))
 }
 
 fn encode<T: Serialize>(out: Result<T, EcrError>) -> Result<String, EcrError> {
