@@ -26,7 +26,10 @@ fn main() -> ExitCode {
         // CloudWatch adds its own timestamps; JSON lines are what log queries want.
         fmt.json().without_time().with_target(false).init();
     } else {
-        fmt.with_target(false).init();
+        use std::io::IsTerminal;
+        fmt.with_target(false)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

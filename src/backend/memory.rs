@@ -1,1 +1,486 @@
-//! placeholder
+//! In-memory adapters for the storage ports, for unit tests of the service logic.
+//!
+//! They keep the same observable contract as the embedded and AWS adapters (the contract suite in
+//! `tests/contract/suite.rs` runs against them too), so a service test that passes here exercises
+//! the same conditional-write and multipart semantics it will meet in production. Nothing survives
+//! the process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::error::StoreError;
+use crate::ports::{
+    BlobStore, ByteStream, Finish, FlushedPart, LayerRecord, MetadataStore, RepositoryRecord,
+    SideWrite, StagedSegment, StoreResult, UploadRecord,
+};
+
+/// Chunk size of [`MemoryBlobs::read_object`] streams: small enough that consumers see several
+/// chunks for a multi-MiB object, as they would from a file or S3.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Takes a mutex even if a previous holder panicked: every mutation below checks its conditions
+/// before it changes anything, so a poisoned state is still a consistent one.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Default)]
+struct MetaState {
+    /// (registry, name) → repository.
+    repos: BTreeMap<(String, String), RepositoryRecord>,
+    uploads: HashMap<String, UploadRecord>,
+    /// (upload id, offset) → segment.
+    segments: BTreeMap<(String, u64), StagedSegment>,
+    /// (upload id, part number) → part.
+    parts: BTreeMap<(String, u32), FlushedPart>,
+    /// (registry, repository, digest) → layer.
+    layers: BTreeMap<(String, String, String), LayerRecord>,
+}
+
+/// [`MetadataStore`] in a mutex-guarded map. Clones share the same state.
+#[derive(Clone, Default)]
+pub struct MemoryMetadata {
+    state: Arc<Mutex<MetaState>>,
+}
+
+impl MemoryMetadata {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// The compare half of the compare-and-set every upload write does.
+fn check_version(state: &MetaState, upload: &UploadRecord) -> StoreResult<()> {
+    let stored = state
+        .uploads
+        .get(&upload.upload_id)
+        .ok_or(StoreError::Conflict)?;
+    if Some(stored.version) == upload.version.checked_sub(1) {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict)
+    }
+}
+
+impl MetadataStore for MemoryMetadata {
+    async fn create_repository(&self, repo: &RepositoryRecord) -> StoreResult<()> {
+        let mut s = lock(&self.state);
+        let key = (repo.registry_id.clone(), repo.name.clone());
+        if s.repos.contains_key(&key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        s.repos.insert(key, repo.clone());
+        Ok(())
+    }
+
+    async fn get_repository(
+        &self,
+        registry_id: &str,
+        name: &str,
+    ) -> StoreResult<Option<RepositoryRecord>> {
+        let s = lock(&self.state);
+        Ok(s.repos
+            .get(&(registry_id.to_owned(), name.to_owned()))
+            .cloned())
+    }
+
+    async fn list_repositories(&self, registry_id: &str) -> StoreResult<Vec<RepositoryRecord>> {
+        let s = lock(&self.state);
+        Ok(s.repos
+            .range((registry_id.to_owned(), String::new())..)
+            .take_while(|((reg, _), _)| reg == registry_id)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn delete_repository(&self, registry_id: &str, name: &str) -> StoreResult<bool> {
+        let mut s = lock(&self.state);
+        let existed = s
+            .repos
+            .remove(&(registry_id.to_owned(), name.to_owned()))
+            .is_some();
+        s.layers
+            .retain(|(reg, repo, _), _| !(reg == registry_id && repo == name));
+        Ok(existed)
+    }
+
+    async fn create_upload(&self, upload: &UploadRecord) -> StoreResult<()> {
+        let mut s = lock(&self.state);
+        if s.uploads.contains_key(&upload.upload_id) {
+            return Err(StoreError::AlreadyExists);
+        }
+        s.uploads.insert(upload.upload_id.clone(), upload.clone());
+        Ok(())
+    }
+
+    async fn get_upload(&self, upload_id: &str) -> StoreResult<Option<UploadRecord>> {
+        Ok(lock(&self.state).uploads.get(upload_id).cloned())
+    }
+
+    async fn update_upload(&self, upload: &UploadRecord, side: SideWrite) -> StoreResult<()> {
+        let mut s = lock(&self.state);
+        check_version(&s, upload)?;
+        let id = upload.upload_id.clone();
+        match side {
+            SideWrite::None => {}
+            SideWrite::Segment(seg) => {
+                s.segments.insert((id.clone(), seg.offset), seg);
+            }
+            SideWrite::Part(part) => {
+                s.parts.insert((id.clone(), part.number), part);
+            }
+        }
+        s.uploads.insert(id, upload.clone());
+        Ok(())
+    }
+
+    async fn list_segments(&self, upload_id: &str, from: u64) -> StoreResult<Vec<StagedSegment>> {
+        let s = lock(&self.state);
+        Ok(s.segments
+            .range((upload_id.to_owned(), from)..=(upload_id.to_owned(), u64::MAX))
+            .map(|(_, seg)| seg.clone())
+            .collect())
+    }
+
+    async fn delete_segments(&self, upload_id: &str, offsets: &[u64]) -> StoreResult<()> {
+        let mut s = lock(&self.state);
+        for &offset in offsets {
+            s.segments.remove(&(upload_id.to_owned(), offset));
+        }
+        Ok(())
+    }
+
+    async fn list_parts(&self, upload_id: &str) -> StoreResult<Vec<FlushedPart>> {
+        let s = lock(&self.state);
+        Ok(s.parts
+            .range((upload_id.to_owned(), 0)..=(upload_id.to_owned(), u32::MAX))
+            .map(|(_, p)| p.clone())
+            .collect())
+    }
+
+    async fn finish_upload(
+        &self,
+        upload: &UploadRecord,
+        layer: &LayerRecord,
+    ) -> StoreResult<Finish> {
+        let mut s = lock(&self.state);
+        check_version(&s, upload)?;
+        let key = (
+            layer.registry_id.clone(),
+            layer.repository.clone(),
+            layer.digest.clone(),
+        );
+        let outcome = match s.layers.get(&key) {
+            Some(existing) => Finish::LayerExists(existing.clone()),
+            None => {
+                s.layers.insert(key, layer.clone());
+                Finish::Recorded
+            }
+        };
+        s.uploads.insert(upload.upload_id.clone(), upload.clone());
+        Ok(outcome)
+    }
+
+    async fn delete_upload(&self, upload_id: &str) -> StoreResult<()> {
+        let mut s = lock(&self.state);
+        s.uploads.remove(upload_id);
+        s.segments.retain(|(id, _), _| id != upload_id);
+        s.parts.retain(|(id, _), _| id != upload_id);
+        Ok(())
+    }
+
+    async fn expired_uploads(&self, now_secs: u64, limit: usize) -> StoreResult<Vec<UploadRecord>> {
+        let s = lock(&self.state);
+        let mut expired: Vec<UploadRecord> = s
+            .uploads
+            .values()
+            .filter(|u| u.expires_at < now_secs)
+            .cloned()
+            .collect();
+        // Oldest first, like the embedded backend's expiry index, so a sweep with a small limit
+        // makes progress on the longest-abandoned uploads.
+        expired.sort_by(|a, b| (a.expires_at, &a.upload_id).cmp(&(b.expires_at, &b.upload_id)));
+        expired.truncate(limit);
+        Ok(expired)
+    }
+
+    async fn get_layer(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> StoreResult<Option<LayerRecord>> {
+        let s = lock(&self.state);
+        Ok(s.layers
+            .get(&(
+                registry_id.to_owned(),
+                repository.to_owned(),
+                digest.to_owned(),
+            ))
+            .cloned())
+    }
+}
+
+struct Multipart {
+    key: String,
+    /// Part number → (ETag, bytes).
+    parts: BTreeMap<u32, (String, Bytes)>,
+}
+
+#[derive(Default)]
+struct BlobState {
+    objects: HashMap<String, Bytes>,
+    multiparts: HashMap<String, Multipart>,
+}
+
+/// [`BlobStore`] in a mutex-guarded map. Clones share the same state.
+#[derive(Clone, Default)]
+pub struct MemoryBlobs {
+    state: Arc<Mutex<BlobState>>,
+    /// Smallest size accepted for a non-final part at completion; 0 disables the check.
+    min_part_size: u64,
+}
+
+impl MemoryBlobs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rejects completions whose non-final parts are smaller than `bytes`, as S3 does with
+    /// 5 MiB (`EntityTooSmall`). Off by default so service tests may use small part targets; turn
+    /// it on to pin that the service never produces an upload S3 would refuse.
+    pub fn with_min_part_size(mut self, bytes: u64) -> Self {
+        self.min_part_size = bytes;
+        self
+    }
+}
+
+/// Lower-case hex sha256, the ETag both non-AWS adapters give parts.
+pub(crate) fn part_etag(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Resolves an inclusive range request against an object of `size` bytes into the inclusive
+/// `(first, last)` to serve. As S3 does, a `last` past the end is clamped and a `first` past the
+/// end is an error.
+pub(crate) fn resolve_range(
+    size: u64,
+    range: Option<(u64, u64)>,
+) -> StoreResult<Option<(u64, u64)>> {
+    match range {
+        None if size == 0 => Ok(None),
+        None => Ok(Some((0, size - 1))),
+        Some((first, last)) if first <= last && first < size => {
+            Ok(Some((first, last.min(size - 1))))
+        }
+        Some((first, last)) => Err(StoreError::Backend(format!(
+            "invalid range {first}-{last} for an object of {size} bytes"
+        ))),
+    }
+}
+
+/// Checks the part list of a completion: non-empty and strictly ascending, as S3 requires
+/// (`MalformedXML`, `InvalidPartOrder`), and every non-final part at least `min_part_size`.
+pub(crate) fn check_part_list(parts: &[FlushedPart], min_part_size: u64) -> StoreResult<()> {
+    if parts.is_empty() {
+        return Err(StoreError::Backend(
+            "complete_multipart needs at least one part".into(),
+        ));
+    }
+    if parts.windows(2).any(|w| w[0].number >= w[1].number) {
+        return Err(StoreError::Backend(
+            "complete_multipart parts must be in ascending part-number order".into(),
+        ));
+    }
+    if let Some(small) = parts[..parts.len() - 1]
+        .iter()
+        .find(|p| p.len < min_part_size)
+    {
+        return Err(StoreError::Backend(format!(
+            "EntityTooSmall: part {} has {} bytes, less than the minimum {min_part_size}",
+            small.number, small.len
+        )));
+    }
+    Ok(())
+}
+
+/// Part numbers S3 accepts.
+pub(crate) fn check_part_number(number: u32) -> StoreResult<()> {
+    if (1..=10_000).contains(&number) {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "part number {number} is outside 1..=10000"
+        )))
+    }
+}
+
+fn no_such_upload(multipart_id: &str) -> StoreError {
+    StoreError::NotFound(format!("multipart upload {multipart_id}"))
+}
+
+impl BlobStore for MemoryBlobs {
+    async fn put_object(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        lock(&self.state).objects.insert(key.to_owned(), data);
+        Ok(())
+    }
+
+    async fn get_object(&self, key: &str) -> StoreResult<Bytes> {
+        lock(&self.state)
+            .objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(key.to_owned()))
+    }
+
+    async fn read_object(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<ByteStream> {
+        let data = self.get_object(key).await?;
+        let chunks: Vec<StoreResult<Bytes>> = match resolve_range(data.len() as u64, range)? {
+            None => Vec::new(),
+            Some((first, last)) => {
+                // Both bounds are below data.len(), so they fit in usize.
+                let slice = data.slice(first as usize..=last as usize);
+                (0..slice.len())
+                    .step_by(READ_CHUNK)
+                    .map(|at| Ok(slice.slice(at..(at + READ_CHUNK).min(slice.len()))))
+                    .collect()
+            }
+        };
+        Ok(Box::pin(futures_util::stream::iter(chunks)))
+    }
+
+    async fn object_size(&self, key: &str) -> StoreResult<Option<u64>> {
+        Ok(lock(&self.state)
+            .objects
+            .get(key)
+            .map(|data| data.len() as u64))
+    }
+
+    async fn delete_objects(&self, keys: &[String]) -> StoreResult<()> {
+        let mut s = lock(&self.state);
+        for key in keys {
+            s.objects.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn create_multipart(&self, key: &str) -> StoreResult<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        lock(&self.state).multiparts.insert(
+            id.clone(),
+            Multipart {
+                key: key.to_owned(),
+                parts: BTreeMap::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> StoreResult<String> {
+        check_part_number(number)?;
+        let etag = part_etag(&data);
+        let mut s = lock(&self.state);
+        match s.multiparts.get_mut(multipart_id) {
+            Some(mp) if mp.key == key => {
+                mp.parts.insert(number, (etag.clone(), data));
+                Ok(etag)
+            }
+            _ => Err(no_such_upload(multipart_id)),
+        }
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        parts: &[FlushedPart],
+    ) -> StoreResult<()> {
+        check_part_list(parts, self.min_part_size)?;
+        let mut s = lock(&self.state);
+        let Some(mp) = s.multiparts.get(multipart_id).filter(|mp| mp.key == key) else {
+            // A retry after a completion whose answer was lost: the object is already there.
+            let total: u64 = parts.iter().map(|p| p.len).sum();
+            return match s.objects.get(key) {
+                Some(data) if data.len() as u64 == total => Ok(()),
+                _ => Err(no_such_upload(multipart_id)),
+            };
+        };
+        let mut assembled = BytesMut::new();
+        for part in parts {
+            match mp.parts.get(&part.number) {
+                Some((etag, data)) if *etag == part.etag => assembled.extend_from_slice(data),
+                _ => return Err(StoreError::Conflict),
+            }
+        }
+        s.multiparts.remove(multipart_id);
+        s.objects.insert(key.to_owned(), assembled.freeze());
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, key: &str, multipart_id: &str) -> StoreResult<()> {
+        let mut s = lock(&self.state);
+        if s.multiparts
+            .get(multipart_id)
+            .is_some_and(|mp| mp.key == key)
+        {
+            s.multiparts.remove(multipart_id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_range_clamps_last_and_refuses_first_past_end() {
+        assert_eq!(resolve_range(10, None).ok(), Some(Some((0, 9))));
+        assert_eq!(resolve_range(0, None).ok(), Some(None));
+        assert_eq!(resolve_range(10, Some((0, 0))).ok(), Some(Some((0, 0))));
+        assert_eq!(resolve_range(10, Some((9, 9))).ok(), Some(Some((9, 9))));
+        assert_eq!(resolve_range(10, Some((5, 100))).ok(), Some(Some((5, 9))));
+        assert!(resolve_range(10, Some((10, 10))).is_err());
+        assert!(resolve_range(10, Some((5, 4))).is_err());
+        assert!(resolve_range(0, Some((0, 0))).is_err());
+    }
+
+    fn p(number: u32, len: u64) -> FlushedPart {
+        FlushedPart {
+            number,
+            etag: String::new(),
+            offset: 0,
+            len,
+        }
+    }
+
+    #[test]
+    fn check_part_list_wants_ascending_parts_and_big_non_final_ones() {
+        assert!(check_part_list(&[p(1, 5), p(2, 5), p(3, 1)], 5).is_ok());
+        assert!(
+            check_part_list(&[p(1, 1)], 5).is_ok(),
+            "a lone part is the last one"
+        );
+        assert!(check_part_list(&[p(1, 4), p(2, 5)], 5).is_err());
+        assert!(check_part_list(&[], 0).is_err());
+        assert!(check_part_list(&[p(2, 5), p(1, 5)], 0).is_err());
+        assert!(check_part_list(&[p(1, 5), p(1, 5)], 0).is_err());
+    }
+
+    #[test]
+    fn part_numbers_outside_s3_bounds_are_refused() {
+        assert!(check_part_number(0).is_err());
+        assert!(check_part_number(1).is_ok());
+        assert!(check_part_number(10_000).is_ok());
+        assert!(check_part_number(10_001).is_err());
+    }
+}

@@ -560,7 +560,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
 /// ECR words the minimum as "5MB".
 fn human_size(bytes: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if bytes % MIB == 0 {
+    if bytes.is_multiple_of(MIB) {
         format!("{}MB", bytes / MIB)
     } else {
         format!("{bytes} bytes")

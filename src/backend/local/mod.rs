@@ -1,1 +1,34 @@
-//! placeholder
+//! The embedded backend: everything in one data directory, no external services.
+//!
+//! - [`LocalMetadata`] keeps the state of DESIGN.md §3 in a redb database (`<dir>/state.redb`),
+//!   one record per row serialized as JSON. Each port write is one redb write transaction, which
+//!   is what makes the conditional writes (version compare, create-if-absent) atomic: redb runs
+//!   write transactions one at a time and commits them durably.
+//! - [`LocalBlobs`] keeps bytes as files under `<dir>/blobs/` (DESIGN.md §4): objects at
+//!   `objects/<key>`, multipart uploads as directories `multipart/<id>/` holding one file per
+//!   part. Every write goes to a temporary file, is fsynced and renamed into place, so a reader
+//!   or a restart sees either the old or the new content, never a torn one.
+//!
+//! Both are cheap to clone (an `Arc` inside) and may be shared across tasks. Both do their
+//! blocking work on tokio's blocking pool, never on a runtime worker.
+
+mod blob;
+mod meta;
+
+pub use blob::LocalBlobs;
+pub use meta::LocalMetadata;
+
+use crate::error::StoreError;
+use crate::ports::StoreResult;
+
+/// Runs blocking work on the blocking pool, turning a lost task (a panic in it, or a runtime
+/// shutting down) into a backend error instead of propagating the panic.
+async fn blocking<T, F>(what: &'static str, f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> StoreResult<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(format!("{what}: blocking task failed: {e}")))?
+}
