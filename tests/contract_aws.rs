@@ -1,0 +1,632 @@
+//! The port contract (`tests/contract/suite.rs`) against the AWS backend, on the local S3
+//! (SeaweedFS) and DynamoDB (dynoxide) servers of `scripts/services.sh`, plus what only the AWS
+//! backend has: the S3 multipart state itself, CompleteMultipartUpload's error mapping (including
+//! S3's "200 with an error body"), the DynamoDB items' TTL attribute, batch limits, presigned URLs.
+//!
+//! Run with `make test-aws-contract` (starts the servers and exports their environment). Without
+//! that environment these tests fail, they do not pass vacuously.
+
+#[path = "contract/suite.rs"]
+mod suite;
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
+use bytes::Bytes;
+use ecr_layer_upload::backend::aws::{DynamoMetadata, S3Blobs};
+use ecr_layer_upload::error::StoreError;
+use ecr_layer_upload::ports::{
+    BlobStore, FlushedPart, MetadataStore, SideWrite, StagedSegment, UploadRecord, UploadState,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MIN_PART: usize = suite::MIN_PART;
+
+/// `ECR_BUCKET` and `ECR_TABLE`, or a failure that says how to get them.
+fn names() -> (String, String) {
+    let get = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} is not set: these tests need the local S3 and DynamoDB servers. \
+                 Run `make test-aws-contract`, or `make services-up` and then \
+                 `env $(scripts/services.sh env) cargo test --test contract_aws`"
+                )
+            })
+    };
+    (get("ECR_BUCKET"), get("ECR_TABLE"))
+}
+
+async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(BehaviorVersion::latest()).await
+}
+
+async fn aws_metadata() -> (DynamoMetadata, ()) {
+    let (_, table) = names();
+    (DynamoMetadata::new(&sdk_config().await, table), ())
+}
+
+async fn aws_blobs() -> (S3Blobs, ()) {
+    let (bucket, _) = names();
+    (S3Blobs::new(&sdk_config().await, bucket), ())
+}
+
+mod aws_metadata {
+    use crate::suite;
+    suite::metadata_behaviours!(suite::metadata_tests!(super::aws_metadata));
+}
+
+/// The suite's blob behaviours run here, all but [`BLOB_EXCEPTIONS`].
+mod aws_blobs {
+    use crate::suite;
+    suite::blob_tests!(super::aws_blobs ;
+        put_get_replace_delete_object,
+        missing_object_is_not_found,
+        delete_objects_ignores_absent_keys,
+        read_object_streams_whole_object_and_ranges,
+        multipart_assembles_parts_in_order,
+        complete_multipart_retried_after_success_succeeds,
+        abort_multipart_drops_the_upload
+    );
+}
+
+/// Suite behaviours that encode an S3 trait the local S3 server lacks, each with a replacement
+/// below. `complete_multipart_with_stale_etag_conflicts` expects a replaced part's old ETag to
+/// be refused, as S3 does (a part number holds one part). SeaweedFS 4.48 keeps every upload of
+/// a part number and assembles the one the ETag names, so the old ETag completes, with exactly
+/// the bytes it names. The property the service relies on (never assemble bytes other than the
+/// recorded ones) holds on both: `a_stale_etag_never_assembles_other_bytes` checks that.
+const BLOB_EXCEPTIONS: &[&str] = &["complete_multipart_with_stale_etag_conflicts"];
+
+macro_rules! behaviour_names {
+    ( ; $($name:ident),* $(,)?) => {
+        &[$(stringify!($name)),*]
+    };
+}
+
+#[test]
+fn every_suite_blob_behaviour_runs_or_is_a_listed_exception() {
+    let all: &[&str] = suite::blob_behaviours!(behaviour_names!());
+    let run: &[&str] = &[
+        "put_get_replace_delete_object",
+        "missing_object_is_not_found",
+        "delete_objects_ignores_absent_keys",
+        "read_object_streams_whole_object_and_ranges",
+        "multipart_assembles_parts_in_order",
+        "complete_multipart_retried_after_success_succeeds",
+        "abort_multipart_drops_the_upload",
+    ];
+    for name in all {
+        assert!(
+            run.contains(name) != BLOB_EXCEPTIONS.contains(name),
+            "suite behaviour {name} must be run by mod aws_blobs or listed in BLOB_EXCEPTIONS"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+fn blob_key(kind: &str) -> String {
+    format!("contract-aws/{kind}/{}", uuid::Uuid::new_v4())
+}
+
+fn flushed(number: u32, etag: String, offset: u64, len: usize) -> FlushedPart {
+    FlushedPart {
+        number,
+        etag,
+        offset,
+        len: len as u64,
+    }
+}
+
+fn upload() -> UploadRecord {
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    UploadRecord {
+        upload_id: id.clone(),
+        registry_id: "123456789012".into(),
+        repository: "contract-aws/app".into(),
+        blob_key: format!("uploads/{id}"),
+        multipart_id: "mp".into(),
+        next_byte: 0,
+        flushed_bytes: 0,
+        parts_flushed: 0,
+        last_part: None,
+        smallest_nonfinal_part: None,
+        state: UploadState::Open,
+        version: 1,
+        created_at_ms: now * 1000,
+        updated_at_ms: now * 1000,
+        expires_at: now + 86_400,
+    }
+}
+
+fn next(u: &UploadRecord) -> UploadRecord {
+    UploadRecord {
+        next_byte: u.next_byte + 1,
+        version: u.version + 1,
+        ..u.clone()
+    }
+}
+
+fn number(v: Option<&AttributeValue>) -> Option<u64> {
+    v.and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_parts_shows_the_parts_written() {
+    let (b, ()) = aws_blobs().await;
+    let key = blob_key("uploads");
+    let id = b.create_multipart(&key).await.unwrap();
+    let e1 = b
+        .upload_part(&key, &id, 1, suite::pattern(1, MIN_PART))
+        .await
+        .unwrap();
+    let e2 = b
+        .upload_part(&key, &id, 2, suite::pattern(2, 777))
+        .await
+        .unwrap();
+
+    let listed = b
+        .client()
+        .list_parts()
+        .bucket(b.bucket())
+        .key(&key)
+        .upload_id(&id)
+        .send()
+        .await
+        .expect("ListParts");
+    let parts: Vec<(Option<i32>, Option<&str>, Option<i64>)> = listed
+        .parts()
+        .iter()
+        .map(|p| (p.part_number(), p.e_tag(), p.size()))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            (Some(1), Some(e1.as_str()), Some(MIN_PART as i64)),
+            (Some(2), Some(e2.as_str()), Some(777)),
+        ]
+    );
+
+    b.abort_multipart(&key, &id).await.unwrap();
+    let after = b
+        .client()
+        .list_parts()
+        .bucket(b.bucket())
+        .key(&key)
+        .upload_id(&id)
+        .send()
+        .await;
+    assert!(after.is_err(), "an aborted upload has no parts to list");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_with_a_wrong_etag_conflicts() {
+    let (b, ()) = aws_blobs().await;
+    let key = blob_key("uploads");
+    let id = b.create_multipart(&key).await.unwrap();
+    let data = suite::pattern(3, 100);
+    let etag = b.upload_part(&key, &id, 1, data.clone()).await.unwrap();
+
+    let wrong = "\"0123456789abcdef0123456789abcdef\"".to_owned();
+    let res = b
+        .complete_multipart(&key, &id, &[flushed(1, wrong, 0, data.len())])
+        .await;
+    assert!(matches!(res, Err(StoreError::Conflict)), "{res:?}");
+    assert_eq!(b.object_size(&key).await.unwrap(), None);
+
+    // A completion of an aborted upload, with no object behind it, is no success either.
+    b.abort_multipart(&key, &id).await.unwrap();
+    let res = b
+        .complete_multipart(&key, &id, &[flushed(1, etag, 0, data.len())])
+        .await;
+    assert!(matches!(res, Err(StoreError::Conflict)), "{res:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_of_a_gone_upload_succeeds_only_over_an_object_of_its_size() {
+    let (b, ()) = aws_blobs().await;
+    let key = blob_key("uploads");
+    let id = b.create_multipart(&key).await.unwrap();
+    let data = suite::pattern(4, 300);
+    let etag = b.upload_part(&key, &id, 1, data.clone()).await.unwrap();
+    b.complete_multipart(&key, &id, &[flushed(1, etag.clone(), 0, 300)])
+        .await
+        .unwrap();
+    // S3 answers NoSuchUpload to a completion retried after its upload was completed (some
+    // servers answer success again); an unknown id gets NoSuchUpload everywhere.
+    let gone = format!("gone-{}", uuid::Uuid::new_v4().simple());
+    b.complete_multipart(&key, &gone, &[flushed(1, etag.clone(), 0, 300)])
+        .await
+        .expect("the object is there with the parts' size: a retry after success");
+    let res = b
+        .complete_multipart(&key, &gone, &[flushed(1, etag.clone(), 0, 301)])
+        .await;
+    assert!(matches!(res, Err(StoreError::Conflict)), "{res:?}");
+    let res = b
+        .complete_multipart(&blob_key("absent"), &gone, &[flushed(1, etag, 0, 300)])
+        .await;
+    assert!(matches!(res, Err(StoreError::Conflict)), "{res:?}");
+    b.delete_objects(&[key]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_etag_never_assembles_other_bytes() {
+    let (b, ()) = aws_blobs().await;
+    let key = blob_key("uploads");
+    let id = b.create_multipart(&key).await.unwrap();
+    let stale_data = suite::pattern(6, MIN_PART);
+    let stale = b
+        .upload_part(&key, &id, 1, stale_data.clone())
+        .await
+        .unwrap();
+    let fresh_data = suite::pattern(7, MIN_PART);
+    let fresh = b
+        .upload_part(&key, &id, 1, fresh_data.clone())
+        .await
+        .unwrap();
+    let tail = suite::pattern(8, 10);
+    let e2 = b.upload_part(&key, &id, 2, tail.clone()).await.unwrap();
+
+    // A part that was never uploaded conflicts everywhere.
+    let missing = [
+        flushed(1, fresh.clone(), 0, MIN_PART),
+        flushed(3, e2.clone(), MIN_PART as u64, 10),
+    ];
+    let res = b.complete_multipart(&key, &id, &missing).await;
+    assert!(matches!(res, Err(StoreError::Conflict)), "{res:?}");
+
+    let with_stale = [
+        flushed(1, stale, 0, MIN_PART),
+        flushed(2, e2.clone(), MIN_PART as u64, 10),
+    ];
+    match b.complete_multipart(&key, &id, &with_stale).await {
+        // S3: the replaced part is gone. The upload still completes with the current ETags.
+        Err(StoreError::Conflict) => {
+            assert_eq!(b.object_size(&key).await.unwrap(), None);
+            let good = [
+                flushed(1, fresh, 0, MIN_PART),
+                flushed(2, e2, MIN_PART as u64, 10),
+            ];
+            b.complete_multipart(&key, &id, &good).await.unwrap();
+            let got = b.get_object(&key).await.unwrap();
+            assert!(got[..MIN_PART] == fresh_data[..] && got[MIN_PART..] == tail[..]);
+        }
+        // A server that keeps both: the assembled bytes are exactly those the ETags name.
+        Ok(()) => {
+            let got = b.get_object(&key).await.unwrap();
+            assert!(
+                got.len() == MIN_PART + 10
+                    && got[..MIN_PART] == stale_data[..]
+                    && got[MIN_PART..] == tail[..],
+                "a completion assembles the bytes of the recorded ETags, never others"
+            );
+        }
+        Err(e) => panic!("{e:?}"),
+    }
+    b.delete_objects(&[key]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_objects_spans_batches_of_1000() {
+    let (b, ()) = aws_blobs().await;
+    let keys: Vec<String> = (0..1001).map(|_| blob_key("batch")).collect();
+    // The first and the last key fall into different DeleteObjects requests.
+    for k in [&keys[0], &keys[1000]] {
+        b.put_object(k, Bytes::from_static(b"x")).await.unwrap();
+    }
+    b.delete_objects(&keys).await.unwrap();
+    assert_eq!(b.object_size(&keys[0]).await.unwrap(), None);
+    assert_eq!(b.object_size(&keys[1000]).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_get_serves_the_object_and_is_bounded() {
+    let (b, ()) = aws_blobs().await;
+    let key = blob_key("layer");
+    let data = suite::pattern(5, 4096);
+    b.put_object(&key, data.clone()).await.unwrap();
+
+    let url = b.presign_get(&key, Duration::from_secs(600)).await.unwrap();
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    assert!(url.contains("X-Amz-Expires=600"), "{url}");
+    let (status, body) = http_get(&url).await;
+    assert_eq!(status, 200);
+    assert!(body == data[..], "the presigned GET returns the object");
+
+    // A tampered signature is refused: the server does check it.
+    let tampered = url.replace("X-Amz-Expires=600", "X-Amz-Expires=601");
+    let (status, _) = http_get(&tampered).await;
+    assert_eq!(status, 403);
+
+    for bad in [Duration::ZERO, Duration::from_secs(3601)] {
+        assert!(b.presign_get(&key, bad).await.is_err(), "{bad:?}");
+    }
+    b.delete_objects(&[key]).await.unwrap();
+}
+
+/// A plain HTTP/1.1 GET of an `http://host:port/path?query` URL: status and body.
+async fn http_get(url: &str) -> (u16, Vec<u8>) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').expect("a path"));
+    let mut conn = TcpStream::connect(host).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return (status, dechunk(&body));
+    }
+    (status, body)
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&body[..eol]).trim(), 16)
+            .expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&body[eol + 2..eol + 2 + size]);
+        body = &body[eol + 4 + size..];
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3's "200 OK with an error body" on CompleteMultipartUpload, from a stand-in server: real S3
+// does this when the assembly fails after the response has started, and no local server can be
+// made to do it on demand.
+
+/// Answers every request with `200 OK` and `body`; returns its endpoint.
+async fn serve_200_with(body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read the request head and its body (Content-Length), then answer.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn blobs_at(endpoint: &str) -> S3Blobs {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "stand-in", "stand-in", None, None, "test",
+        ))
+        // One attempt: the SDK would retry an InternalError, with the same answer.
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .load()
+        .await;
+    S3Blobs::new(&config, "bucket")
+}
+
+const ERROR_200_INTERNAL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\
+    <Code>InternalError</Code><Message>We encountered an internal error. Please try again.\
+    </Message><RequestId>656c76696e6727732072657175657374</RequestId>\
+    <HostId>Uuag1LuByRx9e6j5Onimru9pO4ZVKnJ2Qz7/C1NPcfTWAtRPfTaOFg==</HostId></Error>";
+
+const ERROR_200_INVALID_PART: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\
+    <Code>InvalidPart</Code><Message>One or more of the specified parts could not be found.\
+    </Message><RequestId>656c76696e6727732072657175657374</RequestId></Error>";
+
+const COMPLETE_OK: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+    <CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+    <Location>http://127.0.0.1/bucket/k</Location><Bucket>bucket</Bucket><Key>k</Key>\
+    <ETag>\"3858f62230ac3c915f300c664312c11f-1\"</ETag></CompleteMultipartUploadResult>";
+
+fn one_part() -> [FlushedPart; 1] {
+    [flushed(1, "\"etag\"".into(), 0, 10)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_answered_200_with_internal_error_is_a_backend_failure() {
+    let b = blobs_at(&serve_200_with(ERROR_200_INTERNAL).await).await;
+    let res = b.complete_multipart("k", "mp", &one_part()).await;
+    match res {
+        Err(StoreError::Backend(msg)) => assert!(msg.contains("InternalError"), "{msg}"),
+        other => panic!("a 200 with an error body is no success: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_answered_200_with_invalid_part_conflicts() {
+    let b = blobs_at(&serve_200_with(ERROR_200_INVALID_PART).await).await;
+    let res = b.complete_multipart("k", "mp", &one_part()).await;
+    assert!(matches!(res, Err(StoreError::Conflict)), "{res:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_answered_200_with_a_result_succeeds() {
+    // The stand-in itself is sound: a real result body is a success.
+    let b = blobs_at(&serve_200_with(COMPLETE_OK).await).await;
+    b.complete_multipart("k", "mp", &one_part()).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// DynamoDB.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_carry_expires_at_for_ttl() {
+    let (m, ()) = aws_metadata().await;
+    let u = upload();
+    m.create_upload(&u).await.unwrap();
+    let v2 = UploadRecord {
+        expires_at: u.expires_at + 100,
+        ..next(&u)
+    };
+    let seg = StagedSegment {
+        offset: 0,
+        len: 1,
+        key: format!("staging/{}/0", u.upload_id),
+    };
+    m.update_upload(&v2, SideWrite::Segment(seg)).await.unwrap();
+
+    let pk = AttributeValue::S(format!("UPLOAD#{}", u.upload_id));
+    let item = |sk: &str| {
+        m.client()
+            .get_item()
+            .table_name(m.table())
+            .key("pk", pk.clone())
+            .key("sk", AttributeValue::S(sk.to_owned()))
+            .consistent_read(true)
+            .send()
+    };
+    let up = item("UPLOAD").await.unwrap().item.expect("the upload item");
+    assert_eq!(number(up.get("expiresAt")), Some(v2.expires_at));
+    assert_eq!(number(up.get("version")), Some(v2.version));
+    let seg = item(&format!("SEG#{:020}", 0))
+        .await
+        .unwrap()
+        .item
+        .expect("the segment item");
+    let seg_ttl = number(seg.get("expiresAt")).expect("segment items carry expiresAt");
+    assert!(
+        seg_ttl >= v2.expires_at,
+        "a segment outlives its upload's expiry"
+    );
+    m.delete_upload(&u.upload_id).await.unwrap();
+
+    // The table has TTL on that attribute (scripts/services.sh sets it up as template.yaml does).
+    let ttl = m
+        .client()
+        .describe_time_to_live()
+        .table_name(m.table())
+        .send()
+        .await
+        .unwrap();
+    let desc = ttl.time_to_live_description().expect("a TTL description");
+    assert_eq!(desc.attribute_name(), Some("expiresAt"));
+    assert!(matches!(
+        desc.time_to_live_status(),
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_upload_spans_batches_of_25() {
+    let (m, ()) = aws_metadata().await;
+    let u = upload();
+    m.create_upload(&u).await.unwrap();
+    let mut cur = u.clone();
+    for i in 0..40u64 {
+        let v = next(&cur);
+        let side = if i % 2 == 0 {
+            SideWrite::Segment(StagedSegment {
+                offset: i,
+                len: 1,
+                key: format!("staging/{}/{i}", u.upload_id),
+            })
+        } else {
+            SideWrite::Part(FlushedPart {
+                number: u32::try_from(i).unwrap() + 1,
+                etag: format!("\"{i}\""),
+                offset: i,
+                len: 1,
+            })
+        };
+        m.update_upload(&v, side).await.unwrap();
+        cur = v;
+    }
+    assert_eq!(m.list_segments(&u.upload_id, 0).await.unwrap().len(), 20);
+    assert_eq!(m.list_parts(&u.upload_id).await.unwrap().len(), 20);
+    let offsets: Vec<u64> = (0..40).step_by(2).collect();
+    m.delete_segments(&u.upload_id, &offsets).await.unwrap();
+    assert!(m.list_segments(&u.upload_id, 0).await.unwrap().is_empty());
+
+    m.delete_upload(&u.upload_id).await.unwrap();
+    assert_eq!(m.get_upload(&u.upload_id).await.unwrap(), None);
+    assert!(m.list_parts(&u.upload_id).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_create_of_the_same_record_is_not_already_exists() {
+    // What an SDK retry after a lost answer looks like to the store: the same put again.
+    let (m, ()) = aws_metadata().await;
+    let u = upload();
+    m.create_upload(&u).await.unwrap();
+    m.create_upload(&u).await.unwrap();
+    let other = UploadRecord {
+        next_byte: 1,
+        ..u.clone()
+    };
+    assert!(matches!(
+        m.create_upload(&other).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    // Likewise a conditional update that already went through.
+    let v2 = next(&u);
+    m.update_upload(&v2, SideWrite::None).await.unwrap();
+    m.update_upload(&v2, SideWrite::None).await.unwrap();
+    let different = UploadRecord {
+        next_byte: 99,
+        ..v2.clone()
+    };
+    assert!(matches!(
+        m.update_upload(&different, SideWrite::None).await,
+        Err(StoreError::Conflict)
+    ));
+    m.delete_upload(&u.upload_id).await.unwrap();
+}
