@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Deployment and Lambda tooling in one Python venv outside the work tree:
+#   ${TOOLS_DIR:-$HOME/.cache/ecr-layer-upload}/venv-tools
+#
+#   scripts/tools.sh install   create the venv and install the pinned tools (once; quiet when done)
+#   scripts/tools.sh path      print the venv's bin directory (for PATH="$(scripts/tools.sh path):$PATH")
+#
+# Needs only python3 (>= 3.10) with its venv module and pip. The pins below resolve together:
+# aws-sam-cli 1.170.0 requires boto3==1.43.108 and cfn-lint>=1.52,<1.59, and awscli 1.46.3 requires
+# botocore>=1.43.108,<1.44. Change them together.
+set -euo pipefail
+
+TOOLS_DIR="${TOOLS_DIR:-$HOME/.cache/ecr-layer-upload}"
+VENV="$TOOLS_DIR/venv-tools"
+STAMP="$VENV/.installed"
+PYTHON="${PYTHON:-python3}"
+
+PACKAGES=(
+  "awscli==1.46.3"
+  "boto3==1.43.108"
+  "cargo-lambda==1.9.2"
+  "aws-sam-cli==1.170.0"
+  "cfn-lint==1.58.0"
+)
+# Commands that must exist in the venv for an install to count as complete.
+COMMANDS=(aws cargo-lambda sam cfn-lint)
+
+usage() {
+  echo "usage: $0 {install|path}" >&2
+  exit 2
+}
+
+installed() {
+  [[ -f "$STAMP" && "$(cat "$STAMP")" == "${PACKAGES[*]}" ]] || return 1
+  local c
+  for c in "${COMMANDS[@]}"; do
+    [[ -x "$VENV/bin/$c" ]] || return 1
+  done
+}
+
+install() {
+  installed && return 0
+  mkdir -p "$TOOLS_DIR"
+  # One installer at a time (parallel make jobs may all ask for the tools).
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$TOOLS_DIR/.venv-tools.lock"
+    flock 9
+    installed && return 0
+  fi
+
+  "$PYTHON" - <<'EOF' || { echo "tools.sh: needs Python >= 3.10 as '${PYTHON}'" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 10) else 1)
+EOF
+
+  echo "tools.sh: installing ${PACKAGES[*]} into $VENV (a few minutes, once)" >&2
+  local start=$SECONDS
+  # A venv cannot be moved, so a half-finished one (no stamp) is removed and built again in place.
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  local log="$TOOLS_DIR/venv-tools-install.log"
+  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --quiet \
+      "${PACKAGES[@]}" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "tools.sh: pip install failed (log: $log)" >&2
+    exit 1
+  fi
+  local c
+  for c in "${COMMANDS[@]}"; do
+    [[ -x "$VENV/bin/$c" ]] || { echo "tools.sh: $c missing from $VENV/bin after install" >&2; exit 1; }
+  done
+  printf '%s' "${PACKAGES[*]}" >"$STAMP"
+  echo "tools.sh: installed in $((SECONDS - start)) s" >&2
+}
+
+case "${1:-}" in
+  install) install ;;
+  path) echo "$VENV/bin" ;;
+  *) usage ;;
+esac
