@@ -287,7 +287,11 @@ mod tests {
             let err = parse(&[], &[env]).unwrap_err();
             assert!(err.contains(needle), "{err}");
         }
-        assert!(parse(&[], &[("ECR_BACKEND", "aws")]).unwrap_err().contains("ECR_BUCKET"));
+        assert!(
+            parse(&[], &[("ECR_BACKEND", "aws")])
+                .unwrap_err()
+                .contains("ECR_BUCKET")
+        );
         assert!(parse(&["--bogus"], &[]).unwrap_err().contains("--bogus"));
     }
 }

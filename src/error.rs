@@ -151,6 +151,8 @@ impl std::error::Error for StoreError {}
 impl From<StoreError> for EcrError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "storage failure");
-        EcrError::Server("An internal error occurred in the registry backend; retry the request".into())
+        EcrError::Server(
+            "An internal error occurred in the registry backend; retry the request".into(),
+        )
     }
 }

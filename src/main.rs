@@ -31,7 +31,10 @@ fn main() -> ExitCode {
             .with_ansi(std::io::stdout().is_terminal())
             .init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ecr-layer-upload: cannot start the runtime: {e}");
@@ -51,7 +54,10 @@ async fn start(config: Config) -> Result<(), String> {
     match config.backend {
         Backend::Local => {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                format!("cannot create data directory {}: {e}", config.data_dir.display())
+                format!(
+                    "cannot create data directory {}: {e}",
+                    config.data_dir.display()
+                )
             })?;
             let meta = LocalMetadata::open(&config.data_dir)
                 .map_err(|e| format!("cannot open state in {}: {e}", config.data_dir.display()))?;
@@ -68,7 +74,11 @@ async fn start(config: Config) -> Result<(), String> {
             };
             let meta = DynamoMetadata::new(&sdk, table);
             let blobs = S3Blobs::new(&sdk, bucket);
-            run(Arc::new(Service::new(meta, blobs, config.settings.clone())), &config).await
+            run(
+                Arc::new(Service::new(meta, blobs, config.settings.clone())),
+                &config,
+            )
+            .await
         }
     }
 }

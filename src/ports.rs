@@ -137,7 +137,10 @@ pub enum Finish {
 
 pub trait MetadataStore: Send + Sync + 'static {
     /// Create a repository unless one with that registry and name exists (`AlreadyExists`).
-    fn create_repository(&self, repo: &RepositoryRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    fn create_repository(
+        &self,
+        repo: &RepositoryRecord,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     fn get_repository(
         &self,
         registry_id: &str,
@@ -157,7 +160,10 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Create an upload unless its id exists (`AlreadyExists`).
     fn create_upload(&self, upload: &UploadRecord) -> impl Future<Output = StoreResult<()>> + Send;
-    fn get_upload(&self, upload_id: &str) -> impl Future<Output = StoreResult<Option<UploadRecord>>> + Send;
+    fn get_upload(
+        &self,
+        upload_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<UploadRecord>>> + Send;
     /// Replace the upload with `upload` if the stored version is `upload.version - 1`, writing
     /// `side` in the same atomic step; otherwise `Conflict` and nothing is written.
     fn update_upload(
@@ -178,7 +184,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         offsets: &[u64],
     ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Recorded multipart parts of an upload, in part-number order.
-    fn list_parts(&self, upload_id: &str) -> impl Future<Output = StoreResult<Vec<FlushedPart>>> + Send;
+    fn list_parts(
+        &self,
+        upload_id: &str,
+    ) -> impl Future<Output = StoreResult<Vec<FlushedPart>>> + Send;
     /// Retire the upload (`upload` as in `update_upload`, state `Done`) and record `layer` unless
     /// a layer with its registry, repository and digest exists, in one atomic step.
     /// `Conflict` if the upload's version moved; then nothing is written.
@@ -241,5 +250,9 @@ pub trait BlobStore: Send + Sync + 'static {
         parts: &[FlushedPart],
     ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Abort a multipart upload, dropping its parts; absent ones are fine.
-    fn abort_multipart(&self, key: &str, multipart_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+    fn abort_multipart(
+        &self,
+        key: &str,
+        multipart_id: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 }

@@ -94,10 +94,19 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
             request_id, target, status, error = %e, ms = started.elapsed().as_millis() as u64, "request failed"
         ),
         Err(e) => tracing::info!(
-            request_id, target, status, error = e.type_name(), ms = started.elapsed().as_millis() as u64, "request"
+            request_id,
+            target,
+            status,
+            error = e.type_name(),
+            ms = started.elapsed().as_millis() as u64,
+            "request"
         ),
         Ok(_) => tracing::info!(
-            request_id, target, status, ms = started.elapsed().as_millis() as u64, "request"
+            request_id,
+            target,
+            status,
+            ms = started.elapsed().as_millis() as u64,
+            "request"
         ),
     }
     let (body, error_type) = match result {
@@ -107,7 +116,10 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
     let mut resp = Response::new(Body::Text(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(CONTENT_TYPE),
+    );
     h.insert(LAMBDA_TEXT_BODY, HeaderValue::from_static("text"));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert("x-amzn-requestid", v);

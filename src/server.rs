@@ -102,11 +102,17 @@ fn error_response(err: &EcrError) -> http::Response<lambda_http::Body> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(protocol::CONTENT_TYPE),
     );
-    h.insert("x-amzn-errortype", http::HeaderValue::from_static(err.type_name()));
+    h.insert(
+        "x-amzn-errortype",
+        http::HeaderValue::from_static(err.type_name()),
+    );
     if let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
         h.insert("x-amzn-requestid", v);
     }
     // The rest of an oversized body is not read: close the connection after answering.
-    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
     resp
 }

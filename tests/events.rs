@@ -14,7 +14,11 @@ const PART: &[u8] = b"layer bytes of a tiny example layer\n";
 type Svc = Service<MemoryMetadata, MemoryBlobs>;
 
 fn service() -> Svc {
-    Service::new(MemoryMetadata::new(), MemoryBlobs::new(), Settings::default())
+    Service::new(
+        MemoryMetadata::new(),
+        MemoryBlobs::new(),
+        Settings::default(),
+    )
 }
 
 fn fixture(name: &str) -> String {
@@ -56,7 +60,10 @@ async fn expect_error(svc: &Svc, name: &str, error: &str) -> Value {
     let (status, json) = invoke(svc, name).await;
     assert_eq!(status, 400, "{name}: {json}");
     assert_eq!(json["__type"], error, "{name}: {json}");
-    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {json}");
+    assert!(
+        json["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{name}: {json}"
+    );
     json
 }
 
@@ -92,7 +99,13 @@ async fn every_fixture_gets_the_modelled_answer() {
     let svc = service();
     let names: Vec<String> = std::fs::read_dir(format!("{}/events", env!("CARGO_MANIFEST_DIR")))
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".json").to_string())
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".json")
+                .to_string()
+        })
         .collect();
     let mut seen = std::collections::BTreeSet::new();
     let mut run = |name: &'static str| {
@@ -101,7 +114,12 @@ async fn every_fixture_gets_the_modelled_answer() {
         name
     };
 
-    expect_error(&svc, run("error-repository-not-found"), "RepositoryNotFoundException").await;
+    expect_error(
+        &svc,
+        run("error-repository-not-found"),
+        "RepositoryNotFoundException",
+    )
+    .await;
     let (status, json) = invoke(&svc, run("create-repository")).await;
     assert_eq!(status, 200, "{json}");
     let repo = &json["repository"];
@@ -116,7 +134,12 @@ async fn every_fixture_gets_the_modelled_answer() {
         "123456789012.dkr.ecr.us-east-1.amazonaws.com/sample/app"
     );
     assert!(repo["createdAt"].is_number());
-    let json = expect_error(&svc, run("error-repository-already-exists"), "RepositoryAlreadyExistsException").await;
+    let json = expect_error(
+        &svc,
+        run("error-repository-already-exists"),
+        "RepositoryAlreadyExistsException",
+    )
+    .await;
     assert_eq!(
         json["message"],
         "The repository with name 'sample/app' already exists in the registry with id '123456789012'"
@@ -135,15 +158,30 @@ async fn every_fixture_gets_the_modelled_answer() {
     let json = expect_error(&svc, run("error-empty-upload"), "EmptyUploadException").await;
     assert_eq!(
         json["message"],
-        format!("The upload with id '{UPLOAD_ID}' in the repository with name 'sample/app' in registry with id '123456789012' cannot be completed because it does not have any parts")
+        format!(
+            "The upload with id '{UPLOAD_ID}' in the repository with name 'sample/app' in registry with id '123456789012' cannot be completed because it does not have any parts"
+        )
     );
-    let json = expect_error(&svc, run("error-invalid-layer-part"), "InvalidLayerPartException").await;
-    assert_eq!(json["message"], "First byte of the layer part is 100 instead of 0");
+    let json = expect_error(
+        &svc,
+        run("error-invalid-layer-part"),
+        "InvalidLayerPartException",
+    )
+    .await;
+    assert_eq!(
+        json["message"],
+        "First byte of the layer part is 100 instead of 0"
+    );
     assert_eq!(json["lastValidByteReceived"], 0);
     assert_eq!(json["uploadId"], UPLOAD_ID);
     assert_eq!(json["repositoryName"], "sample/app");
     assert_eq!(json["registryId"], "123456789012");
-    let json = expect_error(&svc, run("error-part-length-mismatch"), "InvalidLayerPartException").await;
+    let json = expect_error(
+        &svc,
+        run("error-part-length-mismatch"),
+        "InvalidLayerPartException",
+    )
+    .await;
     assert_eq!(json["lastValidByteReceived"], 0);
 
     // The base64-encoded body, as a Function URL delivers it.
@@ -155,16 +193,27 @@ async fn every_fixture_gets_the_modelled_answer() {
     let (status, json) = invoke(&svc, run("upload-layer-part-text-body")).await;
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["lastByteReceived"], PART.len() - 1);
-    let json = expect_error(&svc, run("error-invalid-layer-part"), "InvalidLayerPartException").await;
+    let json = expect_error(
+        &svc,
+        run("error-invalid-layer-part"),
+        "InvalidLayerPartException",
+    )
+    .await;
     assert_eq!(
         json["message"],
-        format!("First byte of the layer part is 100 instead of {}", PART.len())
+        format!(
+            "First byte of the layer part is 100 instead of {}",
+            PART.len()
+        )
     );
     assert_eq!(json["lastValidByteReceived"], PART.len() - 1);
 
     let (status, json) = invoke(&svc, run("complete-layer-upload")).await;
     assert_eq!(status, 200, "{json}");
-    let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(PART)));
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(PART))
+    );
     assert_eq!(json["layerDigest"], digest);
     // Completed: the id is retired.
     expect_error(&svc, "complete-layer-upload", "UploadNotFoundException").await;
@@ -173,23 +222,58 @@ async fn every_fixture_gets_the_modelled_answer() {
     // Same id again, wrong digest at completion.
     seed_upload(&svc).await;
     invoke(&svc, "upload-layer-part").await;
-    let json = expect_error(&svc, run("error-invalid-layer-digest"), "InvalidLayerException").await;
+    let json = expect_error(
+        &svc,
+        run("error-invalid-layer-digest"),
+        "InvalidLayerException",
+    )
+    .await;
     assert_eq!(
         json["message"],
         "None of the provided layer digests match the calculated layer digest"
     );
 
-    expect_error(&svc, run("error-upload-not-found"), "UploadNotFoundException").await;
-    expect_error(&svc, run("error-unknown-operation"), "UnknownOperationException").await;
-    expect_error(&svc, run("error-missing-target"), "UnknownOperationException").await;
+    expect_error(
+        &svc,
+        run("error-upload-not-found"),
+        "UploadNotFoundException",
+    )
+    .await;
+    expect_error(
+        &svc,
+        run("error-unknown-operation"),
+        "UnknownOperationException",
+    )
+    .await;
+    expect_error(
+        &svc,
+        run("error-missing-target"),
+        "UnknownOperationException",
+    )
+    .await;
     expect_error(&svc, run("error-serialization"), "SerializationException").await;
-    expect_error(&svc, run("error-wrong-member-type"), "SerializationException").await;
-    let json = expect_error(&svc, run("error-invalid-repository-name"), "InvalidParameterException").await;
+    expect_error(
+        &svc,
+        run("error-wrong-member-type"),
+        "SerializationException",
+    )
+    .await;
+    let json = expect_error(
+        &svc,
+        run("error-invalid-repository-name"),
+        "InvalidParameterException",
+    )
+    .await;
     assert_eq!(
         json["message"],
         "Invalid parameter at 'repositoryName' failed to satisfy constraint: 'must have length greater than or equal to 2'"
     );
-    let json = expect_error(&svc, run("error-registry-mismatch"), "RepositoryNotFoundException").await;
+    let json = expect_error(
+        &svc,
+        run("error-registry-mismatch"),
+        "RepositoryNotFoundException",
+    )
+    .await;
     assert_eq!(
         json["message"],
         "The repository with name 'sample/app' does not exist in the registry with id '999999999999'"
@@ -200,8 +284,14 @@ async fn every_fixture_gets_the_modelled_answer() {
     assert_eq!(json["repository"]["repositoryName"], "sample/app");
     expect_error(&svc, "describe-repositories", "RepositoryNotFoundException").await;
 
-    let unvisited: Vec<&String> = names.iter().filter(|n| !seen.contains(n.as_str())).collect();
-    assert!(unvisited.is_empty(), "fixtures without a check: {unvisited:?}");
+    let unvisited: Vec<&String> = names
+        .iter()
+        .filter(|n| !seen.contains(n.as_str()))
+        .collect();
+    assert!(
+        unvisited.is_empty(),
+        "fixtures without a check: {unvisited:?}"
+    );
 }
 
 #[tokio::test]

@@ -83,7 +83,10 @@ const LONGEST_REPO: usize = 256;
 #[test]
 fn a_part_of_exactly_part_size_fits_a_function_url_invocation() {
     let part = lambda_part_size() as usize;
-    assert!(part >= 3 * 1024 * 1024, "part size {part} is needlessly small");
+    assert!(
+        part >= 3 * 1024 * 1024,
+        "part size {part} is needlessly small"
+    );
     let event = upload_part_event(
         &"a".repeat(LONGEST_REPO),
         "0b7a3b1e-5c1d-4a4e-9a52-3f6c2d9e8f10",

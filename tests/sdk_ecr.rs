@@ -27,7 +27,11 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn create(ecr: &aws_sdk_ecr::Client, name: &str) {
-    ecr.create_repository().repository_name(name).send().await.unwrap();
+    ecr.create_repository()
+        .repository_name(name)
+        .send()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -35,7 +39,12 @@ async fn typed_outputs_for_a_full_push() {
     let server = Server::start(&[]);
     let ecr = client(&server);
     let name = unique("sdk/typed");
-    let created = ecr.create_repository().repository_name(&name).send().await.unwrap();
+    let created = ecr
+        .create_repository()
+        .repository_name(&name)
+        .send()
+        .await
+        .unwrap();
     let repo = created.repository().unwrap();
     assert_eq!(repo.repository_name(), Some(name.as_str()));
     assert_eq!(repo.registry_id(), Some("123456789012"));
@@ -45,7 +54,12 @@ async fn typed_outputs_for_a_full_push() {
         Some(&aws_sdk_ecr::types::ImageTagMutability::Mutable)
     );
 
-    let init = ecr.initiate_layer_upload().repository_name(&name).send().await.unwrap();
+    let init = ecr
+        .initiate_layer_upload()
+        .repository_name(&name)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(init.part_size(), Some(10_485_760));
     let id = init.upload_id().unwrap().to_string();
     let layer: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -85,10 +99,23 @@ async fn typed_outputs_for_a_full_push() {
     assert_eq!(done.layer_digest(), Some(digest.as_str()));
     assert_eq!(done.registry_id(), Some("123456789012"));
 
-    let described = ecr.describe_repositories().repository_names(&name).send().await.unwrap();
+    let described = ecr
+        .describe_repositories()
+        .repository_names(&name)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(described.repositories().len(), 1);
-    let deleted = ecr.delete_repository().repository_name(&name).send().await.unwrap();
-    assert_eq!(deleted.repository().unwrap().repository_name(), Some(name.as_str()));
+    let deleted = ecr
+        .delete_repository()
+        .repository_name(&name)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted.repository().unwrap().repository_name(),
+        Some(name.as_str())
+    );
 }
 
 #[tokio::test]
@@ -98,7 +125,12 @@ async fn typed_errors_reach_the_caller() {
     let name = unique("sdk/errors");
     create(&ecr, &name).await;
 
-    let err = ecr.create_repository().repository_name(&name).send().await.unwrap_err();
+    let err = ecr
+        .create_repository()
+        .repository_name(&name)
+        .send()
+        .await
+        .unwrap_err();
     assert!(matches!(
         err.into_service_error(),
         CreateRepositoryError::RepositoryAlreadyExistsException(_)
@@ -113,11 +145,18 @@ async fn typed_errors_reach_the_caller() {
     match err.into_service_error() {
         InitiateLayerUploadError::RepositoryNotFoundException(e) => assert_eq!(
             e.message(),
-            Some("The repository with name 'no-such/repo' does not exist in the registry with id '123456789012'")
+            Some(
+                "The repository with name 'no-such/repo' does not exist in the registry with id '123456789012'"
+            )
         ),
         other => panic!("expected RepositoryNotFoundException, got {other:?}"),
     }
-    let err = ecr.initiate_layer_upload().repository_name("A").send().await.unwrap_err();
+    let err = ecr
+        .initiate_layer_upload()
+        .repository_name("A")
+        .send()
+        .await
+        .unwrap_err();
     assert!(matches!(
         err.into_service_error(),
         InitiateLayerUploadError::InvalidParameterException(_)
@@ -148,7 +187,10 @@ async fn typed_errors_reach_the_caller() {
             assert_eq!(e.last_valid_byte_received(), Some(9));
             assert_eq!(e.upload_id(), Some(id.as_str()));
             assert_eq!(e.repository_name(), Some(name.as_str()));
-            assert_eq!(e.message(), Some("First byte of the layer part is 20 instead of 10"));
+            assert_eq!(
+                e.message(),
+                Some("First byte of the layer part is 20 instead of 10")
+            );
         }
         other => panic!("expected InvalidLayerPartException, got {other:?}"),
     }
@@ -206,7 +248,12 @@ async fn a_256_mib_layer_is_pushed_and_verified_in_bounded_memory() {
     let ecr = client(&server);
     let name = unique("sdk/big");
     create(&ecr, &name).await;
-    let init = ecr.initiate_layer_upload().repository_name(&name).send().await.unwrap();
+    let init = ecr
+        .initiate_layer_upload()
+        .repository_name(&name)
+        .send()
+        .await
+        .unwrap();
     let id = init.upload_id().unwrap().to_string();
     let part_size = init.part_size().unwrap() as usize;
     const TOTAL: usize = 256 * 1024 * 1024;
@@ -250,6 +297,10 @@ async fn a_256_mib_layer_is_pushed_and_verified_in_bounded_memory() {
     // Memory is bounded by a few parts in flight (each ~14 MiB as base64 JSON, 10 MiB decoded,
     // plus one multipart part being assembled), not by the 256 MiB layer.
     let peak = server.peak_rss();
-    assert!(peak < 160 * 1024 * 1024, "server peak RSS {} MiB", peak >> 20);
+    assert!(
+        peak < 160 * 1024 * 1024,
+        "server peak RSS {} MiB",
+        peak >> 20
+    );
     eprintln!("server peak RSS for a 256 MiB layer: {} MiB", peak >> 20);
 }

@@ -37,7 +37,9 @@ fn digest(data: &[u8]) -> String {
 }
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 async fn repo(svc: &Svc, name: &str) {
@@ -99,7 +101,9 @@ async fn push(svc: &Svc, name: &str, layer: &[u8], part_size: usize) -> Result<S
         part(svc, name, &id, first, chunk).await?;
         first += chunk.len() as u64;
     }
-    Ok(complete(svc, name, &id, &[&digest(layer)]).await?.layer_digest)
+    Ok(complete(svc, name, &id, &[&digest(layer)])
+        .await?
+        .layer_digest)
 }
 
 async fn stored_bytes(svc: &Svc, name: &str, digest: &str) -> Vec<u8> {
@@ -110,7 +114,11 @@ async fn stored_bytes(svc: &Svc, name: &str, digest: &str) -> Vec<u8> {
         .unwrap()
         .expect("layer recorded");
     let mut out = Vec::new();
-    let mut s = svc.blobs().read_object(&layer.blob_key, None).await.unwrap();
+    let mut s = svc
+        .blobs()
+        .read_object(&layer.blob_key, None)
+        .await
+        .unwrap();
     while let Some(chunk) = s.try_next().await.unwrap() {
         out.extend_from_slice(&chunk);
     }
@@ -133,11 +141,17 @@ async fn upload_part_rejects_gap_with_last_valid_byte() {
     repo(&svc, "app").await;
     let id = initiate(&svc, "app").await;
     let err = part(&svc, "app", &id, 10, b"abc").await.unwrap_err();
-    assert_eq!(err.message(), "First byte of the layer part is 10 instead of 0");
+    assert_eq!(
+        err.message(),
+        "First byte of the layer part is 10 instead of 0"
+    );
     assert_eq!(last_valid(&err), 0);
     part(&svc, "app", &id, 0, b"abcd").await.unwrap();
     let err = part(&svc, "app", &id, 5, b"x").await.unwrap_err();
-    assert_eq!(err.message(), "First byte of the layer part is 5 instead of 4");
+    assert_eq!(
+        err.message(),
+        "First byte of the layer part is 5 instead of 4"
+    );
     assert_eq!(last_valid(&err), 3);
     // An overlapping part is not contiguous either.
     let err = part(&svc, "app", &id, 2, b"xy").await.unwrap_err();
@@ -180,15 +194,32 @@ async fn identical_resend_is_accepted_once_and_different_bytes_are_not() {
     let svc = service(small_parts());
     repo(&svc, "app").await;
     let id = initiate(&svc, "app").await;
-    assert_eq!(part(&svc, "app", &id, 0, b"hello").await.unwrap().last_byte_received, 4);
-    assert_eq!(part(&svc, "app", &id, 0, b"hello").await.unwrap().last_byte_received, 4);
+    assert_eq!(
+        part(&svc, "app", &id, 0, b"hello")
+            .await
+            .unwrap()
+            .last_byte_received,
+        4
+    );
+    assert_eq!(
+        part(&svc, "app", &id, 0, b"hello")
+            .await
+            .unwrap()
+            .last_byte_received,
+        4
+    );
     let err = part(&svc, "app", &id, 0, b"HELLO").await.unwrap_err();
     assert_eq!(last_valid(&err), 4);
     part(&svc, "app", &id, 5, b" world").await.unwrap();
     // Only the last accepted part may be re-sent.
     assert!(part(&svc, "app", &id, 0, b"hello").await.is_err());
-    let d = complete(&svc, "app", &id, &[&digest(b"hello world")]).await.unwrap();
-    assert_eq!(stored_bytes(&svc, "app", &d.layer_digest).await, b"hello world");
+    let d = complete(&svc, "app", &id, &[&digest(b"hello world")])
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_bytes(&svc, "app", &d.layer_digest).await,
+        b"hello world"
+    );
 }
 
 #[tokio::test]
@@ -214,7 +245,9 @@ async fn concurrent_parts_for_one_range_have_exactly_one_winner() {
     }
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
     let layer = data(1000, winners[0]);
-    let d = complete(&svc, "app", &id, &[&digest(&layer)]).await.unwrap();
+    let d = complete(&svc, "app", &id, &[&digest(&layer)])
+        .await
+        .unwrap();
     assert_eq!(stored_bytes(&svc, "app", &d.layer_digest).await, layer);
 }
 
@@ -225,7 +258,9 @@ async fn small_nonfinal_parts_fail_completion_with_ecrs_message() {
     let id = initiate(&svc, "app").await;
     part(&svc, "app", &id, 0, &data(1024, 1)).await.unwrap();
     part(&svc, "app", &id, 1024, &data(10, 2)).await.unwrap();
-    let err = complete(&svc, "app", &id, &[&digest(b"x")]).await.unwrap_err();
+    let err = complete(&svc, "app", &id, &[&digest(b"x")])
+        .await
+        .unwrap_err();
     assert_eq!(err.type_name(), "LayerPartTooSmallException");
     assert_eq!(
         err.message(),
@@ -234,9 +269,15 @@ async fn small_nonfinal_parts_fail_completion_with_ecrs_message() {
     // A small last part is fine.
     let id = initiate(&svc, "app").await;
     let layer = data(5 * MIB as usize + 3, 3);
-    part(&svc, "app", &id, 0, &layer[..5 * MIB as usize]).await.unwrap();
-    part(&svc, "app", &id, 5 * MIB, &layer[5 * MIB as usize..]).await.unwrap();
-    complete(&svc, "app", &id, &[&digest(&layer)]).await.unwrap();
+    part(&svc, "app", &id, 0, &layer[..5 * MIB as usize])
+        .await
+        .unwrap();
+    part(&svc, "app", &id, 5 * MIB, &layer[5 * MIB as usize..])
+        .await
+        .unwrap();
+    complete(&svc, "app", &id, &[&digest(&layer)])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -250,23 +291,41 @@ async fn tiny_parts_coalesce_into_multipart_parts_of_at_least_5_mib() {
     let mut sizes = [1024usize, 333_333, 65_537, 1, 200_000].iter().cycle();
     while (first as usize) < layer.len() {
         let len = (*sizes.next().unwrap()).min(layer.len() - first as usize);
-        part(&svc, "app", &id, first, &layer[first as usize..first as usize + len])
-            .await
-            .unwrap();
+        part(
+            &svc,
+            "app",
+            &id,
+            first,
+            &layer[first as usize..first as usize + len],
+        )
+        .await
+        .unwrap();
         first += len as u64;
     }
     let parts = svc.metadata().list_parts(&id).await.unwrap();
-    assert_eq!(parts.len(), 2, "12 MiB holds two full 5 MiB parts before completion");
+    assert_eq!(
+        parts.len(),
+        2,
+        "12 MiB holds two full 5 MiB parts before completion"
+    );
     assert!(parts.iter().all(|p| p.len >= 5 * MIB));
     let up = svc.metadata().get_upload(&id).await.unwrap().unwrap();
     assert_eq!(up.flushed_bytes, parts.iter().map(|p| p.len).sum::<u64>());
     assert!(up.next_byte - up.flushed_bytes < 5 * MIB + 333_333);
-    let d = complete(&svc, "app", &id, &[&digest(&layer)]).await.unwrap();
+    let d = complete(&svc, "app", &id, &[&digest(&layer)])
+        .await
+        .unwrap();
     assert_eq!(d.layer_digest, digest(&layer));
     assert_eq!(stored_bytes(&svc, "app", &d.layer_digest).await, layer);
     // Nothing of the upload is left behind: no records, no staging objects.
     assert!(svc.metadata().get_upload(&id).await.unwrap().is_none());
-    assert!(svc.metadata().list_segments(&id, 0).await.unwrap().is_empty());
+    assert!(
+        svc.metadata()
+            .list_segments(&id, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -277,7 +336,11 @@ async fn digest_list_rules() {
     let good = digest(layer);
     let upper = format!("sha256:{}", good["sha256:".len()..].to_uppercase());
     // Upper-case hex matches; digests of other algorithms are ignored.
-    for digests in [vec![upper.as_str()], vec!["sha512:abcd", good.as_str()], vec!["sha512:abcd"]] {
+    for digests in [
+        vec![upper.as_str()],
+        vec!["sha512:abcd", good.as_str()],
+        vec!["sha512:abcd"],
+    ] {
         let svc = service(small_parts());
         repo(&svc, "app").await;
         let id = initiate(&svc, "app").await;
@@ -288,12 +351,20 @@ async fn digest_list_rules() {
     let id = initiate(&svc, "app").await;
     part(&svc, "app", &id, 0, layer).await.unwrap();
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let err = complete(&svc, "app", &id, &[&wrong, "sha512:ab"]).await.unwrap_err();
+    let err = complete(&svc, "app", &id, &[&wrong, "sha512:ab"])
+        .await
+        .unwrap_err();
     assert_eq!(err.type_name(), "InvalidLayerException");
     // The failed upload is retired and its bytes are gone.
     let err = complete(&svc, "app", &id, &[&good]).await.unwrap_err();
     assert_eq!(err.type_name(), "UploadNotFoundException");
-    assert!(svc.metadata().get_layer("123456789012", "app", &good).await.unwrap().is_none());
+    assert!(
+        svc.metadata()
+            .get_layer("123456789012", "app", &good)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let err = complete(&svc, "app", &id, &["sha256"]).await.unwrap_err();
     assert_eq!(err.type_name(), "InvalidParameterException");
 }
@@ -312,7 +383,9 @@ async fn layer_already_exists_is_per_repository_and_after_verification() {
     // A wrong digest is reported as such even when the bytes exist already.
     let id = initiate(&svc, "one").await;
     part(&svc, "one", &id, 0, layer).await.unwrap();
-    let err = complete(&svc, "one", &id, &[&digest(b"other")]).await.unwrap_err();
+    let err = complete(&svc, "one", &id, &[&digest(b"other")])
+        .await
+        .unwrap_err();
     assert_eq!(err.type_name(), "InvalidLayerException");
     // The first copy is still intact.
     assert_eq!(stored_bytes(&svc, "one", &digest(layer)).await, layer);
@@ -328,7 +401,9 @@ async fn uploads_are_bound_to_their_repository_and_registry() {
     assert_eq!(err.type_name(), "UploadNotFoundException");
     assert_eq!(
         err.message(),
-        format!("The upload with id '{id}' does not exist in the repository with name 'two' in the registry with id '123456789012'")
+        format!(
+            "The upload with id '{id}' does not exist in the repository with name 'two' in the registry with id '123456789012'"
+        )
     );
     let err = svc
         .initiate_layer_upload(InitiateLayerUploadRequest {
@@ -342,7 +417,9 @@ async fn uploads_are_bound_to_their_repository_and_registry() {
         "The repository with name 'one' does not exist in the registry with id '210987654321'"
     );
     let unknown = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
-    let err = complete(&svc, "one", unknown, &["sha256:00"]).await.unwrap_err();
+    let err = complete(&svc, "one", unknown, &["sha256:00"])
+        .await
+        .unwrap_err();
     assert_eq!(err.type_name(), "UploadNotFoundException");
 }
 
@@ -444,7 +521,11 @@ async fn repositories_page_and_delete() {
         })
         .await
         .unwrap();
-    let names: Vec<_> = page.repositories.iter().map(|r| r.repository_name.as_str()).collect();
+    let names: Vec<_> = page
+        .repositories
+        .iter()
+        .map(|r| r.repository_name.as_str())
+        .collect();
     assert_eq!(names, ["a-repo", "b-repo"]);
     let page = svc
         .describe_repositories(DescribeRepositoriesRequest {

@@ -99,7 +99,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         self.find_repository(&registry, name).await
     }
 
-    async fn find_repository(&self, registry: &str, name: &str) -> Result<RepositoryRecord, EcrError> {
+    async fn find_repository(
+        &self,
+        registry: &str,
+        name: &str,
+    ) -> Result<RepositoryRecord, EcrError> {
         if registry != self.settings.registry_id {
             return Err(EcrError::repository_not_found(registry, name));
         }

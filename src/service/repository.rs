@@ -20,7 +20,10 @@ fn enum_value(member: &str, value: &str, allowed: &[&str]) -> Result<(), EcrErro
     } else {
         Err(domain::invalid(
             member,
-            format_args!("Member must satisfy enum value set: [{}]", allowed.join(", ")),
+            format_args!(
+                "Member must satisfy enum value set: [{}]",
+                allowed.join(", ")
+            ),
         ))
     }
 }

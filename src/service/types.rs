@@ -41,7 +41,10 @@ impl std::fmt::Debug for UploadLayerPartRequest {
             .field("upload_id", &self.upload_id)
             .field("part_first_byte", &self.part_first_byte)
             .field("part_last_byte", &self.part_last_byte)
-            .field("layer_part_blob_len", &self.layer_part_blob.as_ref().map(Bytes::len))
+            .field(
+                "layer_part_blob_len",
+                &self.layer_part_blob.as_ref().map(Bytes::len),
+            )
             .finish()
     }
 }

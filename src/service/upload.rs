@@ -51,7 +51,8 @@ fn invalid_part(up: &UploadRecord, message: String) -> EcrError {
 
 fn nonnegative(member: &str, v: Option<i64>) -> Result<u64, EcrError> {
     let v = domain::required(member, v)?;
-    u64::try_from(v).map_err(|_| domain::invalid(member, "must have value greater than or equal to 0"))
+    u64::try_from(v)
+        .map_err(|_| domain::invalid(member, "must have value greater than or equal to 0"))
 }
 
 impl<M: MetadataStore, B: BlobStore> Service<M, B> {
@@ -100,7 +101,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         upload_id: &str,
     ) -> Result<UploadRecord, EcrError> {
         let not_found = || EcrError::upload_not_found(registry, repo, upload_id);
-        let up = self.meta.get_upload(upload_id).await?.ok_or_else(not_found)?;
+        let up = self
+            .meta
+            .get_upload(upload_id)
+            .await?
+            .ok_or_else(not_found)?;
         if up.registry_id != registry
             || up.repository != repo
             || up.expires_at <= now_ms() / 1000
@@ -134,7 +139,12 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let first = nonnegative("partFirstByte", req.part_first_byte)?;
         let last = nonnegative("partLastByte", req.part_last_byte)?;
         let blob = domain::required("layerPartBlob", req.layer_part_blob)?;
-        domain::check_len("layerPartBlob", blob.len(), 0, crate::config::MAX_LAYER_PART as usize)?;
+        domain::check_len(
+            "layerPartBlob",
+            blob.len(),
+            0,
+            crate::config::MAX_LAYER_PART as usize,
+        )?;
 
         let mut up = self
             .live_upload(&repo.registry_id, &repo.name, &upload_id)
@@ -146,7 +156,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             last_byte_received: up.next_byte.saturating_sub(1),
         };
         if up.state != UploadState::Open {
-            return Err(EcrError::upload_not_found(&repo.registry_id, &repo.name, &upload_id));
+            return Err(EcrError::upload_not_found(
+                &repo.registry_id,
+                &repo.name,
+                &upload_id,
+            ));
         }
         if last < first || last - first + 1 != blob.len() as u64 {
             return Err(invalid_part(
@@ -187,7 +201,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 return Err(err);
             }
             if up.state != UploadState::Open {
-                return Err(EcrError::upload_not_found(&repo.registry_id, &repo.name, &upload_id));
+                return Err(EcrError::upload_not_found(
+                    &repo.registry_id,
+                    &repo.name,
+                    &upload_id,
+                ));
             }
             if !staged {
                 self.blobs.put_object(&key, blob.clone()).await?;
@@ -197,8 +215,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             next.next_byte = last + 1;
             if let Some(prev) = &up.last_part {
                 let prev_len = prev.last - prev.first + 1;
-                next.smallest_nonfinal_part =
-                    Some(next.smallest_nonfinal_part.map_or(prev_len, |s| s.min(prev_len)));
+                next.smallest_nonfinal_part = Some(
+                    next.smallest_nonfinal_part
+                        .map_or(prev_len, |s| s.min(prev_len)),
+                );
             }
             next.last_part = Some(fingerprint.clone());
             let segment = StagedSegment {
@@ -206,7 +226,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 len: blob.len() as u64,
                 key: key.clone(),
             };
-            match self.meta.update_upload(&next, SideWrite::Segment(segment)).await {
+            match self
+                .meta
+                .update_upload(&next, SideWrite::Segment(segment))
+                .await
+            {
                 Ok(()) => {
                     up = next;
                     if let Err(e) = self.flush_full_parts(&mut up, Some((&key, &blob))).await {
@@ -245,7 +269,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         fresh: Option<(&str, &Bytes)>,
     ) -> Result<(), EcrError> {
         loop {
-            let segments = self.meta.list_segments(&up.upload_id, up.flushed_bytes).await?;
+            let segments = self
+                .meta
+                .list_segments(&up.upload_id, up.flushed_bytes)
+                .await?;
             let mut total = 0u64;
             let mut take = 0usize;
             for s in &segments {
@@ -310,7 +337,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             let mut next = self.touched(up);
             next.parts_flushed = number;
             next.flushed_bytes = offset + len;
-            match self.meta.update_upload(&next, SideWrite::Part(part.clone())).await {
+            match self
+                .meta
+                .update_upload(&next, SideWrite::Part(part.clone()))
+                .await
+            {
                 Ok(()) => {
                     *up = next;
                     let offsets: Vec<u64> = segments.iter().map(|s| s.offset).collect();
@@ -320,11 +351,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     return Ok(());
                 }
                 Err(StoreError::Conflict) => {
-                    *up = self
-                        .meta
-                        .get_upload(&up.upload_id)
-                        .await?
-                        .ok_or_else(|| EcrError::Server("upload vanished during a flush".into()))?;
+                    *up =
+                        self.meta.get_upload(&up.upload_id).await?.ok_or_else(|| {
+                            EcrError::Server("upload vanished during a flush".into())
+                        })?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -399,7 +429,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             }
         }
         if !taken {
-            return Err(EcrError::Server("could not take the upload for completion".into()));
+            return Err(EcrError::Server(
+                "could not take the upload for completion".into(),
+            ));
         }
 
         let result = self.assemble_and_verify(&mut up, &digests).await;
@@ -430,7 +462,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         digests: &[String],
     ) -> Result<LayerRecord, EcrError> {
         self.flush_full_parts(up, None).await?;
-        let tail = self.meta.list_segments(&up.upload_id, up.flushed_bytes).await?;
+        let tail = self
+            .meta
+            .list_segments(&up.upload_id, up.flushed_bytes)
+            .await?;
         if !tail.is_empty() {
             self.flush_segments(up, &tail, None).await?;
         }
@@ -531,9 +566,15 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 self.drop_objects(segments.into_iter().map(|s| s.key).collect())
                     .await
             }
-            Err(e) => tracing::warn!(upload_id = %up.upload_id, error = %e, "cleanup listing failed"),
+            Err(e) => {
+                tracing::warn!(upload_id = %up.upload_id, error = %e, "cleanup listing failed")
+            }
         }
-        if let Err(e) = self.blobs.abort_multipart(&up.blob_key, &up.multipart_id).await {
+        if let Err(e) = self
+            .blobs
+            .abort_multipart(&up.blob_key, &up.multipart_id)
+            .await
+        {
             tracing::warn!(upload_id = %up.upload_id, error = %e, "multipart abort failed");
         }
         if let Err(e) = self.meta.delete_upload(&up.upload_id).await {
@@ -548,8 +589,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let expired = self.meta.expired_uploads(now_ms() / 1000, limit).await?;
         for up in &expired {
             if up.state != UploadState::Done {
-                self.drop_objects(vec![up.blob_key.clone()])
-                    .await;
+                self.drop_objects(vec![up.blob_key.clone()]).await;
             }
             self.forget(up).await;
         }

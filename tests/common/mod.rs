@@ -31,7 +31,12 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if backend == "aws" {
-            for key in ["ECR_BUCKET", "ECR_TABLE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_DYNAMODB"] {
+            for key in [
+                "ECR_BUCKET",
+                "ECR_TABLE",
+                "AWS_ENDPOINT_URL_S3",
+                "AWS_ENDPOINT_URL_DYNAMODB",
+            ] {
                 assert!(
                     std::env::var(key).is_ok(),
                     "ECR_TEST_BACKEND=aws needs {key}: run the tests through `make test`"
