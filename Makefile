@@ -7,7 +7,7 @@ CARGO ?= cargo
 TOOLS_DIR ?= $(HOME)/.cache/ecr-layer-upload
 export TOOLS_DIR
 
-.PHONY: all build release run test unit fmt clippy lint bench clean
+.PHONY: all build release run test unit fmt clippy bench clean
 
 all: build
 
@@ -19,6 +19,18 @@ release:
 
 run:
 	$(CARGO) run --release -- serve
+
+# Both backends, every client: see scripts/test.sh.
+test:
+	CARGO=$(CARGO) scripts/test.sh
+
+# Fast loop: the suites that need no servers.
+unit:
+	$(CARGO) test --lib --test service --test events --test lambda_limits --test contract_local
+
+# Peak memory and throughput for 64 MiB and 1 GiB layers in Lambda-sized parts.
+bench:
+	$(CARGO) bench --bench push
 
 fmt:
 	$(CARGO) fmt --all

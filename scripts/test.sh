@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make test`: every suite, against both backends, on one debug build.
+#
+# Installs what it needs on first use (client tools, the local S3 and DynamoDB servers), starts
+# the servers on 127.0.0.1 unless they are already running, and stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARGO=${CARGO:-cargo}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "tools"
+scripts/tools.sh install
+PATH="$(scripts/tools.sh path):$PATH"
+export PATH
+
+step "local S3 and DynamoDB servers"
+started=0
+if ! scripts/services.sh status >/dev/null 2>&1; then
+    started=1
+fi
+cleanup() {
+    if [ "$started" = 1 ]; then
+        scripts/services.sh down || true
+    fi
+}
+trap cleanup EXIT
+scripts/services.sh up
+# AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL_DYNAMODB, ECR_BUCKET, ECR_TABLE, region, credentials.
+while IFS= read -r line; do
+    [ -n "$line" ] && export "${line?}"
+done < <(scripts/services.sh env)
+# Servers started by the suites pick their backend from ECR_TEST_BACKEND, not ECR_BACKEND.
+unset ECR_BACKEND
+
+step "build"
+$CARGO build --lib --bins --tests
+
+step "Rust suites (service, fixtures, storage contract on both backends, aws-sdk-ecr on local)"
+ECR_TEST_BACKEND=local $CARGO test --lib --bins --tests
+
+step "aws-sdk-ecr against the AWS backend"
+ECR_TEST_BACKEND=aws $CARGO test --test sdk_ecr
+
+export ECR_BIN=target/debug/ecr-layer-upload
+step "boto3 and aws CLI against the embedded backend"
+ECR_TEST_BACKEND=local python3 -m unittest -v tests/clients/test_clients.py
+
+step "boto3 and aws CLI against the AWS backend"
+ECR_TEST_BACKEND=aws python3 -m unittest -v tests/clients/test_clients.py
+
+if [ -f tests/lambda/invoke_fixtures.py ]; then
+    step "every event fixture through cargo lambda watch + invoke"
+    python3 tests/lambda/invoke_fixtures.py
+fi
+
+step "all suites passed"
