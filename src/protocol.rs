@@ -38,6 +38,7 @@ pub enum Operation {
     CreateRepository,
     DescribeRepositories,
     DeleteRepository,
+    BatchCheckLayerAvailability,
 }
 
 impl Operation {
@@ -49,6 +50,7 @@ impl Operation {
             "CreateRepository" => Self::CreateRepository,
             "DescribeRepositories" => Self::DescribeRepositories,
             "DeleteRepository" => Self::DeleteRepository,
+            "BatchCheckLayerAvailability" => Self::BatchCheckLayerAvailability,
             _ => return None,
         })
     }
@@ -250,5 +252,8 @@ async fn dispatch<M: MetadataStore, B: BlobStore>(
         Operation::CreateRepository => encode(svc.create_repository(decode(body)?).await),
         Operation::DescribeRepositories => encode(svc.describe_repositories(decode(body)?).await),
         Operation::DeleteRepository => encode(svc.delete_repository(decode(body)?).await),
+        Operation::BatchCheckLayerAvailability => {
+            encode(svc.batch_check_layer_availability(decode(body)?).await)
+        }
     }
 }

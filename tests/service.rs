@@ -552,3 +552,58 @@ async fn repositories_page_and_delete() {
         .unwrap_err();
     assert_eq!(err.type_name(), "RepositoryNotFoundException");
 }
+
+#[tokio::test]
+async fn parts_beyond_the_maximum_layer_size_are_refused() {
+    let svc = service(small_parts());
+    repo(&svc, "app").await;
+    let id = initiate(&svc, "app").await;
+    let err = part(&svc, "app", &id, 52_000 * MIB, b"x")
+        .await
+        .unwrap_err();
+    assert_eq!(err.type_name(), "LimitExceededException");
+}
+
+#[tokio::test]
+async fn batch_check_reports_available_unavailable_and_failures() {
+    let svc = service(small_parts());
+    repo(&svc, "app").await;
+    let layer = b"checked layer";
+    let d = push(&svc, "app", layer, 4).await.unwrap();
+    let absent = format!("sha256:{}", "1".repeat(64));
+    let out = svc
+        .batch_check_layer_availability(BatchCheckLayerAvailabilityRequest {
+            registry_id: None,
+            repository_name: Some("app".into()),
+            layer_digests: Some(vec![
+                d.clone(),
+                absent.clone(),
+                "nope".into(),
+                String::new(),
+            ]),
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.layers.len(), 2);
+    assert_eq!(out.layers[0].layer_digest, d);
+    assert_eq!(out.layers[0].layer_availability, "AVAILABLE");
+    assert_eq!(out.layers[0].layer_size, Some(layer.len() as u64));
+    assert_eq!(out.layers[1].layer_digest, absent);
+    assert_eq!(out.layers[1].layer_availability, "UNAVAILABLE");
+    assert_eq!(out.layers[1].layer_size, None);
+    let codes: Vec<_> = out
+        .failures
+        .iter()
+        .map(|f| f.failure_code.as_str())
+        .collect();
+    assert_eq!(codes, ["InvalidLayerDigest", "MissingLayerDigest"]);
+    let err = svc
+        .batch_check_layer_availability(BatchCheckLayerAvailabilityRequest {
+            registry_id: None,
+            repository_name: Some("app".into()),
+            layer_digests: Some(vec![]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.type_name(), "InvalidParameterException");
+}

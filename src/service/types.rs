@@ -171,3 +171,37 @@ pub struct DeleteRepositoryRequest {
 pub struct DeleteRepositoryResponse {
     pub repository: Repository,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchCheckLayerAvailabilityRequest {
+    pub registry_id: Option<String>,
+    pub repository_name: Option<String>,
+    pub layer_digests: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Layer {
+    pub layer_digest: String,
+    pub layer_availability: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerFailure {
+    pub layer_digest: String,
+    pub failure_code: String,
+    pub failure_reason: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchCheckLayerAvailabilityResponse {
+    pub layers: Vec<Layer>,
+    pub failures: Vec<LayerFailure>,
+}

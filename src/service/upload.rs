@@ -28,6 +28,9 @@ const MAX_ATTEMPTS: usize = 16;
 /// take it over (a crashed or timed-out completion; Lambda stops at 15 minutes).
 const COMPLETING_LEASE_MS: u64 = 16 * 60 * 1000;
 
+/// ECR's documented maximum layer size, 52,000 MiB.
+pub const MAX_LAYER_SIZE: u64 = 52_000 * 1024 * 1024;
+
 /// Where the assembled layer of an upload lives.
 fn blob_key(upload_id: &str) -> String {
     format!("layers/{upload_id}")
@@ -90,6 +93,68 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             upload_id,
             part_size: self.settings.part_size,
         })
+    }
+
+    /// BatchCheckLayerAvailability: which layers the repository holds. AWS's Go client asks
+    /// before every upload and uploads only on `UNAVAILABLE`; any `failures` entry stops it.
+    pub async fn batch_check_layer_availability(
+        &self,
+        req: BatchCheckLayerAvailabilityRequest,
+    ) -> Result<BatchCheckLayerAvailabilityResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let digests = domain::required("layerDigests", req.layer_digests)?;
+        domain::check_len("layerDigests", digests.len(), 1, 100)?;
+        for d in &digests {
+            domain::check_len("layerDigests.member", d.chars().count(), 0, 1000)?;
+        }
+        let mut out = BatchCheckLayerAvailabilityResponse {
+            layers: Vec::new(),
+            failures: Vec::new(),
+        };
+        for digest in digests {
+            if digest.is_empty() {
+                out.failures.push(LayerFailure {
+                    layer_digest: digest,
+                    failure_code: "MissingLayerDigest".into(),
+                    failure_reason: "The layer digest is missing".into(),
+                });
+                continue;
+            }
+            if !domain::is_layer_digest(&digest) {
+                out.failures.push(LayerFailure {
+                    layer_digest: digest,
+                    failure_code: "InvalidLayerDigest".into(),
+                    failure_reason: "Invalid layer digest".into(),
+                });
+                continue;
+            }
+            // Layers are recorded under the computed, lower-case sha256 digest.
+            let key = match digest.split_once(':') {
+                Some(("sha256", hex)) => format!("sha256:{}", hex.to_ascii_lowercase()),
+                _ => digest.clone(),
+            };
+            let found = self
+                .meta
+                .get_layer(&repo.registry_id, &repo.name, &key)
+                .await?;
+            out.layers.push(match found {
+                Some(layer) => Layer {
+                    layer_digest: digest,
+                    layer_availability: "AVAILABLE".into(),
+                    layer_size: Some(layer.size),
+                    media_type: layer.media_type,
+                },
+                None => Layer {
+                    layer_digest: digest,
+                    layer_availability: "UNAVAILABLE".into(),
+                    layer_size: None,
+                    media_type: None,
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// The upload `upload_id` of repository `repo`, if it is live: present, of this repository,
@@ -170,6 +235,13 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     blob.len()
                 ),
             ));
+        }
+        if last >= MAX_LAYER_SIZE {
+            // Beyond this, S3's 10,000 parts of `s3_part_size` could not hold the layer either.
+            return Err(EcrError::LimitExceeded(format!(
+                "The layer would exceed the maximum layer size of {} bytes",
+                MAX_LAYER_SIZE
+            )));
         }
         let sha = hex::encode(Sha256::digest(&blob));
         let fingerprint = PartFingerprint {
