@@ -99,6 +99,26 @@ async fn typed_outputs_for_a_full_push() {
     assert_eq!(done.layer_digest(), Some(digest.as_str()));
     assert_eq!(done.registry_id(), Some("123456789012"));
 
+    let check = ecr
+        .batch_check_layer_availability()
+        .repository_name(&name)
+        .layer_digests(&digest)
+        .layer_digests(format!("sha256:{}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    let layers = check.layers();
+    assert_eq!(
+        layers[0].layer_availability(),
+        Some(&aws_sdk_ecr::types::LayerAvailability::Available)
+    );
+    assert_eq!(layers[0].layer_size(), Some(layer.len() as i64));
+    assert_eq!(
+        layers[1].layer_availability(),
+        Some(&aws_sdk_ecr::types::LayerAvailability::Unavailable)
+    );
+    assert!(check.failures().is_empty());
+
     let described = ecr
         .describe_repositories()
         .repository_names(&name)
