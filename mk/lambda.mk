@@ -8,6 +8,7 @@
 #   make lambda-build-arm64         the arm64 build the template deploys (best effort on x86_64 hosts)
 #   make watch [LAMBDA_PORT=9000]   cargo lambda watch against the local S3/DynamoDB servers
 #   make invoke EVENT=<name>        send events/<name>.json to the watched function
+#   make test-lambda                every fixture in events/ through a watcher of its own, checked
 #   make sam-build                  sam build (compiles the function with cargo-lambda, arm64)
 #   make deploy                     sam build && sam deploy --guided (needs AWS credentials)
 
@@ -20,7 +21,8 @@ LINT_REGION ?= us-east-1
 # Prefix for recipes that use the tools: venv first on PATH, no SAM CLI telemetry.
 WITH_TOOLS = PATH="$(LAMBDA_TOOLS_BIN):$$PATH" SAM_CLI_TELEMETRY=0
 
-.PHONY: tools lint lint-template lambda-build lambda-build-arm64 watch invoke sam-build deploy
+.PHONY: tools lint lint-template lambda-build lambda-build-arm64 watch invoke test-lambda sam-build \
+	deploy
 
 tools:
 	@$(TOOLS_SH) install
@@ -57,6 +59,15 @@ invoke: tools
 	@test -f events/$(EVENT).json || { echo "events/$(EVENT).json does not exist" >&2; exit 2; }
 	$(WITH_TOOLS) $(CARGO) lambda invoke -A 127.0.0.1 -P $(LAMBDA_PORT) $(LAMBDA_FUNCTION) \
 		--data-file events/$(EVENT).json
+
+# Every fixture in events/ through `cargo lambda watch` + `cargo lambda invoke`, each answer checked
+# (tests/lambda/invoke_fixtures.py). The script starts and stops a watcher of its own (AWS backend,
+# the local servers' environment) on TEST_LAMBDA_PORT, by default the first free port from 39500,
+# so a `make watch` on LAMBDA_PORT may keep running.
+TEST_LAMBDA_PORT ?=
+test-lambda: tools services-up
+	$(WITH_TOOLS) CARGO='$(CARGO)' LAMBDA_PORT='$(TEST_LAMBDA_PORT)' \
+		python3 tests/lambda/invoke_fixtures.py
 
 sam-build: tools
 	$(WITH_TOOLS) sam build
