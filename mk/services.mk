@@ -3,7 +3,7 @@
 
 SERVICES := scripts/services.sh
 
-.PHONY: services-install services-up services-down services-status aws-env run-aws test-aws-contract
+.PHONY: services-install services-up services-down services-status aws-env run-aws test-aws-contract test-aws-backend
 
 services-install:
 	$(SERVICES) install
@@ -27,3 +27,8 @@ run-aws: services-up
 
 test-aws-contract: services-up
 	env $$($(SERVICES) env) $(CARGO) test --test contract_aws
+
+# The service (upload state machine) in-process on the AWS backend: coalescing into S3 parts,
+# abandoned uploads, races (tests/aws_backend.rs).
+test-aws-backend: services-up
+	env $$($(SERVICES) env) $(CARGO) test --test aws_backend
