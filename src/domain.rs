@@ -145,6 +145,15 @@ pub fn layer_digest(member: &str, s: &str) -> Result<(), EcrError> {
     }
 }
 
+/// A valid digest as records key it: `sha256` hex in lower case (registries compute it so),
+/// other algorithms as given.
+pub fn normalize_digest(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some(("sha256", hex)) => format!("sha256:{}", hex.to_ascii_lowercase()),
+        _ => digest.to_string(),
+    }
+}
+
 /// `sha256:` followed by 64 lower-case hex digits.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(bytes))

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod manifest;
 pub mod ports;
 pub mod protocol;
 pub mod server;

@@ -116,6 +116,64 @@ pub struct LayerRecord {
     pub created_at_ms: u64,
 }
 
+/// An image: a manifest stored under its digest in a repository. Tags live in [`TagRecord`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub registry_id: String,
+    pub repository: String,
+    /// `sha256:<64 lower hex>` of the manifest bytes exactly as sent.
+    pub digest: String,
+    /// The manifest text as sent, when it is small enough to keep in the record (DynamoDB items
+    /// are at most 400 KB); otherwise `None` and the text is the blob at `manifest_key`.
+    pub manifest: Option<String>,
+    pub manifest_key: Option<String>,
+    /// The manifest's media type (OCI or Docker v2, manifest or index).
+    pub media_type: String,
+    /// The config blob's media type, for manifests that have one.
+    pub artifact_media_type: Option<String>,
+    /// Sum of the referenced blobs' sizes; for an index, the largest of its manifests' sizes.
+    pub size: u64,
+    /// Milliseconds since the epoch.
+    pub pushed_at_ms: u64,
+    /// Digests of the blobs (config, layers) the manifest references.
+    pub blobs: Vec<String>,
+    /// Digests of the manifests an index references.
+    pub manifests: Vec<String>,
+    /// The `subject` manifest digest (OCI referrers), if any.
+    pub subject: Option<String>,
+}
+
+/// A tag of a repository and the image digest it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub registry_id: String,
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+    /// Milliseconds since the epoch of the write that made the tag name `digest`.
+    pub updated_at_ms: u64,
+}
+
+/// What [`MetadataStore::put_image`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutImageOutcome {
+    /// The image was recorded (if new) and the tag (if any) now names it.
+    Stored,
+    /// The image was already there and the tag, if any, already named it: nothing was written.
+    AlreadyExists,
+    /// The tag names the image `digest` and tags are immutable: nothing was written.
+    TagImmutable { digest: String },
+}
+
+/// Why a download URL presented to the local server is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadRefused {
+    /// The signature does not match (forged or altered URL).
+    BadSignature,
+    /// The URL's expiry time has passed.
+    Expired,
+}
+
 /// A record written in the same atomic step as an upload update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SideWrite {
@@ -151,7 +209,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         registry_id: &str,
     ) -> impl Future<Output = StoreResult<Vec<RepositoryRecord>>> + Send;
-    /// Delete a repository and the layers recorded in it; `Ok(false)` if there was none.
+    /// Delete a repository and the layers, images and tags recorded in it; `Ok(false)` if there
+    /// was none.
     fn delete_repository(
         &self,
         registry_id: &str,
@@ -211,6 +270,64 @@ pub trait MetadataStore: Send + Sync + 'static {
         repository: &str,
         digest: &str,
     ) -> impl Future<Output = StoreResult<Option<LayerRecord>>> + Send;
+    /// Set the media type of a recorded layer (an image references it); absent layers are fine.
+    fn set_layer_media_type(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+        media_type: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// In one atomic step: record `image` unless an image with its registry, repository and
+    /// digest exists (an existing record is kept as it is), and make `tag` name it. A tag that
+    /// names another image is moved, unless `immutable_tags` (then `TagImmutable`, nothing
+    /// written). Image and tag already in place: `AlreadyExists`, nothing written.
+    fn put_image(
+        &self,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> impl Future<Output = StoreResult<PutImageOutcome>> + Send;
+    fn get_image(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> impl Future<Output = StoreResult<Option<ImageRecord>>> + Send;
+    fn get_tag(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        tag: &str,
+    ) -> impl Future<Output = StoreResult<Option<TagRecord>>> + Send;
+    /// Every image of a repository, sorted by digest.
+    fn list_images(
+        &self,
+        registry_id: &str,
+        repository: &str,
+    ) -> impl Future<Output = StoreResult<Vec<ImageRecord>>> + Send;
+    /// Every tag of a repository, sorted by tag.
+    fn list_tags(
+        &self,
+        registry_id: &str,
+        repository: &str,
+    ) -> impl Future<Output = StoreResult<Vec<TagRecord>>> + Send;
+    /// Delete `tag` if it names `digest`: `Ok(false)` if it is absent or names another image.
+    fn delete_tag(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        tag: &str,
+        digest: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Delete an image and every tag that names it, in one atomic step; `Ok(false)` if absent.
+    fn delete_image(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
 }
 
 pub trait BlobStore: Send + Sync + 'static {
@@ -255,4 +372,22 @@ pub trait BlobStore: Send + Sync + 'static {
         key: &str,
         multipart_id: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// A URL from which the object at `key` can be fetched with a plain HTTP GET (honouring
+    /// `Range`) for `expires_in_secs` seconds, and not after.
+    fn download_url(
+        &self,
+        key: &str,
+        expires_in_secs: u64,
+    ) -> impl Future<Output = StoreResult<String>> + Send;
+    /// For stores whose download URLs the local server serves itself: the object key that the
+    /// request `path` and `query` (as received, without `?`) name, if they form a download URL
+    /// this store issued. `None`: not a download URL of this store (S3 serves its own).
+    fn resolve_download(
+        &self,
+        _path: &str,
+        _query: Option<&str>,
+    ) -> Option<Result<String, DownloadRefused>> {
+        None
+    }
 }

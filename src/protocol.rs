@@ -39,6 +39,12 @@ pub enum Operation {
     DescribeRepositories,
     DeleteRepository,
     BatchCheckLayerAvailability,
+    PutImage,
+    BatchGetImage,
+    ListImages,
+    DescribeImages,
+    BatchDeleteImage,
+    GetDownloadUrlForLayer,
 }
 
 impl Operation {
@@ -51,6 +57,12 @@ impl Operation {
             "DescribeRepositories" => Self::DescribeRepositories,
             "DeleteRepository" => Self::DeleteRepository,
             "BatchCheckLayerAvailability" => Self::BatchCheckLayerAvailability,
+            "PutImage" => Self::PutImage,
+            "BatchGetImage" => Self::BatchGetImage,
+            "ListImages" => Self::ListImages,
+            "DescribeImages" => Self::DescribeImages,
+            "BatchDeleteImage" => Self::BatchDeleteImage,
+            "GetDownloadUrlForLayer" => Self::GetDownloadUrlForLayer,
             _ => return None,
         })
     }
@@ -254,6 +266,14 @@ async fn dispatch<M: MetadataStore, B: BlobStore>(
         Operation::DeleteRepository => encode(svc.delete_repository(decode(body)?).await),
         Operation::BatchCheckLayerAvailability => {
             encode(svc.batch_check_layer_availability(decode(body)?).await)
+        }
+        Operation::PutImage => encode(svc.put_image(decode(body)?).await),
+        Operation::BatchGetImage => encode(svc.batch_get_image(decode(body)?).await),
+        Operation::ListImages => encode(svc.list_images(decode(body)?).await),
+        Operation::DescribeImages => encode(svc.describe_images(decode(body)?).await),
+        Operation::BatchDeleteImage => encode(svc.batch_delete_image(decode(body)?).await),
+        Operation::GetDownloadUrlForLayer => {
+            encode(svc.get_download_url_for_layer(decode(body)?).await)
         }
     }
 }

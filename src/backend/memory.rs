@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
 use crate::ports::{
-    BlobStore, ByteStream, Finish, FlushedPart, LayerRecord, MetadataStore, RepositoryRecord,
-    SideWrite, StagedSegment, StoreResult, UploadRecord,
+    BlobStore, ByteStream, Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore,
+    PutImageOutcome, RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord,
+    UploadRecord,
 };
 
 /// Chunk size of [`MemoryBlobs::read_object`] streams: small enough that consumers see several
@@ -38,6 +39,26 @@ struct MetaState {
     parts: BTreeMap<(String, u32), FlushedPart>,
     /// (registry, repository, digest) → layer.
     layers: BTreeMap<(String, String, String), LayerRecord>,
+    /// (registry, repository, digest) → image.
+    images: BTreeMap<(String, String, String), ImageRecord>,
+    /// (registry, repository, tag) → tag.
+    tags: BTreeMap<(String, String, String), TagRecord>,
+}
+
+fn key3(a: &str, b: &str, c: &str) -> (String, String, String) {
+    (a.to_owned(), b.to_owned(), c.to_owned())
+}
+
+/// The records of `map` whose first two key parts are `registry_id` and `repository`, in order.
+fn in_repository<V: Clone>(
+    map: &BTreeMap<(String, String, String), V>,
+    registry_id: &str,
+    repository: &str,
+) -> Vec<V> {
+    map.range(key3(registry_id, repository, "")..)
+        .take_while(|((reg, repo, _), _)| reg == registry_id && repo == repository)
+        .map(|(_, v)| v.clone())
+        .collect()
 }
 
 /// [`MetadataStore`] in a mutex-guarded map. Clones share the same state.
@@ -102,8 +123,11 @@ impl MetadataStore for MemoryMetadata {
             .repos
             .remove(&(registry_id.to_owned(), name.to_owned()))
             .is_some();
-        s.layers
-            .retain(|(reg, repo, _), _| !(reg == registry_id && repo == name));
+        let other =
+            |(reg, repo, _): &(String, String, String)| !(reg == registry_id && repo == name);
+        s.layers.retain(|k, _| other(k));
+        s.images.retain(|k, _| other(k));
+        s.tags.retain(|k, _| other(k));
         Ok(existed)
     }
 
@@ -221,6 +245,134 @@ impl MetadataStore for MemoryMetadata {
                 digest.to_owned(),
             ))
             .cloned())
+    }
+
+    async fn set_layer_media_type(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+        media_type: &str,
+    ) -> StoreResult<()> {
+        let mut s = lock(&self.state);
+        if let Some(layer) = s.layers.get_mut(&key3(registry_id, repository, digest)) {
+            layer.media_type = Some(media_type.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn put_image(
+        &self,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> StoreResult<PutImageOutcome> {
+        let mut s = lock(&self.state);
+        let image_key = key3(&image.registry_id, &image.repository, &image.digest);
+        let image_exists = s.images.contains_key(&image_key);
+        if let Some(tag) = tag {
+            let tag_key = key3(&image.registry_id, &image.repository, tag);
+            match s.tags.get(&tag_key) {
+                Some(t) if t.digest == image.digest && image_exists => {
+                    return Ok(PutImageOutcome::AlreadyExists);
+                }
+                Some(t) if t.digest != image.digest && immutable_tags => {
+                    return Ok(PutImageOutcome::TagImmutable {
+                        digest: t.digest.clone(),
+                    });
+                }
+                _ => {}
+            }
+            s.tags.insert(
+                tag_key,
+                TagRecord {
+                    registry_id: image.registry_id.clone(),
+                    repository: image.repository.clone(),
+                    tag: tag.to_owned(),
+                    digest: image.digest.clone(),
+                    updated_at_ms: image.pushed_at_ms,
+                },
+            );
+        } else if image_exists {
+            return Ok(PutImageOutcome::AlreadyExists);
+        }
+        s.images.entry(image_key).or_insert_with(|| image.clone());
+        Ok(PutImageOutcome::Stored)
+    }
+
+    async fn get_image(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> StoreResult<Option<ImageRecord>> {
+        let s = lock(&self.state);
+        Ok(s.images
+            .get(&key3(registry_id, repository, digest))
+            .cloned())
+    }
+
+    async fn get_tag(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        tag: &str,
+    ) -> StoreResult<Option<TagRecord>> {
+        let s = lock(&self.state);
+        Ok(s.tags.get(&key3(registry_id, repository, tag)).cloned())
+    }
+
+    async fn list_images(
+        &self,
+        registry_id: &str,
+        repository: &str,
+    ) -> StoreResult<Vec<ImageRecord>> {
+        Ok(in_repository(
+            &lock(&self.state).images,
+            registry_id,
+            repository,
+        ))
+    }
+
+    async fn list_tags(&self, registry_id: &str, repository: &str) -> StoreResult<Vec<TagRecord>> {
+        Ok(in_repository(
+            &lock(&self.state).tags,
+            registry_id,
+            repository,
+        ))
+    }
+
+    async fn delete_tag(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        tag: &str,
+        digest: &str,
+    ) -> StoreResult<bool> {
+        let mut s = lock(&self.state);
+        let key = key3(registry_id, repository, tag);
+        if s.tags.get(&key).is_some_and(|t| t.digest == digest) {
+            s.tags.remove(&key);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn delete_image(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> StoreResult<bool> {
+        let mut s = lock(&self.state);
+        let existed = s
+            .images
+            .remove(&key3(registry_id, repository, digest))
+            .is_some();
+        s.tags.retain(|(reg, repo, _), t| {
+            !(reg == registry_id && repo == repository && t.digest == digest)
+        });
+        Ok(existed)
     }
 }
 
@@ -435,6 +587,12 @@ impl BlobStore for MemoryBlobs {
             s.multiparts.remove(multipart_id);
         }
         Ok(())
+    }
+
+    /// An address no client can fetch: in-memory objects are read through the port only.
+    async fn download_url(&self, key: &str, expires_in_secs: u64) -> StoreResult<String> {
+        let expires = crate::service::now_ms() / 1000 + expires_in_secs;
+        Ok(format!("memory:///{key}?expires={expires}"))
     }
 }
 

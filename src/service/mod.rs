@@ -1,5 +1,6 @@
 //! The service: ECR's operations over the storage ports, independent of wire and backend.
 
+mod images;
 mod repository;
 pub mod types;
 mod upload;
@@ -10,6 +11,7 @@ use crate::domain;
 use crate::error::EcrError;
 use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 
+pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
 pub use upload::staging_key;
 
 /// What the operations need to know about their deployment (see [`crate::config`]).
@@ -46,6 +48,60 @@ pub struct Service<M, B> {
     meta: M,
     blobs: B,
     settings: Settings,
+}
+
+/// `maxResults` of a paged listing: 1..=1000, `default` when absent.
+fn page_size(max_results: Option<i64>, default: i64) -> Result<usize, EcrError> {
+    let max = max_results.unwrap_or(default);
+    if max < 1 {
+        return Err(domain::invalid(
+            "maxResults",
+            "must have value greater than or equal to 1",
+        ));
+    }
+    if max > 1000 {
+        return Err(domain::invalid(
+            "maxResults",
+            "must have value less than or equal to 1000",
+        ));
+    }
+    Ok(max as usize)
+}
+
+/// The sort key a `nextToken` continues after. Tokens are opaque to clients: the last key of the
+/// page, hex-encoded.
+fn page_after(next_token: Option<&str>) -> Result<Option<String>, EcrError> {
+    next_token
+        .map(|token| {
+            hex::decode(token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    domain::invalid("nextToken", "must be a token from an earlier response")
+                })
+        })
+        .transpose()
+}
+
+/// One page of `entries` (sorted by their keys): those after `after`, at most `max`, and the
+/// token of the next page if there is one.
+fn paginate<T>(
+    entries: Vec<(String, T)>,
+    after: Option<&str>,
+    max: usize,
+) -> (Vec<T>, Option<String>) {
+    let mut page: Vec<(String, T)> = entries
+        .into_iter()
+        .filter(|(key, _)| after.is_none_or(|a| key.as_str() > a))
+        .take(max + 1)
+        .collect();
+    let next = if page.len() > max {
+        page.truncate(max);
+        page.last().map(|(key, _)| hex::encode(key))
+    } else {
+        None
+    };
+    (page.into_iter().map(|(_, v)| v).collect(), next)
 }
 
 pub(crate) fn now_ms() -> u64 {

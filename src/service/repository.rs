@@ -148,23 +148,8 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 next_token: None,
             });
         }
-        let max = req.max_results.unwrap_or(100);
-        if !(1..=1000).contains(&max) {
-            return Err(domain::invalid(
-                "maxResults",
-                if max < 1 {
-                    "must have value greater than or equal to 1"
-                } else {
-                    "must have value less than or equal to 1000"
-                },
-            ));
-        }
-        let after = match req.next_token.as_deref() {
-            None => None,
-            Some(token) => Some(decode_token(token).ok_or_else(|| {
-                domain::invalid("nextToken", "must be a token from an earlier response")
-            })?),
-        };
+        let max = super::page_size(req.max_results, 100)?;
+        let after = super::page_after(req.next_token.as_deref())?;
         if registry != self.settings.registry_id {
             return Ok(DescribeRepositoriesResponse {
                 repositories: Vec::new(),
@@ -172,24 +157,16 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             });
         }
         let all = self.meta.list_repositories(&registry).await?;
-        let mut page: Vec<&RepositoryRecord> = all
-            .iter()
-            .filter(|r| after.as_deref().is_none_or(|a| r.name.as_str() > a))
-            .take(max as usize + 1)
-            .collect();
-        let next_token = if page.len() > max as usize {
-            page.truncate(max as usize);
-            page.last().map(|r| encode_token(&r.name))
-        } else {
-            None
-        };
+        let entries = all.iter().map(|r| (r.name.clone(), r)).collect();
+        let (page, next_token) = super::paginate(entries, after.as_deref(), max);
         Ok(DescribeRepositoriesResponse {
             repositories: page.into_iter().map(|r| self.repository_out(r)).collect(),
             next_token,
         })
     }
 
-    /// DeleteRepository: removes the repository and the layers recorded in it.
+    /// DeleteRepository: removes the repository and the layers, images and tags recorded in it;
+    /// a repository with images only with `force`.
     pub async fn delete_repository(
         &self,
         req: DeleteRepositoryRequest,
@@ -197,9 +174,19 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let record = self
             .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
             .await?;
-        // Repositories hold no images yet (PutImage is not served), so `force` changes nothing:
-        // layers that no image references are not content ECR counts.
-        let _force = req.force.unwrap_or(false);
+        // Layers that no image references are not content ECR counts; images are.
+        if !req.force.unwrap_or(false)
+            && !self
+                .meta
+                .list_images(&record.registry_id, &record.name)
+                .await?
+                .is_empty()
+        {
+            return Err(EcrError::RepositoryNotEmpty(format!(
+                "The repository with name '{}' in registry with id '{}' cannot be deleted because it still contains images",
+                record.name, record.registry_id
+            )));
+        }
         if !self
             .meta
             .delete_repository(&record.registry_id, &record.name)
@@ -214,13 +201,4 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             repository: self.repository_out(&record),
         })
     }
-}
-
-/// Paging tokens are opaque to clients: the last name of the page, hex-encoded.
-fn encode_token(name: &str) -> String {
-    hex::encode(name)
-}
-
-fn decode_token(token: &str) -> Option<String> {
-    String::from_utf8(hex::decode(token).ok()?).ok()
 }

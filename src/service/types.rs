@@ -205,3 +205,157 @@ pub struct BatchCheckLayerAvailabilityResponse {
     pub layers: Vec<Layer>,
     pub failures: Vec<LayerFailure>,
 }
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageIdentifier {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_tag: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PutImageRequest {
+    pub registry_id: Option<String>,
+    pub repository_name: Option<String>,
+    pub image_manifest: Option<String>,
+    pub image_manifest_media_type: Option<String>,
+    pub image_tag: Option<String>,
+    pub image_digest: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    pub registry_id: String,
+    pub repository_name: String,
+    pub image_id: ImageIdentifier,
+    pub image_manifest: String,
+    pub image_manifest_media_type: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PutImageResponse {
+    pub image: Image,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchGetImageRequest {
+    pub registry_id: Option<String>,
+    pub repository_name: Option<String>,
+    pub image_ids: Option<Vec<ImageIdentifier>>,
+    pub accepted_media_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageFailure {
+    pub image_id: ImageIdentifier,
+    pub failure_code: String,
+    pub failure_reason: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchGetImageResponse {
+    pub images: Vec<Image>,
+    pub failures: Vec<ImageFailure>,
+}
+
+/// `filter` of ListImages and DescribeImages.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageFilter {
+    pub tag_status: Option<String>,
+    pub image_status: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListImagesRequest {
+    pub registry_id: Option<String>,
+    pub repository_name: Option<String>,
+    pub next_token: Option<String>,
+    pub max_results: Option<i64>,
+    pub filter: Option<ImageFilter>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListImagesResponse {
+    pub image_ids: Vec<ImageIdentifier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeImagesRequest {
+    pub registry_id: Option<String>,
+    pub repository_name: Option<String>,
+    pub image_ids: Option<Vec<ImageIdentifier>>,
+    pub next_token: Option<String>,
+    pub max_results: Option<i64>,
+    pub filter: Option<ImageFilter>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageDetail {
+    pub registry_id: String,
+    pub repository_name: String,
+    pub image_digest: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_tags: Vec<String>,
+    pub image_size_in_bytes: u64,
+    /// Seconds since the epoch.
+    pub image_pushed_at: f64,
+    pub image_manifest_media_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_media_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_manifest_digest: Option<String>,
+    pub image_status: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeImagesResponse {
+    pub image_details: Vec<ImageDetail>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchDeleteImageRequest {
+    pub registry_id: Option<String>,
+    pub repository_name: Option<String>,
+    pub image_ids: Option<Vec<ImageIdentifier>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchDeleteImageResponse {
+    pub image_ids: Vec<ImageIdentifier>,
+    pub failures: Vec<ImageFailure>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetDownloadUrlForLayerRequest {
+    pub registry_id: Option<String>,
+    pub repository_name: Option<String>,
+    pub layer_digest: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetDownloadUrlForLayerResponse {
+    pub download_url: String,
+    pub layer_digest: String,
+}

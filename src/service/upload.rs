@@ -131,10 +131,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 continue;
             }
             // Layers are recorded under the computed, lower-case sha256 digest.
-            let key = match digest.split_once(':') {
-                Some(("sha256", hex)) => format!("sha256:{}", hex.to_ascii_lowercase()),
-                _ => digest.clone(),
-            };
+            let key = domain::normalize_digest(&digest);
             let found = self
                 .meta
                 .get_layer(&repo.registry_id, &repo.name, &key)
@@ -327,7 +324,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         ))
     }
 
-    async fn drop_objects(&self, keys: Vec<String>) {
+    pub(super) async fn drop_objects(&self, keys: Vec<String>) {
         if let Err(e) = self.blobs.delete_objects(&keys).await {
             tracing::warn!(error = %e, count = keys.len(), "staging cleanup failed");
         }

@@ -1,0 +1,649 @@
+//! PutImage, BatchGetImage, ListImages, DescribeImages, BatchDeleteImage and
+//! GetDownloadUrlForLayer: images over the layers the upload state machine records.
+//!
+//! An image is its manifest, stored under the sha256 of the manifest text exactly as sent; tags
+//! are separate records naming a digest. PutImage is what makes a layer "referenced": it sets the
+//! layer record's media type, which BatchCheckLayerAvailability reports and which
+//! GetDownloadUrlForLayer requires (ECR serves only layers an image references).
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::types::*;
+use super::{Service, now_ms};
+use crate::domain;
+use crate::error::EcrError;
+use crate::manifest::{self, Kind};
+use crate::ports::{
+    BlobStore, ImageRecord, MetadataStore, PutImageOutcome, RepositoryRecord, TagRecord,
+};
+
+/// Manifests longer than this are kept in the blob store rather than in the image record
+/// (DynamoDB items are at most 400 KB; ECR allows 4 MiB manifests).
+pub const INLINE_MANIFEST_MAX: usize = 256 * 1024;
+/// `imageManifest` length bounds of the model.
+const MANIFEST_MAX: usize = 4_194_304;
+/// How long a download URL works: S3 presigned URLs of ECR last one hour.
+pub const DOWNLOAD_URL_SECS: u64 = 3600;
+/// The media type recorded for a referenced blob whose descriptor names none.
+const DEFAULT_BLOB_MEDIA_TYPE: &str = "application/octet-stream";
+
+fn manifest_key(registry: &str, repo: &str, digest: &str) -> String {
+    format!("manifests/{registry}/{repo}/{digest}")
+}
+
+fn failure(id: &ImageIdentifier, code: &str, reason: &str) -> ImageFailure {
+    ImageFailure {
+        image_id: id.clone(),
+        failure_code: code.into(),
+        failure_reason: reason.into(),
+    }
+}
+
+fn image_ids(
+    member: &str,
+    ids: Option<Vec<ImageIdentifier>>,
+) -> Result<Vec<ImageIdentifier>, EcrError> {
+    let ids = domain::required(member, ids)?;
+    domain::check_len(member, ids.len(), 1, 100)?;
+    Ok(ids)
+}
+
+/// `tagStatus` of a filter: which images a listing keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TagStatus {
+    Tagged,
+    Untagged,
+    Any,
+}
+
+/// Validates a ListImages / DescribeImages `filter`. Every image here is `ACTIVE` (nothing is
+/// archived), so an `imageStatus` of `ARCHIVED` or `ACTIVATING` matches none.
+fn filter(f: Option<ImageFilter>) -> Result<(TagStatus, bool), EcrError> {
+    let f = f.unwrap_or_default();
+    let tag_status = match f.tag_status.as_deref() {
+        None | Some("ANY") => TagStatus::Any,
+        Some("TAGGED") => TagStatus::Tagged,
+        Some("UNTAGGED") => TagStatus::Untagged,
+        Some(_) => {
+            return Err(domain::invalid(
+                "filter.tagStatus",
+                "Member must satisfy enum value set: [TAGGED, UNTAGGED, ANY]",
+            ));
+        }
+    };
+    let active = match f.image_status.as_deref() {
+        None | Some("ACTIVE") | Some("ANY") => true,
+        Some("ARCHIVED") | Some("ACTIVATING") => false,
+        Some(_) => {
+            return Err(domain::invalid(
+                "filter.imageStatus",
+                "Member must satisfy enum value set: [ACTIVE, ARCHIVED, ACTIVATING, ANY]",
+            ));
+        }
+    };
+    Ok((tag_status, active))
+}
+
+impl TagStatus {
+    fn keeps(self, tagged: bool) -> bool {
+        match self {
+            TagStatus::Any => true,
+            TagStatus::Tagged => tagged,
+            TagStatus::Untagged => !tagged,
+        }
+    }
+}
+
+/// Tags of each image, in tag order: `tags` is sorted by tag.
+fn tags_of<'a>(tags: &'a [TagRecord], digest: &str) -> Vec<&'a str> {
+    tags.iter()
+        .filter(|t| t.digest == digest)
+        .map(|t| t.tag.as_str())
+        .collect()
+}
+
+impl<M: MetadataStore, B: BlobStore> Service<M, B> {
+    /// PutImage: records a manifest whose blobs (or, for an index, manifests) the repository
+    /// holds, and points the tag at it.
+    pub async fn put_image(&self, req: PutImageRequest) -> Result<PutImageResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let text = domain::required("imageManifest", req.image_manifest)?;
+        domain::check_len("imageManifest", text.chars().count(), 1, MANIFEST_MAX)?;
+        if let Some(tag) = &req.image_tag {
+            domain::check_len("imageTag", tag.chars().count(), 1, 300)?;
+        }
+        let parsed = manifest::parse(&text, req.image_manifest_media_type.as_deref())?;
+        let digest = domain::sha256_digest(&Sha256::digest(text.as_bytes()));
+        if let Some(given) = &req.image_digest
+            && domain::normalize_digest(given) != digest
+        {
+            return Err(EcrError::ImageDigestDoesNotMatch(format!(
+                "The provided image digest '{given}' does not match the digest of the manifest, '{digest}'"
+            )));
+        }
+        let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
+
+        let size = match parsed.kind {
+            Kind::Manifest => self.check_blobs(&repo, &parsed).await?,
+            Kind::Index => self.check_manifests(&repo, &parsed).await?,
+        };
+
+        let inline = text.len() <= INLINE_MANIFEST_MAX;
+        let manifest_key = (!inline).then(|| manifest_key(registry, name, &digest));
+        if let Some(key) = &manifest_key {
+            // Content-addressed: a concurrent or repeated write puts the same bytes.
+            self.blobs
+                .put_object(key, Bytes::copy_from_slice(text.as_bytes()))
+                .await?;
+        }
+        let record = ImageRecord {
+            registry_id: registry.to_string(),
+            repository: name.to_string(),
+            digest: digest.clone(),
+            manifest: inline.then(|| text.clone()),
+            manifest_key,
+            media_type: parsed.media_type.clone(),
+            artifact_media_type: parsed.artifact_media_type.clone(),
+            size,
+            pushed_at_ms: now_ms(),
+            blobs: parsed.blobs().iter().map(|d| d.digest.clone()).collect(),
+            manifests: parsed.manifests.iter().map(|d| d.digest.clone()).collect(),
+            subject: parsed.subject.clone(),
+        };
+        let immutable = repo.image_tag_mutability.starts_with("IMMUTABLE");
+        match self
+            .meta
+            .put_image(&record, req.image_tag.as_deref(), immutable)
+            .await?
+        {
+            PutImageOutcome::Stored => Ok(PutImageResponse {
+                image: Image {
+                    registry_id: registry.to_string(),
+                    repository_name: name.to_string(),
+                    image_id: ImageIdentifier {
+                        image_digest: Some(digest),
+                        image_tag: req.image_tag,
+                    },
+                    image_manifest: text,
+                    image_manifest_media_type: parsed.media_type,
+                },
+            }),
+            PutImageOutcome::AlreadyExists => {
+                Err(EcrError::ImageAlreadyExists(match &req.image_tag {
+                    Some(tag) => format!(
+                        "Image with digest '{digest}' and tag '{tag}' already exists in the repository with name '{name}' in registry with id '{registry}'"
+                    ),
+                    None => format!(
+                        "Image with digest '{digest}' already exists in the repository with name '{name}' in registry with id '{registry}'"
+                    ),
+                }))
+            }
+            PutImageOutcome::TagImmutable { .. } => Err(EcrError::ImageTagAlreadyExists(format!(
+                "The image tag '{}' already exists in the '{name}' repository and cannot be overwritten because the repository is immutable.",
+                req.image_tag.unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Every blob of an image manifest must be a layer of the repository, of the size the
+    /// manifest says; each is then marked as referenced. Returns the image size (its layers).
+    async fn check_blobs(
+        &self,
+        repo: &RepositoryRecord,
+        parsed: &manifest::Manifest,
+    ) -> Result<u64, EcrError> {
+        let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
+        let mut missing = Vec::new();
+        let mut found = Vec::new();
+        for blob in parsed.blobs() {
+            match self.meta.get_layer(registry, name, &blob.digest).await? {
+                None => missing.push(blob.digest.as_str()),
+                Some(layer) if layer.size != blob.size => {
+                    return Err(domain::invalid(
+                        "imageManifest",
+                        format_args!(
+                            "the blob {} has {} bytes, not the {} its descriptor says",
+                            blob.digest, layer.size, blob.size
+                        ),
+                    ));
+                }
+                Some(layer) => found.push((layer, blob)),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(EcrError::LayersNotFound(format!(
+                "Layers with digests '[{}]' required for pushing image into repository with name '{name}' in registry with id '{registry}' do not exist",
+                missing.join(", ")
+            )));
+        }
+        for (layer, blob) in found {
+            let media_type = blob
+                .media_type
+                .as_deref()
+                .unwrap_or(DEFAULT_BLOB_MEDIA_TYPE);
+            if layer.media_type.as_deref() != Some(media_type) {
+                self.meta
+                    .set_layer_media_type(registry, name, &layer.digest, media_type)
+                    .await?;
+            }
+        }
+        Ok(parsed.layers.iter().map(|d| d.size).sum())
+    }
+
+    /// Every manifest an index lists must be an image of the repository. Returns the index's
+    /// size: that of its largest image.
+    async fn check_manifests(
+        &self,
+        repo: &RepositoryRecord,
+        parsed: &manifest::Manifest,
+    ) -> Result<u64, EcrError> {
+        let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
+        let mut missing = Vec::new();
+        let mut size = 0;
+        for m in &parsed.manifests {
+            match self.meta.get_image(registry, name, &m.digest).await? {
+                Some(image) => size = size.max(image.size),
+                None => missing.push(m.digest.as_str()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(EcrError::ReferencedImagesNotFound(format!(
+                "Manifests with digests '[{}]' referenced by the image index do not exist in the repository with name '{name}' in registry with id '{registry}'",
+                missing.join(", ")
+            )));
+        }
+        Ok(size)
+    }
+
+    /// The manifest text of an image record.
+    async fn manifest_text(&self, image: &ImageRecord) -> Result<String, EcrError> {
+        if let Some(text) = &image.manifest {
+            return Ok(text.clone());
+        }
+        let key = image
+            .manifest_key
+            .as_deref()
+            .ok_or_else(|| EcrError::Server(format!("image {} has no manifest", image.digest)))?;
+        let bytes = self.blobs.get_object(key).await?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| {
+            EcrError::Server(format!("manifest of image {} is not UTF-8", image.digest))
+        })
+    }
+
+    /// Resolves an image identifier the way BatchGetImage and BatchDeleteImage do: a failure
+    /// entry for what cannot be found or is malformed.
+    async fn find_image(
+        &self,
+        repo: &RepositoryRecord,
+        id: &ImageIdentifier,
+    ) -> Result<Result<ImageRecord, ImageFailure>, EcrError> {
+        let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
+        let digest = match (&id.image_digest, &id.image_tag) {
+            (None, None) => {
+                return Ok(Err(failure(
+                    id,
+                    "MissingDigestAndTag",
+                    "Invalid request parameters: both tag and digest cannot be null",
+                )));
+            }
+            (Some(d), _) if !domain::is_layer_digest(d) => {
+                return Ok(Err(failure(
+                    id,
+                    "InvalidImageDigest",
+                    "Invalid request parameters: image digest should satisfy the regex '[a-zA-Z0-9-_+.]+:[a-fA-F0-9]+'",
+                )));
+            }
+            (_, Some(t)) if t.is_empty() || t.chars().count() > 300 => {
+                return Ok(Err(failure(
+                    id,
+                    "InvalidImageTag",
+                    "Invalid request parameters: image tag should have a length between 1 and 300",
+                )));
+            }
+            (digest, Some(tag)) => match self.meta.get_tag(registry, name, tag).await? {
+                None => {
+                    return Ok(Err(failure(
+                        id,
+                        "ImageNotFound",
+                        "Requested image not found",
+                    )));
+                }
+                Some(t) => {
+                    if digest
+                        .as_deref()
+                        .is_some_and(|d| domain::normalize_digest(d) != t.digest)
+                    {
+                        return Ok(Err(failure(
+                            id,
+                            "ImageTagDoesNotMatchDigest",
+                            "Invalid request parameters: given tag and digest do not point to the same image",
+                        )));
+                    }
+                    t.digest
+                }
+            },
+            (Some(d), None) => domain::normalize_digest(d),
+        };
+        Ok(self
+            .meta
+            .get_image(registry, name, &digest)
+            .await?
+            .ok_or_else(|| failure(id, "ImageNotFound", "Requested image not found")))
+    }
+
+    /// BatchGetImage: manifests by tag or digest. A stored manifest is answered as it is, even
+    /// when its media type is not among `acceptedMediaTypes` (ECR converts formats where it can;
+    /// here nothing is converted, and clients check the media type they get).
+    pub async fn batch_get_image(
+        &self,
+        req: BatchGetImageRequest,
+    ) -> Result<BatchGetImageResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let ids = image_ids("imageIds", req.image_ids)?;
+        if let Some(types) = &req.accepted_media_types {
+            domain::check_len("acceptedMediaTypes", types.len(), 1, 100)?;
+        }
+        let mut out = BatchGetImageResponse {
+            images: Vec::new(),
+            failures: Vec::new(),
+        };
+        for id in &ids {
+            match self.find_image(&repo, id).await? {
+                Err(f) => out.failures.push(f),
+                Ok(image) => {
+                    let manifest = self.manifest_text(&image).await?;
+                    out.images.push(Image {
+                        registry_id: repo.registry_id.clone(),
+                        repository_name: repo.name.clone(),
+                        image_id: ImageIdentifier {
+                            image_digest: Some(image.digest),
+                            image_tag: id.image_tag.clone(),
+                        },
+                        image_manifest: manifest,
+                        image_manifest_media_type: image.media_type,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// ListImages: one entry per tag of each image, and one per untagged image, in
+    /// (digest, tag) order.
+    pub async fn list_images(
+        &self,
+        req: ListImagesRequest,
+    ) -> Result<ListImagesResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let max = super::page_size(req.max_results, 100)?;
+        let after = super::page_after(req.next_token.as_deref())?;
+        let (tag_status, active) = filter(req.filter)?;
+        let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
+        let images = self.meta.list_images(registry, name).await?;
+        let tags = self.meta.list_tags(registry, name).await?;
+        let mut entries: Vec<(String, ImageIdentifier)> = Vec::new();
+        for image in images.iter().filter(|_| active) {
+            let image_tags = tags_of(&tags, &image.digest);
+            if !tag_status.keeps(!image_tags.is_empty()) {
+                continue;
+            }
+            if image_tags.is_empty() {
+                entries.push((
+                    format!("{}\n", image.digest),
+                    ImageIdentifier {
+                        image_digest: Some(image.digest.clone()),
+                        image_tag: None,
+                    },
+                ));
+            }
+            for tag in image_tags {
+                entries.push((
+                    format!("{}\n{tag}", image.digest),
+                    ImageIdentifier {
+                        image_digest: Some(image.digest.clone()),
+                        image_tag: Some(tag.to_string()),
+                    },
+                ));
+            }
+        }
+        let (page, next_token) = super::paginate(entries, after.as_deref(), max);
+        Ok(ListImagesResponse {
+            image_ids: page,
+            next_token,
+        })
+    }
+
+    fn detail(&self, image: &ImageRecord, tags: Vec<String>) -> ImageDetail {
+        ImageDetail {
+            registry_id: image.registry_id.clone(),
+            repository_name: image.repository.clone(),
+            image_digest: image.digest.clone(),
+            image_tags: tags,
+            image_size_in_bytes: image.size,
+            image_pushed_at: image.pushed_at_ms as f64 / 1000.0,
+            image_manifest_media_type: image.media_type.clone(),
+            artifact_media_type: image.artifact_media_type.clone(),
+            subject_manifest_digest: image.subject.clone(),
+            image_status: "ACTIVE".into(),
+        }
+    }
+
+    /// DescribeImages: details of the named images (any missing one fails the request), or of
+    /// every image a page at a time, in digest order.
+    pub async fn describe_images(
+        &self,
+        req: DescribeImagesRequest,
+    ) -> Result<DescribeImagesResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let (tag_status, active) = filter(req.filter)?;
+        let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
+        if let Some(ids) = req.image_ids {
+            let ids = image_ids("imageIds", Some(ids))?;
+            if req.next_token.is_some() || req.max_results.is_some() {
+                return Err(domain::invalid(
+                    "imageIds",
+                    "cannot be combined with nextToken or maxResults",
+                ));
+            }
+            let tags = self.meta.list_tags(registry, name).await?;
+            let mut details: Vec<ImageDetail> = Vec::new();
+            for id in &ids {
+                match self.find_image(&repo, id).await? {
+                    Ok(image) => {
+                        if details.iter().any(|d| d.image_digest == image.digest) {
+                            continue;
+                        }
+                        let image_tags = tags_of(&tags, &image.digest);
+                        details.push(
+                            self.detail(&image, image_tags.into_iter().map(String::from).collect()),
+                        );
+                    }
+                    Err(f) if f.failure_code == "ImageNotFound" => {
+                        return Err(EcrError::ImageNotFound(format!(
+                            "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{registry}'",
+                            id.image_digest.as_deref().unwrap_or("null"),
+                            id.image_tag.as_deref().unwrap_or("null"),
+                        )));
+                    }
+                    Err(f) => {
+                        return Err(EcrError::InvalidParameter(f.failure_reason));
+                    }
+                }
+            }
+            return Ok(DescribeImagesResponse {
+                image_details: details,
+                next_token: None,
+            });
+        }
+        let max = super::page_size(req.max_results, 100)?;
+        let after = super::page_after(req.next_token.as_deref())?;
+        let images = self.meta.list_images(registry, name).await?;
+        let tags = self.meta.list_tags(registry, name).await?;
+        let entries: Vec<(String, ImageDetail)> = images
+            .iter()
+            .filter(|_| active)
+            .filter_map(|image| {
+                let image_tags = tags_of(&tags, &image.digest);
+                tag_status.keeps(!image_tags.is_empty()).then(|| {
+                    (
+                        image.digest.clone(),
+                        self.detail(image, image_tags.into_iter().map(String::from).collect()),
+                    )
+                })
+            })
+            .collect();
+        let (page, next_token) = super::paginate(entries, after.as_deref(), max);
+        Ok(DescribeImagesResponse {
+            image_details: page,
+            next_token,
+        })
+    }
+
+    /// BatchDeleteImage: by digest, an image and all its tags; by tag, the tag, and the image too
+    /// once its last tag is gone (as ECR does). An image an index of the repository lists is
+    /// kept (`ImageReferencedByManifestList`).
+    pub async fn batch_delete_image(
+        &self,
+        req: BatchDeleteImageRequest,
+    ) -> Result<BatchDeleteImageResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let ids = image_ids("imageIds", req.image_ids)?;
+        let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
+        let mut out = BatchDeleteImageResponse {
+            image_ids: Vec::new(),
+            failures: Vec::new(),
+        };
+        for id in &ids {
+            let image = match self.find_image(&repo, id).await? {
+                Err(f) => {
+                    out.failures.push(f);
+                    continue;
+                }
+                Ok(image) => image,
+            };
+            let tags = self.meta.list_tags(registry, name).await?;
+            let image_tags: Vec<String> = tags_of(&tags, &image.digest)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            let remove_image = match &id.image_tag {
+                Some(tag) => {
+                    if !self
+                        .meta
+                        .delete_tag(registry, name, tag, &image.digest)
+                        .await?
+                    {
+                        // The tag moved or went between the lookup and the delete.
+                        out.failures.push(failure(
+                            id,
+                            "ImageNotFound",
+                            "Requested image not found",
+                        ));
+                        continue;
+                    }
+                    out.image_ids.push(ImageIdentifier {
+                        image_digest: Some(image.digest.clone()),
+                        image_tag: Some(tag.clone()),
+                    });
+                    image_tags.iter().all(|t| t == tag)
+                }
+                None => true,
+            };
+            if !remove_image {
+                continue;
+            }
+            if self.listed_by_an_index(&repo, &image.digest).await? {
+                if id.image_tag.is_none() {
+                    out.failures.push(failure(
+                        id,
+                        "ImageReferencedByManifestList",
+                        "Requested image is referenced by an image index in the repository",
+                    ));
+                }
+                continue;
+            }
+            if self
+                .meta
+                .delete_image(registry, name, &image.digest)
+                .await?
+                && id.image_tag.is_none()
+            {
+                if image_tags.is_empty() {
+                    out.image_ids.push(ImageIdentifier {
+                        image_digest: Some(image.digest.clone()),
+                        image_tag: None,
+                    });
+                }
+                for tag in image_tags {
+                    out.image_ids.push(ImageIdentifier {
+                        image_digest: Some(image.digest.clone()),
+                        image_tag: Some(tag),
+                    });
+                }
+            }
+            if let Some(key) = &image.manifest_key {
+                self.drop_objects(vec![key.clone()]).await;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn listed_by_an_index(
+        &self,
+        repo: &RepositoryRecord,
+        digest: &str,
+    ) -> Result<bool, EcrError> {
+        Ok(self
+            .meta
+            .list_images(&repo.registry_id, &repo.name)
+            .await?
+            .iter()
+            .any(|i| i.manifests.iter().any(|m| m == digest)))
+    }
+
+    /// GetDownloadUrlForLayer: a URL that serves a referenced layer's bytes for an hour.
+    pub async fn get_download_url_for_layer(
+        &self,
+        req: GetDownloadUrlForLayerRequest,
+    ) -> Result<GetDownloadUrlForLayerResponse, EcrError> {
+        let repo = self
+            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .await?;
+        let digest = domain::required("layerDigest", req.layer_digest)?;
+        domain::layer_digest("layerDigest", &digest)?;
+        let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
+        let layer = self
+            .meta
+            .get_layer(registry, name, &domain::normalize_digest(&digest))
+            .await?
+            .ok_or_else(|| {
+                EcrError::LayersNotFound(format!(
+                    "The layer with digest {digest} does not exist within the repository with name '{name}' in the registry with id '{registry}'"
+                ))
+            })?;
+        if layer.media_type.is_none() {
+            return Err(EcrError::LayerInaccessible(format!(
+                "The layer with digest {digest} in the repository with name '{name}' in the registry with id '{registry}' is not referenced by any image"
+            )));
+        }
+        let url = self
+            .blobs
+            .download_url(&layer.blob_key, DOWNLOAD_URL_SECS)
+            .await?;
+        Ok(GetDownloadUrlForLayerResponse {
+            download_url: url,
+            layer_digest: layer.digest,
+        })
+    }
+}
