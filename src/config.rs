@@ -12,6 +12,7 @@
 //! | `ECR_S3_PART_SIZE` | 8388608 (at least 5242880) |
 //! | `ECR_UPLOAD_TTL_SECS` | 86400 |
 //! | `ECR_BUCKET`, `ECR_TABLE` | required with `ECR_BACKEND=aws` |
+//! | `ECR_PUBLIC_URL` | `http://` + the address the listener bound (embedded backend's download URLs) |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ pub struct Config {
     pub bucket: Option<String>,
     pub table: Option<String>,
     pub in_lambda: bool,
+    /// Where clients reach the local server (`http(s)://host[:port][/prefix]`, no trailing `/`):
+    /// the start of the embedded backend's download URLs. `None`: the bound listen address.
+    pub public_url: Option<String>,
     pub settings: Settings,
 }
 
@@ -96,6 +100,8 @@ flags and environment:
                     ECR_MIN_PART_SIZE   smallest non-final part CompleteLayerUpload accepts
                     ECR_S3_PART_SIZE    size at which staged bytes become a multipart part
                     ECR_UPLOAD_TTL_SECS how long an unfinished upload lives (default 86400)
+                    ECR_PUBLIC_URL      base of the local server's download URLs, as clients
+                                        reach it (default http://<bound listen address>)
 ";
 
 impl Config {
@@ -200,6 +206,9 @@ impl Config {
         if upload_ttl_secs < 60 {
             return Err("ECR_UPLOAD_TTL_SECS: must be at least 60".into());
         }
+        let public_url = nonempty("ECR_PUBLIC_URL")
+            .map(|url| parse_public_url(&url))
+            .transpose()?;
         Ok(Config {
             listen,
             data_dir: PathBuf::from(data_dir.unwrap_or_else(|| "./data".into())),
@@ -207,6 +216,7 @@ impl Config {
             bucket,
             table,
             in_lambda,
+            public_url,
             settings: Settings {
                 registry_id,
                 region,
@@ -217,6 +227,31 @@ impl Config {
             },
         })
     }
+}
+
+/// Checks an `ECR_PUBLIC_URL` and drops its trailing `/`s.
+///
+/// Accepted: `http://127.0.0.1:8080`, `https://ecr.example.com/`, `http://[::1]:9000/registry`.
+/// Refused: `127.0.0.1:8080` (no scheme), `ftp://host`, `http://`, `http:///x`,
+/// `http://host?x=1`, `http://host#top`, `http://ho st`.
+fn parse_public_url(url: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("ECR_PUBLIC_URL: '{url}' {why}");
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| bad("does not start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    if url.contains(['?', '#'])
+        || url
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(bad("may hold only scheme, host, port and path"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 #[cfg(test)]
@@ -243,6 +278,31 @@ mod tests {
         assert_eq!(c.settings.min_part_size, 5_242_880);
         assert_eq!(c.settings.registry_id, "123456789012");
         assert_eq!(c.settings.region, "us-east-1");
+        assert_eq!(c.public_url, None);
+    }
+
+    #[test]
+    fn public_url_is_checked_and_loses_its_trailing_slash() {
+        for (given, kept) in [
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("https://ecr.example.com/", "https://ecr.example.com"),
+            ("http://[::1]:9000/registry/", "http://[::1]:9000/registry"),
+        ] {
+            let c = parse(&[], &[("ECR_PUBLIC_URL", given)]).unwrap();
+            assert_eq!(c.public_url.as_deref(), Some(kept), "{given}");
+        }
+        for bad in [
+            "127.0.0.1:8080",
+            "ftp://host",
+            "http://",
+            "http:///x",
+            "http://host?x=1",
+            "http://host#top",
+            "http://ho st",
+        ] {
+            let err = parse(&[], &[("ECR_PUBLIC_URL", bad)]).unwrap_err();
+            assert!(err.contains("ECR_PUBLIC_URL"), "{bad}: {err}");
+        }
     }
 
     #[test]

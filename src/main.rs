@@ -51,6 +51,16 @@ fn main() -> ExitCode {
 }
 
 async fn start(config: Config) -> Result<(), String> {
+    // Bound before the backends are built: the embedded backend's download URLs name the address
+    // actually bound (`--listen` may ask for port 0). Inside Lambda the runtime loop serves.
+    let listener = if config.in_lambda {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        Some(l)
+    };
     match config.backend {
         Backend::Local => {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -61,11 +71,25 @@ async fn start(config: Config) -> Result<(), String> {
             })?;
             let meta = LocalMetadata::open(&config.data_dir)
                 .map_err(|e| format!("cannot open state in {}: {e}", config.data_dir.display()))?;
-            let blobs = LocalBlobs::open(&config.data_dir)
+            let mut blobs = LocalBlobs::open(&config.data_dir)
                 .map_err(|e| format!("cannot open blobs in {}: {e}", config.data_dir.display()))?;
+            if let Some(url) = &config.public_url {
+                blobs = blobs.with_public_url(url);
+            } else if let Some(l) = &listener {
+                let mut addr = l.local_addr().map_err(|e| e.to_string())?;
+                // A wildcard address is not one to connect to; loopback surely reaches it, and
+                // ECR_PUBLIC_URL names any other.
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(match addr.ip() {
+                        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                blobs = blobs.with_public_url(&format!("http://{addr}"));
+            }
             let svc = Arc::new(Service::new(meta, blobs, config.settings.clone()));
             spawn_sweeper(svc.clone());
-            run(svc, &config).await
+            run(svc, &config, listener).await
         }
         Backend::Aws => {
             let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -77,6 +101,7 @@ async fn start(config: Config) -> Result<(), String> {
             run(
                 Arc::new(Service::new(meta, blobs, config.settings.clone())),
                 &config,
+                listener,
             )
             .await
         }
@@ -99,20 +124,19 @@ fn spawn_sweeper<M: MetadataStore, B: BlobStore>(svc: Arc<Service<M, B>>) {
     });
 }
 
+/// Serves on `listener`, or runs the Lambda runtime loop when there is none.
 async fn run<M: MetadataStore, B: BlobStore>(
     svc: Arc<Service<M, B>>,
     config: &Config,
+    listener: Option<tokio::net::TcpListener>,
 ) -> Result<(), String> {
-    if config.in_lambda {
+    let Some(listener) = listener else {
         let handler = lambda_http::service_fn(move |req| {
             let svc = svc.clone();
             async move { Ok::<_, lambda_http::Error>(protocol::handle(&svc, req).await) }
         });
         return lambda_http::run(handler).await.map_err(|e| e.to_string());
-    }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         %addr,

@@ -10,8 +10,8 @@ use ecr_layer_upload::backend::local::{LocalBlobs, LocalMetadata};
 use ecr_layer_upload::backend::memory::{MemoryBlobs, MemoryMetadata};
 use ecr_layer_upload::error::StoreError;
 use ecr_layer_upload::ports::{
-    BlobStore, Finish, FlushedPart, LayerRecord, MetadataStore, RepositoryRecord, SideWrite,
-    StagedSegment, UploadRecord, UploadState,
+    BlobStore, DownloadRefused, Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore,
+    PutImageOutcome, RepositoryRecord, SideWrite, StagedSegment, UploadRecord, UploadState,
 };
 use tempfile::TempDir;
 
@@ -424,4 +424,195 @@ async fn refuses_small_non_final_part<B: BlobStore>(b: &B) {
     .await
     .unwrap();
     assert_eq!(b.object_size(key).await.unwrap(), Some(5));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedded backend only: images and download URLs.
+
+fn local_image(digest: &str) -> ImageRecord {
+    ImageRecord {
+        registry_id: "123456789012".into(),
+        repository: "app".into(),
+        digest: digest.to_owned(),
+        manifest: Some(r#"{"schemaVersion":2}"#.into()),
+        manifest_key: None,
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        artifact_media_type: None,
+        size: 3,
+        pushed_at_ms: 5,
+        blobs: vec![format!("sha256:{}", "1".repeat(64))],
+        manifests: Vec::new(),
+        subject: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_images_and_tags_survive_reopening_the_directory() {
+    let dir = temp_dir();
+    let image = local_image(&format!("sha256:{}", "a".repeat(64)));
+    {
+        let meta = LocalMetadata::open(dir.path()).unwrap();
+        assert_eq!(
+            meta.put_image(&image, Some("latest"), true).await.unwrap(),
+            PutImageOutcome::Stored
+        );
+    }
+    let meta = LocalMetadata::open(dir.path()).unwrap();
+    assert_eq!(
+        meta.get_image("123456789012", "app", &image.digest)
+            .await
+            .unwrap(),
+        Some(image.clone())
+    );
+    assert_eq!(
+        meta.put_image(&image, Some("latest"), true).await.unwrap(),
+        PutImageOutcome::AlreadyExists
+    );
+    assert_eq!(
+        meta.list_tags("123456789012", "app").await.unwrap().len(),
+        1
+    );
+}
+
+/// A data directory written before images were stored (no image or tag tables) opens, keeps its
+/// records, and takes images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_metadata_opens_a_directory_from_before_images() {
+    let dir = temp_dir();
+    let repo = RepositoryRecord {
+        registry_id: "123456789012".into(),
+        name: "app".into(),
+        created_at_ms: 1,
+        image_tag_mutability: "MUTABLE".into(),
+        scan_on_push: false,
+        encryption_type: "AES256".into(),
+        kms_key: None,
+    };
+    {
+        // The tables of schema version 1 as the first releases created them.
+        use redb::{Database, TableDefinition};
+        let meta: TableDefinition<&str, u64> = TableDefinition::new("meta");
+        let repos: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("repositories");
+        let db = Database::create(dir.path().join("state.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(meta)
+            .unwrap()
+            .insert("schema_version", 1)
+            .unwrap();
+        txn.open_table(repos)
+            .unwrap()
+            .insert(
+                ("123456789012", "app"),
+                serde_json::to_vec(&repo).unwrap().as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let meta = LocalMetadata::open(dir.path()).expect("an older directory opens");
+    assert_eq!(
+        meta.get_repository("123456789012", "app").await.unwrap(),
+        Some(repo)
+    );
+    assert!(
+        meta.list_images("123456789012", "app")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let image = local_image(&format!("sha256:{}", "b".repeat(64)));
+    assert_eq!(
+        meta.put_image(&image, None, false).await.unwrap(),
+        PutImageOutcome::Stored
+    );
+    assert!(meta.delete_repository("123456789012", "app").await.unwrap());
+    assert!(
+        meta.list_images("123456789012", "app")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The path and query of a URL, as the server receives them.
+fn path_and_query(url: &str) -> (String, Option<String>) {
+    let rest = url.split_once("://").expect("absolute URL").1;
+    let from_path = &rest[rest.find('/').expect("a path")..];
+    match from_path.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (from_path.to_owned(), None),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_download_urls_are_signed_and_expire() {
+    let dir = temp_dir();
+    let blobs = LocalBlobs::open(dir.path())
+        .unwrap()
+        .with_public_url("http://registry.test:5000/");
+    let key = "uploads/0b6a";
+    let url = blobs.download_url(key, 3_600).await.unwrap();
+    assert!(
+        url.starts_with("http://registry.test:5000/_download/uploads/0b6a?X-Ecr-Expires="),
+        "{url}"
+    );
+    let (path, query) = path_and_query(&url);
+    let query = query.expect("a query");
+    assert_eq!(
+        blobs.resolve_download(&path, Some(&query)),
+        Some(Ok(key.to_owned()))
+    );
+
+    let signature = query.split_once("X-Ecr-Signature=").unwrap().1.to_owned();
+    let tampered = {
+        let mut s = signature.clone().into_bytes();
+        s[10] = if s[10] == b'a' { b'b' } else { b'a' };
+        String::from_utf8(s).unwrap()
+    };
+    let expires: u64 = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("X-Ecr-Expires="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bad = Some(Err(DownloadRefused::BadSignature));
+    for (p, q) in [
+        (path.clone(), query.replace(&signature, &tampered)),
+        (
+            path.clone(),
+            query.replace(&expires.to_string(), &(expires + 1).to_string()),
+        ),
+        ("/_download/uploads/0b6b".to_owned(), query.clone()),
+    ] {
+        assert_eq!(blobs.resolve_download(&p, Some(&q)), bad, "{p}?{q}");
+    }
+    assert_eq!(blobs.resolve_download(&path, None), bad);
+
+    // A URL valid for 0 seconds stops working once its second has passed.
+    let (path0, query0) = path_and_query(&blobs.download_url(key, 0).await.unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match blobs.resolve_download(&path0, query0.as_deref()) {
+            Some(Err(DownloadRefused::Expired)) => break,
+            Some(Ok(k)) => assert_eq!(k, key),
+            other => panic!("{other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        blobs.resolve_download(&path, Some(&query)),
+        Some(Ok(key.to_owned())),
+        "the hour-long URL still works"
+    );
+
+    for other in [
+        "/",
+        "/v2/",
+        "/_downloadx/uploads/0b6a",
+        "/x/_download/uploads/0b6a",
+    ] {
+        assert_eq!(blobs.resolve_download(other, Some(&query)), None, "{other}");
+    }
+    // Keys that could not name an object get no URL.
+    assert!(blobs.download_url("../escape", 60).await.is_err());
 }

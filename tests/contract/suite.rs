@@ -20,8 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ecr_layer_upload::error::StoreError;
 use ecr_layer_upload::ports::{
-    BlobStore, Finish, FlushedPart, LayerRecord, MetadataStore, PartFingerprint, RepositoryRecord,
-    SideWrite, StagedSegment, UploadRecord, UploadState,
+    BlobStore, Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PartFingerprint,
+    PutImageOutcome, RepositoryRecord, SideWrite, StagedSegment, TagRecord, UploadRecord,
+    UploadState,
 };
 use futures_util::StreamExt;
 
@@ -53,7 +54,18 @@ macro_rules! metadata_behaviours {
             finish_upload_with_stale_version_conflicts_and_records_nothing,
             layers_are_scoped_by_registry_and_repository,
             delete_upload_removes_upload_segments_and_parts,
-            expired_uploads_returns_only_expired_within_limit
+            expired_uploads_returns_only_expired_within_limit,
+            set_layer_media_type_updates_a_recorded_layer_only,
+            put_image_stores_a_new_image_then_reports_it_exists,
+            put_image_moves_a_mutable_tag_and_keeps_the_old_image,
+            put_image_with_an_immutable_tag_on_another_image_writes_nothing,
+            put_image_keeps_an_existing_image_record,
+            images_round_trip_every_field,
+            images_and_tags_are_sorted_and_scoped_by_registry_and_repository,
+            delete_tag_only_when_it_names_the_digest,
+            delete_image_removes_its_tags_and_only_its_tags,
+            delete_repository_removes_its_images_and_tags,
+            concurrent_put_image_under_one_immutable_tag_has_exactly_one_winner
         }
     };
 }
@@ -71,7 +83,8 @@ macro_rules! blob_behaviours {
             multipart_assembles_parts_in_order,
             complete_multipart_with_stale_etag_conflicts,
             complete_multipart_retried_after_success_succeeds,
-            abort_multipart_drops_the_upload
+            abort_multipart_drops_the_upload,
+            download_url_names_the_key
         }
     };
 }
@@ -839,6 +852,581 @@ pub async fn expired_uploads_returns_only_expired_within_limit<M: MetadataStore>
 }
 
 // ---------------------------------------------------------------------------------------------
+// Image behaviours.
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// An image manifest in `registry`/`repository` with a fresh digest, pushed at `pushed_at_ms`.
+fn image(registry_id: &str, repository: &str, pushed_at_ms: u64) -> ImageRecord {
+    let (config, layer) = (random_digest(), random_digest());
+    ImageRecord {
+        registry_id: registry_id.to_owned(),
+        repository: repository.to_owned(),
+        digest: random_digest(),
+        manifest: Some(format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{config}"}},"layers":[{{"digest":"{layer}"}}]}}"#
+        )),
+        manifest_key: None,
+        media_type: OCI_MANIFEST.into(),
+        artifact_media_type: Some("application/vnd.oci.image.config.v1+json".into()),
+        size: 1234,
+        pushed_at_ms,
+        blobs: vec![config, layer],
+        manifests: Vec::new(),
+        subject: None,
+    }
+}
+
+fn digests(images: &[ImageRecord]) -> Vec<String> {
+    images.iter().map(|i| i.digest.clone()).collect()
+}
+
+fn tag_names(tags: &[TagRecord]) -> Vec<String> {
+    tags.iter().map(|t| t.tag.clone()).collect()
+}
+
+async fn put<M: MetadataStore>(
+    m: &M,
+    image: &ImageRecord,
+    tag: Option<&str>,
+    immutable: bool,
+) -> PutImageOutcome {
+    m.put_image(image, tag, immutable)
+        .await
+        .expect("put_image answers an outcome")
+}
+
+async fn tag_digest<M: MetadataStore>(m: &M, i: &ImageRecord, tag: &str) -> Option<String> {
+    m.get_tag(&i.registry_id, &i.repository, tag)
+        .await
+        .unwrap()
+        .map(|t| t.digest)
+}
+
+async fn stored_image<M: MetadataStore>(m: &M, i: &ImageRecord) -> Option<ImageRecord> {
+    m.get_image(&i.registry_id, &i.repository, &i.digest)
+        .await
+        .unwrap()
+}
+
+pub async fn set_layer_media_type_updates_a_recorded_layer_only<M: MetadataStore>(m: &M) {
+    let u = upload();
+    m.create_upload(&u).await.unwrap();
+    let digest = random_digest();
+    let layer = LayerRecord {
+        media_type: None,
+        ..layer_for(&u, &digest, 10)
+    };
+    m.finish_upload(&retired(&u), &layer).await.unwrap();
+    let media_type = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    m.set_layer_media_type(&u.registry_id, &u.repository, &digest, media_type)
+        .await
+        .unwrap();
+    let expected = LayerRecord {
+        media_type: Some(media_type.into()),
+        ..layer.clone()
+    };
+    assert_eq!(
+        m.get_layer(&u.registry_id, &u.repository, &digest)
+            .await
+            .unwrap(),
+        Some(expected.clone()),
+        "only the media type changed"
+    );
+    // Setting it again, even to another type, replaces it.
+    let other = "application/vnd.oci.image.layer.v1.tar+zstd";
+    m.set_layer_media_type(&u.registry_id, &u.repository, &digest, other)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.get_layer(&u.registry_id, &u.repository, &digest)
+            .await
+            .unwrap()
+            .and_then(|l| l.media_type),
+        Some(other.to_owned())
+    );
+    // An absent layer is fine, and is not created.
+    let absent = random_digest();
+    m.set_layer_media_type(&u.registry_id, &u.repository, &absent, media_type)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.get_layer(&u.registry_id, &u.repository, &absent)
+            .await
+            .unwrap(),
+        None
+    );
+    m.set_layer_media_type(&u.registry_id, "other", &digest, media_type)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.get_layer(&u.registry_id, "other", &digest).await.unwrap(),
+        None
+    );
+    m.delete_repository(&u.registry_id, &u.repository)
+        .await
+        .unwrap();
+    m.delete_upload(&u.upload_id).await.unwrap();
+}
+
+pub async fn put_image_stores_a_new_image_then_reports_it_exists<M: MetadataStore>(m: &M) {
+    let registry = unique("reg");
+    let tagged = image(&registry, "app", 1_000);
+    assert_eq!(
+        put(m, &tagged, Some("v1"), false).await,
+        PutImageOutcome::Stored
+    );
+    assert_eq!(stored_image(m, &tagged).await, Some(tagged.clone()));
+    assert_eq!(
+        m.get_tag(&registry, "app", "v1").await.unwrap(),
+        Some(TagRecord {
+            registry_id: registry.clone(),
+            repository: "app".into(),
+            tag: "v1".into(),
+            digest: tagged.digest.clone(),
+            updated_at_ms: 1_000,
+        })
+    );
+    // The same image and tag again, mutable or not: nothing to do.
+    for immutable in [false, true] {
+        assert_eq!(
+            put(m, &tagged, Some("v1"), immutable).await,
+            PutImageOutcome::AlreadyExists
+        );
+    }
+    // The image without a tag: it exists.
+    assert_eq!(
+        put(m, &tagged, None, false).await,
+        PutImageOutcome::AlreadyExists
+    );
+    // A second tag for the existing image is a change.
+    assert_eq!(
+        put(m, &tagged, Some("stable"), true).await,
+        PutImageOutcome::Stored
+    );
+    assert_eq!(
+        tag_digest(m, &tagged, "stable").await,
+        Some(tagged.digest.clone())
+    );
+    assert_eq!(
+        tag_digest(m, &tagged, "v1").await,
+        Some(tagged.digest.clone())
+    );
+
+    // A new image without a tag is stored, and tags nothing.
+    let untagged = image(&registry, "app", 2_000);
+    assert_eq!(
+        put(m, &untagged, None, false).await,
+        PutImageOutcome::Stored
+    );
+    assert_eq!(stored_image(m, &untagged).await, Some(untagged.clone()));
+    assert_eq!(
+        tag_names(&m.list_tags(&registry, "app").await.unwrap()),
+        ["stable", "v1"]
+    );
+    assert_eq!(
+        put(m, &untagged, None, true).await,
+        PutImageOutcome::AlreadyExists
+    );
+    m.delete_repository(&registry, "app").await.unwrap();
+}
+
+pub async fn put_image_moves_a_mutable_tag_and_keeps_the_old_image<M: MetadataStore>(m: &M) {
+    let registry = unique("reg");
+    let old = image(&registry, "app", 1_000);
+    let new = image(&registry, "app", 2_000);
+    assert_eq!(
+        put(m, &old, Some("latest"), false).await,
+        PutImageOutcome::Stored
+    );
+    assert_eq!(
+        put(m, &new, Some("latest"), false).await,
+        PutImageOutcome::Stored
+    );
+    let tag = m
+        .get_tag(&registry, "app", "latest")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tag.digest, new.digest, "the tag moved");
+    assert_eq!(tag.updated_at_ms, 2_000, "the tag's time is the move's");
+    assert_eq!(
+        stored_image(m, &old).await,
+        Some(old.clone()),
+        "the old image keeps existing, untagged"
+    );
+    assert_eq!(stored_image(m, &new).await, Some(new.clone()));
+    assert_eq!(m.list_tags(&registry, "app").await.unwrap().len(), 1);
+
+    // And back to the old image, which exists already: the tag moves, nothing else changes.
+    assert_eq!(
+        put(m, &old, Some("latest"), false).await,
+        PutImageOutcome::Stored
+    );
+    assert_eq!(
+        tag_digest(m, &old, "latest").await,
+        Some(old.digest.clone())
+    );
+    assert_eq!(m.list_images(&registry, "app").await.unwrap().len(), 2);
+    m.delete_repository(&registry, "app").await.unwrap();
+}
+
+pub async fn put_image_with_an_immutable_tag_on_another_image_writes_nothing<M: MetadataStore>(
+    m: &M,
+) {
+    let registry = unique("reg");
+    let first = image(&registry, "app", 1_000);
+    assert_eq!(
+        put(m, &first, Some("v1"), true).await,
+        PutImageOutcome::Stored
+    );
+    let second = image(&registry, "app", 2_000);
+    assert_eq!(
+        put(m, &second, Some("v1"), true).await,
+        PutImageOutcome::TagImmutable {
+            digest: first.digest.clone()
+        }
+    );
+    assert_eq!(
+        stored_image(m, &second).await,
+        None,
+        "the refused image was not recorded"
+    );
+    let tag = m.get_tag(&registry, "app", "v1").await.unwrap().unwrap();
+    assert_eq!(
+        (tag.digest.as_str(), tag.updated_at_ms),
+        (first.digest.as_str(), 1_000)
+    );
+    // An image that exists already cannot take the tag either, and stays as it was.
+    assert_eq!(put(m, &second, None, true).await, PutImageOutcome::Stored);
+    assert_eq!(
+        put(m, &second, Some("v1"), true).await,
+        PutImageOutcome::TagImmutable {
+            digest: first.digest.clone()
+        }
+    );
+    assert_eq!(
+        tag_digest(m, &first, "v1").await,
+        Some(first.digest.clone())
+    );
+    assert_eq!(stored_image(m, &second).await, Some(second.clone()));
+    // Immutability is about moving tags: a new tag is fine.
+    assert_eq!(
+        put(m, &second, Some("v2"), true).await,
+        PutImageOutcome::Stored
+    );
+    assert_eq!(
+        tag_names(&m.list_tags(&registry, "app").await.unwrap()),
+        ["v1", "v2"]
+    );
+    m.delete_repository(&registry, "app").await.unwrap();
+}
+
+pub async fn put_image_keeps_an_existing_image_record<M: MetadataStore>(m: &M) {
+    let registry = unique("reg");
+    let first = image(&registry, "app", 1_000);
+    assert_eq!(put(m, &first, None, false).await, PutImageOutcome::Stored);
+    // The same digest again with other details (a later push time, another media type).
+    let again = ImageRecord {
+        pushed_at_ms: 9_000,
+        media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
+        size: 1,
+        ..first.clone()
+    };
+    assert_eq!(
+        put(m, &again, Some("later"), false).await,
+        PutImageOutcome::Stored
+    );
+    assert_eq!(
+        stored_image(m, &first).await,
+        Some(first.clone()),
+        "the first record is kept as it was"
+    );
+    assert_eq!(
+        tag_digest(m, &first, "later").await,
+        Some(first.digest.clone())
+    );
+    assert_eq!(
+        put(m, &again, None, false).await,
+        PutImageOutcome::AlreadyExists
+    );
+    assert_eq!(stored_image(m, &first).await, Some(first.clone()));
+    m.delete_repository(&registry, "app").await.unwrap();
+}
+
+pub async fn images_round_trip_every_field<M: MetadataStore>(m: &M) {
+    let registry = unique("reg");
+    let child = image(&registry, "app", 1_000);
+    // An index kept as a blob, with a subject and no config: every optional field differs from
+    // `image`'s.
+    let index = ImageRecord {
+        manifest: None,
+        manifest_key: Some(format!("manifests/{}", uuid::Uuid::new_v4())),
+        media_type: OCI_INDEX.into(),
+        artifact_media_type: None,
+        size: 5_368_709_120,
+        blobs: Vec::new(),
+        manifests: vec![child.digest.clone(), random_digest()],
+        subject: Some(random_digest()),
+        ..image(&registry, "app", 1_700_000_000_123)
+    };
+    // Text that JSON and attribute encodings have to carry through unchanged.
+    let awkward = ImageRecord {
+        manifest: Some(
+            "{\n  \"schemaVersion\": 2, \"annotations\": {\"k\": \"é \\u00e9 \\\\ \\\"\"}\n}\n"
+                .into(),
+        ),
+        ..image(&registry, "app", 2_000)
+    };
+    for i in [&child, &index, &awkward] {
+        assert_eq!(put(m, i, None, false).await, PutImageOutcome::Stored);
+        assert_eq!(stored_image(m, i).await.as_ref(), Some(i));
+    }
+    let mut expected = vec![child.clone(), index.clone(), awkward.clone()];
+    expected.sort_by(|a, b| a.digest.cmp(&b.digest));
+    assert_eq!(m.list_images(&registry, "app").await.unwrap(), expected);
+    m.delete_repository(&registry, "app").await.unwrap();
+}
+
+pub async fn images_and_tags_are_sorted_and_scoped_by_registry_and_repository<M: MetadataStore>(
+    m: &M,
+) {
+    let registry = unique("reg");
+    let other_registry = unique("reg");
+    // Repository names where one is a prefix of the other, in both registries.
+    let scopes = [
+        (registry.as_str(), "app"),
+        (registry.as_str(), "app/sub"),
+        (registry.as_str(), "ap"),
+        (other_registry.as_str(), "app"),
+    ];
+    let mut made: Vec<Vec<ImageRecord>> = Vec::new();
+    for (reg, repo) in scopes {
+        let images: Vec<ImageRecord> = (0..4).map(|n| image(reg, repo, 1_000 + n)).collect();
+        // Tags that sort differently as bytes than as numbers or by case.
+        for (i, tag) in images.iter().zip(["v10", "v9", "V1", "latest"]) {
+            assert_eq!(put(m, i, Some(tag), false).await, PutImageOutcome::Stored);
+        }
+        made.push(images);
+    }
+    for ((reg, repo), images) in scopes.iter().zip(&made) {
+        let mut want = digests(images);
+        want.sort();
+        let listed = m.list_images(reg, repo).await.unwrap();
+        assert_eq!(digests(&listed), want, "images of {reg}/{repo}");
+        assert!(
+            listed
+                .iter()
+                .all(|i| i.registry_id == *reg && i.repository == *repo)
+        );
+        let tags = m.list_tags(reg, repo).await.unwrap();
+        assert_eq!(
+            tag_names(&tags),
+            ["V1", "latest", "v10", "v9"],
+            "{reg}/{repo}"
+        );
+        for t in &tags {
+            assert_eq!(
+                (t.registry_id.as_str(), t.repository.as_str()),
+                (*reg, *repo)
+            );
+            assert!(images.iter().any(|i| i.digest == t.digest));
+        }
+    }
+    // An image or tag of one scope is not found in another.
+    let first = &made[0][0];
+    for (reg, repo) in [
+        (registry.as_str(), "app/sub"),
+        (registry.as_str(), "ap"),
+        (other_registry.as_str(), "app"),
+        (registry.as_str(), "nothing"),
+    ] {
+        assert_eq!(m.get_image(reg, repo, &first.digest).await.unwrap(), None);
+        assert_ne!(
+            m.get_tag(reg, repo, "v10").await.unwrap().map(|t| t.digest),
+            Some(first.digest.clone())
+        );
+    }
+    assert!(
+        m.list_images(&registry, "nothing")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(m.list_tags(&registry, "nothing").await.unwrap().is_empty());
+    assert_eq!(m.get_tag(&registry, "app", "absent").await.unwrap(), None);
+    for (reg, repo) in scopes {
+        m.delete_repository(reg, repo).await.unwrap();
+    }
+}
+
+pub async fn delete_tag_only_when_it_names_the_digest<M: MetadataStore>(m: &M) {
+    let registry = unique("reg");
+    let a = image(&registry, "app", 1_000);
+    let b = image(&registry, "app", 2_000);
+    put(m, &a, Some("x"), false).await;
+    put(m, &b, Some("y"), false).await;
+    assert!(
+        !m.delete_tag(&registry, "app", "x", &b.digest)
+            .await
+            .unwrap(),
+        "x names another image"
+    );
+    assert_eq!(tag_digest(m, &a, "x").await, Some(a.digest.clone()));
+    assert!(
+        !m.delete_tag(&registry, "app", "absent", &a.digest)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !m.delete_tag(&registry, "other", "x", &a.digest)
+            .await
+            .unwrap()
+    );
+    assert!(
+        m.delete_tag(&registry, "app", "x", &a.digest)
+            .await
+            .unwrap()
+    );
+    assert_eq!(tag_digest(m, &a, "x").await, None);
+    assert!(
+        !m.delete_tag(&registry, "app", "x", &a.digest)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        stored_image(m, &a).await,
+        Some(a.clone()),
+        "deleting a tag keeps the image"
+    );
+    assert_eq!(tag_digest(m, &b, "y").await, Some(b.digest.clone()));
+    m.delete_repository(&registry, "app").await.unwrap();
+}
+
+pub async fn delete_image_removes_its_tags_and_only_its_tags<M: MetadataStore>(m: &M) {
+    let registry = unique("reg");
+    let doomed = image(&registry, "app", 1_000);
+    let kept = image(&registry, "app", 2_000);
+    for tag in ["a", "b", "c"] {
+        put(m, &doomed, Some(tag), false).await;
+    }
+    put(m, &kept, Some("keep"), false).await;
+    // The same digest and a tag of the same name in a sibling repository.
+    let sibling = ImageRecord {
+        repository: "app/sibling".into(),
+        ..doomed.clone()
+    };
+    put(m, &sibling, Some("a"), false).await;
+
+    assert!(
+        m.delete_image(&registry, "app", &doomed.digest)
+            .await
+            .unwrap()
+    );
+    assert_eq!(stored_image(m, &doomed).await, None);
+    assert_eq!(
+        tag_names(&m.list_tags(&registry, "app").await.unwrap()),
+        ["keep"]
+    );
+    assert_eq!(stored_image(m, &kept).await, Some(kept.clone()));
+    assert_eq!(stored_image(m, &sibling).await, Some(sibling.clone()));
+    assert_eq!(
+        tag_digest(m, &sibling, "a").await,
+        Some(doomed.digest.clone())
+    );
+    assert!(
+        !m.delete_image(&registry, "app", &doomed.digest)
+            .await
+            .unwrap(),
+        "deleting an absent image answers false"
+    );
+    for repo in ["app", "app/sibling"] {
+        m.delete_repository(&registry, repo).await.unwrap();
+    }
+}
+
+pub async fn delete_repository_removes_its_images_and_tags<M: MetadataStore>(m: &M) {
+    let registry = unique("reg");
+    m.create_repository(&repository(&registry, "app"))
+        .await
+        .unwrap();
+    let images: Vec<ImageRecord> = (0..3).map(|n| image(&registry, "app", n)).collect();
+    for (i, tag) in images.iter().zip(["one", "two", "three"]) {
+        put(m, i, Some(tag), false).await;
+    }
+    let sibling = ImageRecord {
+        repository: "app-sibling".into(),
+        ..images[0].clone()
+    };
+    put(m, &sibling, Some("one"), false).await;
+
+    assert!(m.delete_repository(&registry, "app").await.unwrap());
+    assert!(m.list_images(&registry, "app").await.unwrap().is_empty());
+    assert!(m.list_tags(&registry, "app").await.unwrap().is_empty());
+    for i in &images {
+        assert_eq!(stored_image(m, i).await, None);
+    }
+    assert_eq!(m.get_tag(&registry, "app", "one").await.unwrap(), None);
+    assert_eq!(stored_image(m, &sibling).await, Some(sibling.clone()));
+    assert_eq!(
+        tag_digest(m, &sibling, "one").await,
+        Some(sibling.digest.clone())
+    );
+    // A repository recreated under the name starts empty: the old tag can be taken again.
+    let fresh = image(&registry, "app", 10);
+    assert_eq!(
+        put(m, &fresh, Some("one"), true).await,
+        PutImageOutcome::Stored
+    );
+    m.delete_repository(&registry, "app").await.unwrap();
+    m.delete_repository(&registry, "app-sibling").await.unwrap();
+}
+
+pub async fn concurrent_put_image_under_one_immutable_tag_has_exactly_one_winner<
+    M: MetadataStore,
+>(
+    m: &M,
+) {
+    const WRITERS: u64 = 12;
+    let registry = unique("reg");
+    let candidates: Vec<ImageRecord> = (0..WRITERS)
+        .map(|n| image(&registry, "app", 1_000 + n))
+        .collect();
+    let results = futures_util::future::join_all(
+        candidates
+            .iter()
+            .map(|c| m.put_image(c, Some("release"), true)),
+    )
+    .await;
+    let winners: Vec<&ImageRecord> = candidates
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, Ok(PutImageOutcome::Stored)))
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(winners.len(), 1, "results: {results:?}");
+    let winner = winners[0];
+    for r in &results {
+        match r {
+            Ok(PutImageOutcome::Stored) => {}
+            Ok(PutImageOutcome::TagImmutable { digest }) => assert_eq!(digest, &winner.digest),
+            other => panic!("a loser answers TagImmutable naming the winner: {other:?}"),
+        }
+    }
+    assert_eq!(
+        tag_digest(m, winner, "release").await,
+        Some(winner.digest.clone())
+    );
+    assert_eq!(
+        m.list_images(&registry, "app").await.unwrap(),
+        vec![winner.clone()],
+        "the losers recorded nothing"
+    );
+    m.delete_repository(&registry, "app").await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Blob behaviours.
 
 /// Deterministic bytes that differ per `seed` and per position (so a swapped or shifted chunk
@@ -1101,4 +1689,30 @@ pub async fn abort_multipart_drops_the_upload<B: BlobStore>(b: &B) {
     assert_eq!(b.object_size(&key).await.unwrap(), None);
     let res = b.upload_part(&key, &id, 1, pattern(42, 100)).await;
     assert!(res.is_err(), "an aborted upload takes no parts: {res:?}");
+}
+
+pub async fn download_url_names_the_key<B: BlobStore>(b: &B) {
+    let key = blob_key("download");
+    b.put_object(&key, pattern(21, 100)).await.unwrap();
+    let url = b.download_url(&key, 600).await.unwrap();
+    assert!(url.contains(&key), "{url} names {key}");
+    let other = b.download_url(&blob_key("download"), 600).await.unwrap();
+    assert_ne!(url, other);
+    // Stores that serve their URLs through the local server resolve them to the key; the
+    // others resolve nothing.
+    let path_and_query = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or("/");
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    if let Some(resolved) = b.resolve_download(path, query) {
+        assert_eq!(resolved, Ok(key.clone()), "{url}");
+    }
+    // The API's own paths are never download URLs.
+    assert_eq!(b.resolve_download("/", None), None);
+    assert_eq!(b.resolve_download("/", Some("X-Ecr-Expires=1")), None);
+    b.delete_objects(&[key]).await.unwrap();
 }

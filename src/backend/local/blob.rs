@@ -11,6 +11,11 @@
 //!
 //! Temporary files are named `.tmp-<uuid>` in the directory of their target; keys may not have
 //! components starting with `.`, so no key can name one.
+//!
+//! Download URLs are served by the local server itself:
+//! `<base>/_download/<key>?X-Ecr-Expires=<epoch secs>&X-Ecr-Signature=<hex HMAC-SHA256>`, signed
+//! with a 32-byte key kept in `<dir>/download.key` (created once, mode 0600) so that URLs stay
+//! valid across restarts. `<base>` is the server's public address ([`LocalBlobs::with_public_url`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -18,22 +23,54 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use hmac::{KeyInit, Mac};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::blocking;
 use crate::backend::memory::{check_part_list, check_part_number, part_etag, resolve_range};
 use crate::error::StoreError;
-use crate::ports::{BlobStore, ByteStream, FlushedPart, StoreResult};
+use crate::ports::{BlobStore, ByteStream, DownloadRefused, FlushedPart, StoreResult};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// Size of the reads behind [`LocalBlobs::read_object`] streams: one chunk in memory per stream.
 const READ_CHUNK: u64 = 256 * 1024;
 /// Name of the file in a multipart directory that holds the upload's object key.
 const KEY_FILE: &str = "key";
+/// File in the data directory holding the key that signs download URLs.
+const SECRET_FILE: &str = "download.key";
+const SECRET_LEN: usize = 32;
+/// Path under the server's base URL where download URLs live.
+const DOWNLOAD_PATH: &str = "/_download/";
+/// The local server's default address, for stores built without a public URL.
+const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+const EXPIRES_PARAM: &str = "X-Ecr-Expires";
+const SIGNATURE_PARAM: &str = "X-Ecr-Signature";
 
 #[derive(Debug)]
 struct Roots {
     objects: PathBuf,
     multipart: PathBuf,
+}
+
+/// What issuing and checking download URLs needs.
+#[derive(Clone)]
+struct Downloads {
+    /// Scheme, authority and optional path prefix, without a trailing `/`.
+    base: String,
+    /// The path part of `base` (`""` or `/prefix`).
+    base_path: String,
+    /// HMAC-SHA256 keyed with the data directory's secret; cloned for each signature.
+    mac: HmacSha256,
+}
+
+impl std::fmt::Debug for Downloads {
+    // The key stays out of logs and panic messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloads")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The embedded [`BlobStore`]: files under `<dir>/blobs/`. Clones share the directory.
@@ -42,10 +79,13 @@ pub struct LocalBlobs {
     roots: Arc<Roots>,
     /// Smallest size accepted for a non-final part at completion; 0 disables the check.
     min_part_size: u64,
+    downloads: Arc<Downloads>,
 }
 
 impl LocalBlobs {
-    /// Opens (creating if needed) the blob directories under `dir`.
+    /// Opens (creating if needed) the blob directories under `dir` and the download-URL key
+    /// `dir/download.key`. Download URLs point at `http://127.0.0.1:8080` until
+    /// [`with_public_url`](Self::with_public_url) says where the server is.
     pub fn open(dir: &Path) -> StoreResult<Self> {
         let base = dir.join("blobs");
         let roots = Roots {
@@ -55,10 +95,36 @@ impl LocalBlobs {
         for d in [&roots.objects, &roots.multipart] {
             fs::create_dir_all(d).map_err(|e| io_err("cannot create blob directory", d, e))?;
         }
+        let secret = load_or_create_secret(dir)?;
+        let mac = <HmacSha256 as KeyInit>::new_from_slice(&secret)
+            .map_err(|e| StoreError::Backend(format!("download URL key: {e}")))?;
+        let downloads = Downloads {
+            base: String::new(),
+            base_path: String::new(),
+            mac,
+        };
         Ok(Self {
             roots: Arc::new(roots),
             min_part_size: 0,
-        })
+            downloads: Arc::new(downloads),
+        }
+        .with_public_url(DEFAULT_PUBLIC_URL))
+    }
+
+    /// Download URLs start with `url` (`http://host:port`, optionally with a path prefix), the
+    /// address under which clients reach the local server.
+    pub fn with_public_url(mut self, url: &str) -> Self {
+        let base = url.trim_end_matches('/').to_owned();
+        let after_scheme = base.find("://").map_or(0, |i| i + 3);
+        let base_path = base[after_scheme..]
+            .find('/')
+            .map_or_else(String::new, |i| base[after_scheme + i..].to_owned());
+        self.downloads = Arc::new(Downloads {
+            base,
+            base_path,
+            mac: self.downloads.mac.clone(),
+        });
+        self
     }
 
     /// Rejects completions whose non-final parts are smaller than `bytes`, as S3 does with
@@ -228,6 +294,156 @@ fn part_file_name(number: u32, etag: &str) -> String {
 
 fn no_such_upload(multipart_id: &str) -> StoreError {
     StoreError::NotFound(format!("multipart upload {multipart_id}"))
+}
+
+/// Reads the download-URL key of the data directory, creating it on first use. Creation writes
+/// a temporary file and links it into place, so concurrent first starts agree on one key and a
+/// reader never sees a partly written one.
+fn load_or_create_secret(dir: &Path) -> StoreResult<[u8; SECRET_LEN]> {
+    let path = dir.join(SECRET_FILE);
+    let parse = |bytes: Vec<u8>| {
+        <[u8; SECRET_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
+            StoreError::Backend(format!(
+                "{} is not a {SECRET_LEN}-byte key; remove it to make a new one (download URLs \
+                 issued with the old one stop working)",
+                path.display()
+            ))
+        })
+    };
+    match fs::read(&path) {
+        Ok(bytes) => return parse(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("cannot read", &path, e)),
+    }
+    let mut secret = [0u8; SECRET_LEN];
+    getrandom::fill(&mut secret)
+        .map_err(|e| StoreError::Backend(format!("no randomness for the download URL key: {e}")))?;
+    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    let created = (|| {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        file.write_all(&secret)?;
+        file.sync_all()?;
+        drop(file);
+        match fs::hard_link(&tmp, &path) {
+            Ok(()) => sync_dir(dir),
+            // Another process made it first: use theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    created.map_err(|e| io_err("cannot create", &path, e))?;
+    let bytes = fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
+    parse(bytes)
+}
+
+/// The string a download URL's signature covers. The expiry comes last and is digits only, so
+/// no key (which may hold any character but NUL) can make two URLs sign the same string.
+fn canonical_download(key: &str, expires: u64) -> String {
+    format!("ecr-download-v1\nGET\n{key}\n{expires}")
+}
+
+/// Percent-encodes every byte of `key` but unreserved characters and `/`.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`encode_key`] (and any other valid percent-encoding); `None` if malformed.
+fn decode_key(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = path.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn now_secs() -> u64 {
+    crate::service::now_ms() / 1000
+}
+
+impl Downloads {
+    fn sign(&self, key: &str, expires: u64) -> Vec<u8> {
+        let mut mac = self.mac.clone();
+        mac.update(canonical_download(key, expires).as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    fn url(&self, key: &str, expires: u64) -> String {
+        format!(
+            "{}{DOWNLOAD_PATH}{}?{EXPIRES_PARAM}={expires}&{SIGNATURE_PARAM}={}",
+            self.base,
+            encode_key(key),
+            hex::encode(self.sign(key, expires))
+        )
+    }
+
+    /// The key a download URL names, if its signature is ours and it has not expired.
+    fn resolve(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        now: u64,
+    ) -> Option<Result<String, DownloadRefused>> {
+        // Behind a proxy that strips the public URL's path prefix, requests arrive without it.
+        let encoded = path.strip_prefix(DOWNLOAD_PATH).or_else(|| {
+            path.strip_prefix(self.base_path.as_str())?
+                .strip_prefix(DOWNLOAD_PATH)
+        })?;
+        Some(self.check(encoded, query.unwrap_or(""), now))
+    }
+
+    fn check(&self, encoded: &str, query: &str, now: u64) -> Result<String, DownloadRefused> {
+        let refused = DownloadRefused::BadSignature;
+        let key = decode_key(encoded).ok_or(refused)?;
+        let (mut expires, mut signature) = (None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match name {
+                EXPIRES_PARAM => &mut expires,
+                SIGNATURE_PARAM => &mut signature,
+                _ => continue,
+            };
+            // A repeated parameter would leave it open which one was checked.
+            if slot.replace(value).is_some() {
+                return Err(refused);
+            }
+        }
+        let expires_text = expires.ok_or(refused)?;
+        if expires_text.is_empty() || !expires_text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refused);
+        }
+        let expires: u64 = expires_text.parse().map_err(|_| refused)?;
+        let signature = hex::decode(signature.ok_or(refused)?).map_err(|_| refused)?;
+        let mut mac = self.mac.clone();
+        mac.update(canonical_download(&key, expires).as_bytes());
+        // verify_slice compares in constant time.
+        mac.verify_slice(&signature).map_err(|_| refused)?;
+        if now > expires {
+            return Err(DownloadRefused::Expired);
+        }
+        Ok(key)
+    }
 }
 
 impl BlobStore for LocalBlobs {
@@ -476,6 +692,21 @@ impl BlobStore for LocalBlobs {
         })
         .await
     }
+
+    async fn download_url(&self, key: &str, expires_in_secs: u64) -> StoreResult<String> {
+        // A key that names no file could never be served.
+        self.object_path(key)?;
+        let expires = now_secs().saturating_add(expires_in_secs);
+        Ok(self.downloads.url(key, expires))
+    }
+
+    fn resolve_download(
+        &self,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<Result<String, DownloadRefused>> {
+        self.downloads.resolve(path, query, now_secs())
+    }
 }
 
 #[cfg(test)]
@@ -504,5 +735,160 @@ mod tests {
         ] {
             assert!(object_path(root, key).is_err(), "{key:?} was accepted");
         }
+    }
+
+    fn downloads(base: &str) -> (LocalBlobs, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = LocalBlobs::open(dir.path()).unwrap().with_public_url(base);
+        (blobs, dir)
+    }
+
+    /// The path and query of `url`, as the server receives them.
+    fn split(url: &str) -> (String, String) {
+        let after_scheme = &url[url.find("://").unwrap() + 3..];
+        let path_and_query = &after_scheme[after_scheme.find('/').unwrap()..];
+        let (path, query) = path_and_query.split_once('?').unwrap();
+        (path.to_owned(), query.to_owned())
+    }
+
+    #[test]
+    fn keys_round_trip_through_the_url_path() {
+        for key in ["uploads/1f0c", "a b/c%d", "ünï/cødé", "x?y#z&w=1", "a+b"] {
+            let encoded = encode_key(key);
+            assert!(
+                encoded
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'&' | b'+')),
+                "{encoded}"
+            );
+            assert_eq!(decode_key(&encoded).as_deref(), Some(key));
+        }
+        for bad in ["%", "%4", "%zz", "%ff"] {
+            assert_eq!(decode_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn issued_urls_resolve_until_they_expire() {
+        let (blobs, _dir) = downloads("http://127.0.0.1:4567/");
+        let d = &blobs.downloads;
+        let url = d.url("uploads/a b", 1_000);
+        assert!(
+            url.starts_with(
+                "http://127.0.0.1:4567/_download/uploads/a%20b?X-Ecr-Expires=1000&X-Ecr-Signature="
+            ),
+            "{url}"
+        );
+        let (path, query) = split(&url);
+        assert_eq!(
+            d.resolve(&path, Some(&query), 1_000),
+            Some(Ok("uploads/a b".to_owned()))
+        );
+        assert_eq!(
+            d.resolve(&path, Some(&query), 1_001),
+            Some(Err(DownloadRefused::Expired))
+        );
+        // Parameters in another order, and unknown ones, are fine.
+        let (expires, signature) = query.split_once('&').unwrap();
+        let reordered = format!("x=1&{signature}&{expires}");
+        assert_eq!(
+            d.resolve(&path, Some(&reordered), 0),
+            Some(Ok("uploads/a b".to_owned()))
+        );
+    }
+
+    #[test]
+    fn altered_urls_are_refused() {
+        let (blobs, _dir) = downloads("http://127.0.0.1:4567");
+        let d = &blobs.downloads;
+        let (path, query) = split(&d.url("uploads/k", 1_000));
+        let signature = query.split_once("X-Ecr-Signature=").unwrap().1;
+        let mut flipped = signature.to_owned().into_bytes();
+        flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        let bad = DownloadRefused::BadSignature;
+        for (path, query) in [
+            ("/_download/uploads/other".to_owned(), query.clone()),
+            (path.clone(), query.replace("Expires=1000", "Expires=2000")),
+            (path.clone(), query.replace(signature, &flipped)),
+            (path.clone(), query.replace(signature, &signature[..10])),
+            (path.clone(), query.replace(signature, "zz")),
+            (path.clone(), format!("{query}&X-Ecr-Expires=1000")),
+            (path.clone(), "X-Ecr-Expires=1000".to_owned()),
+            (path.clone(), format!("X-Ecr-Signature={signature}")),
+            (path.clone(), query.replace("Expires=1000", "Expires=+1000")),
+            (path.clone(), String::new()),
+            ("/_download/%zz".to_owned(), query.clone()),
+        ] {
+            assert_eq!(
+                d.resolve(&path, Some(&query), 0),
+                Some(Err(bad)),
+                "{path}?{query}"
+            );
+        }
+        assert_eq!(d.resolve(&path, None, 0), Some(Err(bad)));
+        // Another data directory has another key.
+        let (other, _other_dir) = downloads("http://127.0.0.1:4567");
+        assert_eq!(
+            other.downloads.resolve(&path, Some(&query), 0),
+            Some(Err(bad))
+        );
+    }
+
+    #[test]
+    fn other_paths_are_not_download_urls() {
+        let (blobs, _dir) = downloads("http://127.0.0.1:4567/registry");
+        let d = &blobs.downloads;
+        for path in [
+            "/",
+            "",
+            "/_download",
+            "/x/_download/k",
+            "/registryx/_download/k",
+        ] {
+            assert_eq!(d.resolve(path, Some("X-Ecr-Expires=1"), 0), None, "{path}");
+        }
+        // With a path prefix in the public URL, requests may arrive with or without it.
+        let url = d.url("k", 5);
+        assert!(
+            url.starts_with("http://127.0.0.1:4567/registry/_download/k?"),
+            "{url}"
+        );
+        let (path, query) = split(&url);
+        assert_eq!(d.resolve(&path, Some(&query), 0), Some(Ok("k".into())));
+        let stripped = path.strip_prefix("/registry").unwrap();
+        assert_eq!(d.resolve(stripped, Some(&query), 0), Some(Ok("k".into())));
+    }
+
+    #[test]
+    fn the_key_is_made_once_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_secret(dir.path()).unwrap();
+        let path = dir.path().join(SECRET_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load_or_create_secret(dir.path()).unwrap(), first);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // URLs issued before a restart still resolve after it.
+        let a = LocalBlobs::open(dir.path()).unwrap();
+        let url = a.downloads.url("k", 5);
+        let b = LocalBlobs::open(dir.path()).unwrap();
+        let (p, q) = split(&url);
+        assert_eq!(b.downloads.resolve(&p, Some(&q), 0), Some(Ok("k".into())));
+
+        fs::write(&path, b"short").unwrap();
+        assert!(
+            LocalBlobs::open(dir.path()).is_err(),
+            "a damaged key is reported"
+        );
     }
 }

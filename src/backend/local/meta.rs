@@ -13,12 +13,13 @@ use serde::de::DeserializeOwned;
 use super::blocking;
 use crate::error::StoreError;
 use crate::ports::{
-    Finish, FlushedPart, LayerRecord, MetadataStore, RepositoryRecord, SideWrite, StagedSegment,
-    StoreResult, UploadRecord,
+    Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PutImageOutcome,
+    RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord, UploadRecord,
 };
 
 /// Bumped when the table layout or the record encoding changes incompatibly, so that an old
-/// binary never misreads a newer data directory (or the reverse).
+/// binary never misreads a newer data directory (or the reverse). Adding tables is compatible:
+/// [`LocalMetadata::open`] creates missing ones, and older binaries never open them.
 const SCHEMA_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -36,6 +37,14 @@ const SEGMENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("segm
 const PARTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("parts");
 /// (registry, repository, digest) → LayerRecord.
 const LAYERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("layers");
+/// (registry, repository, digest) → ImageRecord: a repository's images are contiguous and
+/// sorted by digest.
+const IMAGES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("images");
+/// (registry, repository, tag) → TagRecord, sorted by tag within a repository.
+const TAGS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("tags");
+
+/// Key type of the tables keyed by (registry, repository, name).
+type RepoKey = (&'static str, &'static str, &'static str);
 
 /// Maps any redb failure to a backend error; redb's error types all convert into `redb::Error`.
 trait OrBackend<T> {
@@ -108,6 +117,8 @@ impl LocalMetadata {
             txn.open_table(SEGMENTS).db()?;
             txn.open_table(PARTS).db()?;
             txn.open_table(LAYERS).db()?;
+            txn.open_table(IMAGES).db()?;
+            txn.open_table(TAGS).db()?;
         }
         txn.commit().db()?;
         Ok(Self { db: Arc::new(db) })
@@ -181,6 +192,43 @@ fn put_upload(
     Ok(())
 }
 
+/// The third key parts (digests, tags) of `table`'s rows in one repository, in key order: the
+/// contiguous run of keys from `(registry_id, repository, "")`.
+fn names_in_repository(
+    table: &impl ReadableTable<RepoKey, &'static [u8]>,
+    registry_id: &str,
+    repository: &str,
+) -> StoreResult<Vec<String>> {
+    let mut out = Vec::new();
+    for item in table.range((registry_id, repository, "")..).db()? {
+        let (key, _) = item.db()?;
+        let (reg, repo, name) = key.value();
+        if reg != registry_id || repo != repository {
+            break;
+        }
+        out.push(name.to_owned());
+    }
+    Ok(out)
+}
+
+/// The decoded records of `table`'s rows in one repository, in key order.
+fn in_repository<T: DeserializeOwned>(
+    table: &impl ReadableTable<RepoKey, &'static [u8]>,
+    registry_id: &str,
+    repository: &str,
+) -> StoreResult<Vec<T>> {
+    let mut out = Vec::new();
+    for item in table.range((registry_id, repository, "")..).db()? {
+        let (key, value) = item.db()?;
+        let (reg, repo, _) = key.value();
+        if reg != registry_id || repo != repository {
+            break;
+        }
+        out.push(decode(value.value())?);
+    }
+    Ok(out)
+}
+
 impl MetadataStore for LocalMetadata {
     async fn create_repository(&self, repo: &RepositoryRecord) -> StoreResult<()> {
         let repo = repo.clone();
@@ -237,19 +285,11 @@ impl MetadataStore for LocalMetadata {
                 .remove((reg, repo))
                 .db()?
                 .is_some();
-            let mut layers = txn.open_table(LAYERS).db()?;
-            // The repository's layers are the contiguous run of keys starting at (reg, repo, "").
-            let mut doomed: Vec<String> = Vec::new();
-            for item in layers.range((reg, repo, "")..).db()? {
-                let (key, _) = item.db()?;
-                let (r, n, digest) = key.value();
-                if r != reg || n != repo {
-                    break;
+            for definition in [LAYERS, IMAGES, TAGS] {
+                let mut table = txn.open_table(definition).db()?;
+                for name in names_in_repository(&table, reg, repo)? {
+                    table.remove((reg, repo, name.as_str())).db()?;
                 }
-                doomed.push(digest.to_owned());
-            }
-            for digest in &doomed {
-                layers.remove((reg, repo, digest.as_str())).db()?;
             }
             Ok(existed)
         })
@@ -451,6 +491,211 @@ impl MetadataStore for LocalMetadata {
                 .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
                 .db()?;
             found.map(|g| decode(g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn set_layer_media_type(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+        media_type: &str,
+    ) -> StoreResult<()> {
+        let (registry_id, repository, digest, media_type) = (
+            registry_id.to_owned(),
+            repository.to_owned(),
+            digest.to_owned(),
+            media_type.to_owned(),
+        );
+        self.write("set_layer_media_type", move |txn| {
+            let mut layers = txn.open_table(LAYERS).db()?;
+            let key = (registry_id.as_str(), repository.as_str(), digest.as_str());
+            let existing: Option<LayerRecord> = layers
+                .get(key)
+                .db()?
+                .map(|g| decode(g.value()))
+                .transpose()?;
+            if let Some(mut layer) = existing
+                && layer.media_type.as_deref() != Some(media_type.as_str())
+            {
+                layer.media_type = Some(media_type);
+                layers.insert(key, encode(&layer)?.as_slice()).db()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_image(
+        &self,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> StoreResult<PutImageOutcome> {
+        let (image, tag) = (image.clone(), tag.map(str::to_owned));
+        self.write("put_image", move |txn| {
+            let (reg, repo) = (image.registry_id.as_str(), image.repository.as_str());
+            let mut images = txn.open_table(IMAGES).db()?;
+            let image_key = (reg, repo, image.digest.as_str());
+            let image_exists = images.get(image_key).db()?.is_some();
+            if let Some(tag) = &tag {
+                let mut tags = txn.open_table(TAGS).db()?;
+                let tag_key = (reg, repo, tag.as_str());
+                let current: Option<TagRecord> = tags
+                    .get(tag_key)
+                    .db()?
+                    .map(|g| decode(g.value()))
+                    .transpose()?;
+                match current {
+                    Some(t) if t.digest == image.digest && image_exists => {
+                        return Ok(PutImageOutcome::AlreadyExists);
+                    }
+                    Some(t) if t.digest != image.digest && immutable_tags => {
+                        return Ok(PutImageOutcome::TagImmutable { digest: t.digest });
+                    }
+                    _ => {}
+                }
+                let record = TagRecord {
+                    registry_id: image.registry_id.clone(),
+                    repository: image.repository.clone(),
+                    tag: tag.clone(),
+                    digest: image.digest.clone(),
+                    updated_at_ms: image.pushed_at_ms,
+                };
+                tags.insert(tag_key, encode(&record)?.as_slice()).db()?;
+            } else if image_exists {
+                return Ok(PutImageOutcome::AlreadyExists);
+            }
+            // An existing record is kept as it is: its push time is the first push's.
+            if !image_exists {
+                images.insert(image_key, encode(&image)?.as_slice()).db()?;
+            }
+            Ok(PutImageOutcome::Stored)
+        })
+        .await
+    }
+
+    async fn get_image(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> StoreResult<Option<ImageRecord>> {
+        let key = (
+            registry_id.to_owned(),
+            repository.to_owned(),
+            digest.to_owned(),
+        );
+        self.read("get_image", move |txn| {
+            let images = txn.open_table(IMAGES).db()?;
+            let found = images
+                .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
+                .db()?;
+            found.map(|g| decode(g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn get_tag(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        tag: &str,
+    ) -> StoreResult<Option<TagRecord>> {
+        let key = (
+            registry_id.to_owned(),
+            repository.to_owned(),
+            tag.to_owned(),
+        );
+        self.read("get_tag", move |txn| {
+            let tags = txn.open_table(TAGS).db()?;
+            let found = tags
+                .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
+                .db()?;
+            found.map(|g| decode(g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn list_images(
+        &self,
+        registry_id: &str,
+        repository: &str,
+    ) -> StoreResult<Vec<ImageRecord>> {
+        let (registry_id, repository) = (registry_id.to_owned(), repository.to_owned());
+        self.read("list_images", move |txn| {
+            let images = txn.open_table(IMAGES).db()?;
+            in_repository(&images, &registry_id, &repository)
+        })
+        .await
+    }
+
+    async fn list_tags(&self, registry_id: &str, repository: &str) -> StoreResult<Vec<TagRecord>> {
+        let (registry_id, repository) = (registry_id.to_owned(), repository.to_owned());
+        self.read("list_tags", move |txn| {
+            let tags = txn.open_table(TAGS).db()?;
+            in_repository(&tags, &registry_id, &repository)
+        })
+        .await
+    }
+
+    async fn delete_tag(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        tag: &str,
+        digest: &str,
+    ) -> StoreResult<bool> {
+        let (registry_id, repository, tag, digest) = (
+            registry_id.to_owned(),
+            repository.to_owned(),
+            tag.to_owned(),
+            digest.to_owned(),
+        );
+        self.write("delete_tag", move |txn| {
+            let mut tags = txn.open_table(TAGS).db()?;
+            let key = (registry_id.as_str(), repository.as_str(), tag.as_str());
+            let current: Option<TagRecord> =
+                tags.get(key).db()?.map(|g| decode(g.value())).transpose()?;
+            if current.is_some_and(|t| t.digest == digest) {
+                tags.remove(key).db()?;
+                return Ok(true);
+            }
+            Ok(false)
+        })
+        .await
+    }
+
+    async fn delete_image(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> StoreResult<bool> {
+        let (registry_id, repository, digest) = (
+            registry_id.to_owned(),
+            repository.to_owned(),
+            digest.to_owned(),
+        );
+        self.write("delete_image", move |txn| {
+            let (reg, repo) = (registry_id.as_str(), repository.as_str());
+            let existed = txn
+                .open_table(IMAGES)
+                .db()?
+                .remove((reg, repo, digest.as_str()))
+                .db()?
+                .is_some();
+            let mut tags = txn.open_table(TAGS).db()?;
+            let naming: Vec<String> = in_repository::<TagRecord>(&tags, reg, repo)?
+                .into_iter()
+                .filter(|t| t.digest == digest)
+                .map(|t| t.tag)
+                .collect();
+            for tag in &naming {
+                tags.remove((reg, repo, tag.as_str())).db()?;
+            }
+            Ok(existed)
         })
         .await
     }
