@@ -2,7 +2,8 @@
 //! local S3 (SeaweedFS) and DynamoDB (dynoxide) servers of `scripts/services.sh`: the coalescing
 //! of small ECR parts into S3 multipart parts of at least 5 MiB, checked against S3's own view of
 //! the multipart upload (ListParts, HeadObject, ListObjectsV2); abandoned uploads and their
-//! cleanup; a same-offset race decided by DynamoDB's conditional writes.
+//! cleanup; a same-offset race decided by DynamoDB's conditional writes; images whose manifest is
+//! too big for a DynamoDB item, and layer downloads from presigned S3 URLs.
 //!
 //! Run with `make test-aws-backend` (starts the servers and exports their environment). Without
 //! that environment these tests fail, they do not pass vacuously.
@@ -848,4 +849,183 @@ async fn concurrent_parts_at_one_offset_have_exactly_one_winner() {
         .unwrap();
     check_completed(&svc, &name, &up, &answer, &layer, &[]).await;
     cleanup(&svc, &name, &[up.blob_key]).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Images: a manifest too big for a DynamoDB item, and layer downloads straight from S3.
+
+/// Pushes `data` as one layer; returns its digest and where S3 holds it.
+async fn push_blob(svc: &Svc, name: &str, data: &[u8]) -> (String, String) {
+    let id = initiate(svc, name).await;
+    send_parts(svc, name, &id, data, &[data.len() as u64]).await;
+    let d = digest(data);
+    complete(svc, name, &id, &[&d]).await.unwrap();
+    let layer = svc
+        .metadata()
+        .get_layer(REGISTRY, name, &d)
+        .await
+        .unwrap()
+        .expect("the layer item");
+    (d, layer.blob_key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_manifests_live_in_s3_and_layers_download_from_presigned_urls() {
+    let svc = service(small_parts()).await;
+    let name = repo_name("images");
+    repo(&svc, &name).await;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = pattern(6 * MIB as usize + 333, 51);
+    let (config_digest, config_key) = push_blob(&svc, &name, config).await;
+    let (layer_digest, layer_key) = push_blob(&svc, &name, &layer).await;
+
+    // Over the 256 KiB the service keeps in the image item.
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_digest}","size":{}}}],"annotations":{{"pad":"{}"}}}}"#,
+        config.len(),
+        layer.len(),
+        "p".repeat(300 * 1024)
+    );
+    let image_digest = digest(manifest.as_bytes());
+    svc.put_image(PutImageRequest {
+        repository_name: Some(name.clone()),
+        image_manifest: Some(manifest.clone()),
+        image_tag: Some("big".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let record = svc
+        .metadata()
+        .get_image(REGISTRY, &name, &image_digest)
+        .await
+        .unwrap()
+        .expect("the image item");
+    assert_eq!(record.manifest, None, "too big for the item");
+    let manifest_key = record.manifest_key.clone().expect("kept in S3");
+    assert_eq!(
+        svc.blobs().object_size(&manifest_key).await.unwrap(),
+        Some(manifest.len() as u64)
+    );
+    // The function role may write, read and delete there (template.yaml).
+    let prefix = &manifest_key[..manifest_key.find('/').expect("a prefix") + 1];
+    assert_role_grants_objects(prefix, &["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]);
+    assert_role_grants_objects("layers/", &["s3:GetObject"]);
+    assert!(layer_key.starts_with("layers/"), "{layer_key}");
+
+    let got = svc
+        .batch_get_image(BatchGetImageRequest {
+            repository_name: Some(name.clone()),
+            image_ids: Some(vec![ImageIdentifier {
+                image_digest: None,
+                image_tag: Some("big".into()),
+            }]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(got.failures.is_empty());
+    assert_eq!(got.images.len(), 1);
+    assert!(
+        got.images[0].image_manifest == manifest,
+        "the manifest, byte for byte"
+    );
+
+    // The layer, by a URL any HTTP client can fetch without credentials.
+    let url = svc
+        .get_download_url_for_layer(GetDownloadUrlForLayerRequest {
+            registry_id: None,
+            repository_name: Some(name.clone()),
+            layer_digest: Some(layer_digest.clone()),
+        })
+        .await
+        .unwrap()
+        .download_url;
+    let (status, body) = plain_get(&url, None).await;
+    assert_eq!(status, 200);
+    assert!(body == layer, "the whole layer");
+    let (status, body) = plain_get(&url, Some((5 * MIB - 7, 5 * MIB + 7))).await;
+    assert_eq!(status, 206);
+    assert!(body == layer[5 * MIB as usize - 7..=5 * MIB as usize + 7]);
+
+    let deleted = svc
+        .batch_delete_image(BatchDeleteImageRequest {
+            repository_name: Some(name.clone()),
+            image_ids: Some(vec![ImageIdentifier {
+                image_digest: Some(image_digest.clone()),
+                image_tag: None,
+            }]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(deleted.failures.is_empty());
+    assert_eq!(
+        svc.blobs().object_size(&manifest_key).await.unwrap(),
+        None,
+        "the manifest object goes with its image"
+    );
+    assert_eq!(
+        svc.metadata()
+            .get_tag(REGISTRY, &name, "big")
+            .await
+            .unwrap(),
+        None
+    );
+    cleanup(&svc, &name, &[config_key, layer_key]).await;
+}
+
+/// The function role in template.yaml allows `actions` on objects under `prefix`.
+fn assert_role_grants_objects(prefix: &str, actions: &[&str]) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml");
+    let text = std::fs::read_to_string(path).expect("template.yaml");
+    let resource = format!("${{Bucket.Arn}}/{prefix}*");
+    // Statements are the `- Sid:` items of the role's policy.
+    let granted = text.split("- Sid: ").any(|statement| {
+        statement.contains("Effect: Allow")
+            && statement.contains(&resource)
+            && actions
+                .iter()
+                .all(|a| statement.contains(&format!("- {a}\n")))
+    });
+    assert!(granted, "template.yaml grants {actions:?} on {resource}");
+}
+
+/// A plain HTTP/1.1 GET, optionally of an inclusive byte range: status and body.
+async fn plain_get(url: &str, range: Option<(u64, u64)>) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').expect("a path"));
+    let mut conn = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let range = range.map_or(String::new(), |(a, b)| format!("Range: bytes={a}-{b}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{range}Connection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        let (mut rest, mut out) = (&body[..], Vec::new());
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16)
+                .expect("a chunk size");
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 4 + size..];
+        }
+        body = out;
+    }
+    (status, body)
 }

@@ -1,7 +1,9 @@
 //! The port contract (`tests/contract/suite.rs`) against the AWS backend, on the local S3
 //! (SeaweedFS) and DynamoDB (dynoxide) servers of `scripts/services.sh`, plus what only the AWS
 //! backend has: the S3 multipart state itself, CompleteMultipartUpload's error mapping (including
-//! S3's "200 with an error body"), the DynamoDB items' TTL attribute, batch limits, presigned URLs.
+//! S3's "200 with an error body"), the DynamoDB items' TTL attribute, batch and transaction
+//! limits, item sizes and query pages of image records, tags under concurrent writers, presigned
+//! URLs fetched by a plain HTTP client.
 //!
 //! Run with `make test-aws-contract` (starts the servers and exports their environment). Without
 //! that environment these tests fail, they do not pass vacuously.
@@ -16,9 +18,12 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use bytes::Bytes;
 use ecr_layer_upload::backend::aws::{DynamoMetadata, S3Blobs};
 use ecr_layer_upload::error::StoreError;
+use ecr_layer_upload::manifest::MAX_REFERENCES;
 use ecr_layer_upload::ports::{
-    BlobStore, FlushedPart, MetadataStore, SideWrite, StagedSegment, UploadRecord, UploadState,
+    BlobStore, Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PutImageOutcome,
+    SideWrite, StagedSegment, UploadRecord, UploadState,
 };
+use ecr_layer_upload::service::INLINE_MANIFEST_MAX;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -70,7 +75,8 @@ mod aws_blobs {
         read_object_streams_whole_object_and_ranges,
         multipart_assembles_parts_in_order,
         complete_multipart_retried_after_success_succeeds,
-        abort_multipart_drops_the_upload
+        abort_multipart_drops_the_upload,
+        download_url_names_the_key
     );
 }
 
@@ -99,6 +105,7 @@ fn every_suite_blob_behaviour_runs_or_is_a_listed_exception() {
         "multipart_assembles_parts_in_order",
         "complete_multipart_retried_after_success_succeeds",
         "abort_multipart_drops_the_upload",
+        "download_url_names_the_key",
     ];
     for name in all {
         assert!(
@@ -357,12 +364,79 @@ async fn presigned_get_serves_the_object_and_is_bounded() {
     b.delete_objects(&[key]).await.unwrap();
 }
 
+/// What a client does with a GetDownloadUrlForLayer answer: a plain GET, whole or in ranges,
+/// with no AWS credentials of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_url_serves_whole_and_ranges_until_it_expires() {
+    let (b, ()) = aws_blobs().await;
+    let key = format!("layers/{}", uuid::Uuid::new_v4());
+    let data = suite::pattern(9, MIN_PART + 1_048_593);
+    // Layers are multipart objects: a part of at least 5 MiB and a tail.
+    let id = b.create_multipart(&key).await.unwrap();
+    let e1 = b
+        .upload_part(&key, &id, 1, data.slice(..MIN_PART))
+        .await
+        .unwrap();
+    let e2 = b
+        .upload_part(&key, &id, 2, data.slice(MIN_PART..))
+        .await
+        .unwrap();
+    let parts = [
+        flushed(1, e1, 0, MIN_PART),
+        flushed(2, e2, MIN_PART as u64, data.len() - MIN_PART),
+    ];
+    b.complete_multipart(&key, &id, &parts).await.unwrap();
+
+    let url = b.download_url(&key, 3600).await.unwrap();
+    assert!(url.contains("X-Amz-Expires=3600"), "{url}");
+    let (status, head, body) = http_request(&url, &[]).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(body == data[..], "the whole layer");
+
+    let (status, head, body) = http_request(&url, &[("Range", "bytes=5242870-6291460")]).await;
+    assert_eq!(status, 206, "{head}");
+    assert!(
+        body == data[5_242_870..=6_291_460],
+        "exactly the range asked for"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "content-range: bytes 5242870-6291460/{}",
+            data.len()
+        )),
+        "{head}"
+    );
+    let (status, _, body) = http_request(&url, &[("Range", "bytes=-10")]).await;
+    assert_eq!(status, 206);
+    assert!(body == data[data.len() - 10..], "a suffix range");
+
+    // More than an hour is refused, as ECR's own URLs last an hour.
+    assert!(b.download_url(&key, 3601).await.is_err());
+
+    // And not after: a URL whose validity has passed is refused by S3.
+    let short = b.download_url(&key, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, head, _) = http_request(&short, &[]).await;
+    assert_eq!(status, 403, "{head}");
+    b.delete_objects(&[key]).await.unwrap();
+}
+
 /// A plain HTTP/1.1 GET of an `http://host:port/path?query` URL: status and body.
 async fn http_get(url: &str) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_request(url, &[]).await;
+    (status, body)
+}
+
+/// A plain HTTP/1.1 GET with extra request headers: status, response head and body.
+async fn http_request(url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (host, path) = rest.split_at(rest.find('/').expect("a path"));
     let mut conn = TcpStream::connect(host).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
     conn.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw).await.unwrap();
@@ -381,9 +455,9 @@ async fn http_get(url: &str) -> (u16, Vec<u8>) {
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return (status, dechunk(&body));
+        return (status, head, dechunk(&body));
     }
-    (status, body)
+    (status, head, body)
 }
 
 fn dechunk(mut body: &[u8]) -> Vec<u8> {
@@ -629,4 +703,436 @@ async fn a_retried_create_of_the_same_record_is_not_already_exists() {
         Err(StoreError::Conflict)
     ));
     m.delete_upload(&u.upload_id).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images and tags on DynamoDB: the conditions of the single-table model, its limits (item size,
+// transaction size, query pages) and its behaviour under concurrent writers.
+
+const REGISTRY: &str = "123456789012";
+
+/// A repository name of its own, so that listings see only this test's records.
+fn repo_name() -> String {
+    format!("contract-aws/img-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn fake_digest(seed: &str) -> String {
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(seed.as_bytes()))
+    )
+}
+
+fn image(repo: &str, seed: &str, manifest: String) -> ImageRecord {
+    ImageRecord {
+        registry_id: REGISTRY.into(),
+        repository: repo.into(),
+        digest: fake_digest(seed),
+        manifest: Some(manifest),
+        manifest_key: None,
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        artifact_media_type: Some("application/vnd.oci.image.config.v1+json".into()),
+        size: 1234,
+        pushed_at_ms: 1_700_000_000_000,
+        blobs: vec![fake_digest(&format!("{seed}-config"))],
+        manifests: Vec::new(),
+        subject: None,
+    }
+}
+
+fn small_image(repo: &str, seed: &str) -> ImageRecord {
+    image(
+        repo,
+        seed,
+        format!("{{\"schemaVersion\":2,\"seed\":\"{seed}\"}}"),
+    )
+}
+
+/// The largest record the service hands over: a manifest of the most it keeps inline
+/// (`INLINE_MANIFEST_MAX`) referencing the most blobs it accepts (`MAX_REFERENCES`), padded with
+/// quotes, which a JSON string would have to escape.
+fn largest_inline_image(repo: &str, seed: &str) -> ImageRecord {
+    let mut img = image(repo, seed, String::new());
+    img.blobs.clear();
+    let mut text = String::from("{\"schemaVersion\":2,\"layers\":[");
+    for i in 0..MAX_REFERENCES {
+        let d = fake_digest(&format!("{seed}-{i}"));
+        text.push_str(&format!("{{\"digest\":\"{d}\",\"size\":1}},"));
+        img.blobs.push(d);
+    }
+    text.push_str("\"\"");
+    while text.len() < INLINE_MANIFEST_MAX - 10 {
+        text.push_str(",\"\"");
+    }
+    text.push_str("]}");
+    assert!(text.len() <= INLINE_MANIFEST_MAX);
+    img.manifest = Some(text);
+    img
+}
+
+async fn tag_of(m: &DynamoMetadata, repo: &str, tag: &str) -> Option<String> {
+    m.get_tag(REGISTRY, repo, tag)
+        .await
+        .unwrap()
+        .map(|t| t.digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untagged_image_is_stored_once() {
+    let (m, ()) = aws_metadata().await;
+    let repo = repo_name();
+    let img = small_image(&repo, "a");
+    assert_eq!(
+        m.put_image(&img, None, false).await.unwrap(),
+        PutImageOutcome::Stored
+    );
+    assert_eq!(
+        m.put_image(&img, None, true).await.unwrap(),
+        PutImageOutcome::AlreadyExists
+    );
+    let later = ImageRecord {
+        pushed_at_ms: img.pushed_at_ms + 5,
+        ..img.clone()
+    };
+    assert_eq!(
+        m.put_image(&later, None, false).await.unwrap(),
+        PutImageOutcome::AlreadyExists
+    );
+    assert_eq!(
+        m.get_image(REGISTRY, &repo, &img.digest).await.unwrap(),
+        Some(img.clone())
+    );
+    assert_eq!(
+        m.get_image(REGISTRY, &repo, &fake_digest("none"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(m.delete_repository(REGISTRY, &repo).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_move_unless_immutable_and_never_overwrite_the_image() {
+    let (m, ()) = aws_metadata().await;
+    let repo = repo_name();
+    let a = small_image(&repo, "a");
+    let b = small_image(&repo, "b");
+    let put = |img: &ImageRecord, tag: &'static str, immutable: bool| {
+        let (m, img) = (m.clone(), img.clone());
+        async move { m.put_image(&img, Some(tag), immutable).await.unwrap() }
+    };
+    assert_eq!(put(&a, "v1", false).await, PutImageOutcome::Stored);
+    assert_eq!(put(&a, "v1", false).await, PutImageOutcome::AlreadyExists);
+    assert_eq!(put(&a, "v1", true).await, PutImageOutcome::AlreadyExists);
+    // A second tag on an existing image: the record stays the one first pushed.
+    let a_later = ImageRecord {
+        pushed_at_ms: a.pushed_at_ms + 1000,
+        ..a.clone()
+    };
+    assert_eq!(put(&a_later, "v2", false).await, PutImageOutcome::Stored);
+    assert_eq!(
+        m.get_image(REGISTRY, &repo, &a.digest).await.unwrap(),
+        Some(a.clone()),
+        "an existing image item is never overwritten"
+    );
+    let v2 = m.get_tag(REGISTRY, &repo, "v2").await.unwrap().unwrap();
+    assert_eq!(v2.updated_at_ms, a_later.pushed_at_ms);
+
+    // Immutable: the stored digest comes back, nothing is written (b is not created).
+    assert_eq!(
+        put(&b, "v1", true).await,
+        PutImageOutcome::TagImmutable {
+            digest: a.digest.clone()
+        }
+    );
+    assert_eq!(m.get_image(REGISTRY, &repo, &b.digest).await.unwrap(), None);
+    assert_eq!(tag_of(&m, &repo, "v1").await, Some(a.digest.clone()));
+    // Immutable tags still allow a new tag.
+    assert_eq!(put(&b, "v3", true).await, PutImageOutcome::Stored);
+    assert_eq!(
+        put(&a, "v3", true).await,
+        PutImageOutcome::TagImmutable {
+            digest: b.digest.clone()
+        }
+    );
+
+    // Mutable: the tag moves.
+    assert_eq!(put(&b, "v1", false).await, PutImageOutcome::Stored);
+    assert_eq!(tag_of(&m, &repo, "v1").await, Some(b.digest.clone()));
+    assert_eq!(put(&b, "v1", false).await, PutImageOutcome::AlreadyExists);
+
+    let tags: Vec<(String, String)> = m
+        .list_tags(REGISTRY, &repo)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.tag, t.digest))
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            ("v1".into(), b.digest.clone()),
+            ("v2".into(), a.digest.clone()),
+            ("v3".into(), b.digest.clone()),
+        ]
+    );
+    let mut digests = vec![a.digest.clone(), b.digest.clone()];
+    digests.sort();
+    let listed: Vec<String> = m
+        .list_images(REGISTRY, &repo)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.digest)
+        .collect();
+    assert_eq!(listed, digests);
+    assert!(m.delete_repository(REGISTRY, &repo).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_tag_only_while_it_names_the_digest() {
+    let (m, ()) = aws_metadata().await;
+    let repo = repo_name();
+    let a = small_image(&repo, "a");
+    m.put_image(&a, Some("t"), false).await.unwrap();
+    assert!(
+        !m.delete_tag(REGISTRY, &repo, "t", &fake_digest("other"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(tag_of(&m, &repo, "t").await, Some(a.digest.clone()));
+    assert!(m.delete_tag(REGISTRY, &repo, "t", &a.digest).await.unwrap());
+    assert!(!m.delete_tag(REGISTRY, &repo, "t", &a.digest).await.unwrap());
+    assert_eq!(tag_of(&m, &repo, "t").await, None);
+    assert!(
+        m.get_image(REGISTRY, &repo, &a.digest)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(m.delete_repository(REGISTRY, &repo).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_image_takes_its_tags_only() {
+    let (m, ()) = aws_metadata().await;
+    let repo = repo_name();
+    let a = small_image(&repo, "a");
+    let b = small_image(&repo, "b");
+    m.put_image(&a, Some("a1"), false).await.unwrap();
+    m.put_image(&a, Some("a2"), false).await.unwrap();
+    m.put_image(&b, Some("b1"), false).await.unwrap();
+    assert!(m.delete_image(REGISTRY, &repo, &a.digest).await.unwrap());
+    assert!(!m.delete_image(REGISTRY, &repo, &a.digest).await.unwrap());
+    assert_eq!(m.get_image(REGISTRY, &repo, &a.digest).await.unwrap(), None);
+    let tags: Vec<String> = m
+        .list_tags(REGISTRY, &repo)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.tag)
+        .collect();
+    assert_eq!(tags, ["b1"]);
+    assert!(
+        m.get_image(REGISTRY, &repo, &b.digest)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(m.delete_repository(REGISTRY, &repo).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_image_with_more_tags_than_a_transaction_holds() {
+    let (m, ()) = aws_metadata().await;
+    let repo = repo_name();
+    let a = small_image(&repo, "a");
+    for i in 0..130 {
+        let tag = format!("t{i:03}");
+        m.put_image(&a, Some(&tag), false).await.unwrap();
+    }
+    assert_eq!(m.list_tags(REGISTRY, &repo).await.unwrap().len(), 130);
+    assert!(m.delete_image(REGISTRY, &repo, &a.digest).await.unwrap());
+    assert!(m.list_tags(REGISTRY, &repo).await.unwrap().is_empty());
+    assert!(m.list_images(REGISTRY, &repo).await.unwrap().is_empty());
+    assert!(m.delete_repository(REGISTRY, &repo).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_inline_manifests_fit_and_listings_follow_pages() {
+    let (m, ()) = aws_metadata().await;
+    let repo = repo_name();
+    // Five ~256 KiB images pass DynamoDB's 1 MB query page: the listing needs several pages.
+    let mut images: Vec<ImageRecord> = (0..5)
+        .map(|i| largest_inline_image(&repo, &format!("big{i}")))
+        .collect();
+    for img in &images {
+        assert_eq!(
+            m.put_image(img, Some(&img.digest[7..20]), false)
+                .await
+                .unwrap(),
+            PutImageOutcome::Stored
+        );
+    }
+    images.sort_by(|a, b| a.digest.cmp(&b.digest));
+    let listed = m.list_images(REGISTRY, &repo).await.unwrap();
+    assert_eq!(listed.len(), images.len());
+    assert!(listed == images, "every image back, whole, in digest order");
+    assert_eq!(
+        m.get_image(REGISTRY, &repo, &images[0].digest)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&images[0])
+    );
+    assert!(m.delete_repository(REGISTRY, &repo).await.is_ok());
+    assert!(m.list_images(REGISTRY, &repo).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_never_names_a_deleted_image_under_races() {
+    let (m, ()) = aws_metadata().await;
+    let repo = repo_name();
+    for round in 0..12 {
+        let img = small_image(&repo, &format!("race{round}"));
+        m.put_image(&img, Some(&format!("base{round}")), false)
+            .await
+            .unwrap();
+        let tag = format!("r{round}");
+        let (m1, m2, i1, t1) = (m.clone(), m.clone(), img.clone(), tag.clone());
+        let (r2, d2) = (repo.clone(), img.digest.clone());
+        let put = tokio::spawn(async move { m1.put_image(&i1, Some(&t1), false).await });
+        let del = tokio::spawn(async move { m2.delete_image(REGISTRY, &r2, &d2).await });
+        put.await.unwrap().unwrap();
+        del.await.unwrap().unwrap();
+        let named = tag_of(&m, &repo, &tag).await;
+        let exists = m
+            .get_image(REGISTRY, &repo, &img.digest)
+            .await
+            .unwrap()
+            .is_some();
+        assert!(
+            named.is_none() || exists,
+            "round {round}: tag {tag} names {named:?} but the image is gone"
+        );
+    }
+    assert!(m.delete_repository(REGISTRY, &repo).await.is_ok());
+}
+
+/// A layer recorded the way the service records one: through a finished upload.
+async fn record_layer(m: &DynamoMetadata, repo: &str, seed: &str) -> LayerRecord {
+    let u = UploadRecord {
+        repository: repo.into(),
+        ..upload()
+    };
+    m.create_upload(&u).await.unwrap();
+    let layer = LayerRecord {
+        registry_id: REGISTRY.into(),
+        repository: repo.into(),
+        digest: fake_digest(seed),
+        blob_key: u.blob_key.clone(),
+        size: 10,
+        media_type: None,
+        created_at_ms: u.created_at_ms,
+    };
+    let done = UploadRecord {
+        state: UploadState::Done,
+        ..next(&u)
+    };
+    assert_eq!(
+        m.finish_upload(&done, &layer).await.unwrap(),
+        Finish::Recorded
+    );
+    m.delete_upload(&u.upload_id).await.unwrap();
+    layer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_layer_media_type_updates_recorded_layers_only() {
+    let (m, ()) = aws_metadata().await;
+    let repo = repo_name();
+    let layer = record_layer(&m, &repo, "layer").await;
+    let mt = "application/vnd.oci.image.layer.v1.tar+gzip";
+    m.set_layer_media_type(REGISTRY, &repo, &layer.digest, mt)
+        .await
+        .unwrap();
+    let got = m
+        .get_layer(REGISTRY, &repo, &layer.digest)
+        .await
+        .unwrap()
+        .expect("the layer");
+    assert_eq!(got.media_type.as_deref(), Some(mt));
+    assert_eq!(
+        got,
+        LayerRecord {
+            media_type: Some(mt.into()),
+            ..layer.clone()
+        }
+    );
+
+    // An absent layer: fine, and no stub item appears.
+    let absent = fake_digest("absent-layer");
+    m.set_layer_media_type(REGISTRY, &repo, &absent, mt)
+        .await
+        .unwrap();
+    assert_eq!(m.get_layer(REGISTRY, &repo, &absent).await.unwrap(), None);
+    let raw = m
+        .client()
+        .get_item()
+        .table_name(m.table())
+        .key("pk", AttributeValue::S(format!("LAYER#{REGISTRY}#{repo}")))
+        .key("sk", AttributeValue::S(absent))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(raw.item.is_none_or(|i| i.is_empty()));
+    assert!(m.delete_repository(REGISTRY, &repo).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_repository_removes_its_images_and_tags_only() {
+    let (m, ()) = aws_metadata().await;
+    let (repo, other) = (repo_name(), repo_name());
+    let a = small_image(&repo, "a");
+    let o = small_image(&other, "a");
+    m.put_image(&a, Some("latest"), false).await.unwrap();
+    m.put_image(&o, Some("latest"), false).await.unwrap();
+    let layer = record_layer(&m, &repo, "layer").await;
+    // No repository item was ever created: what an interrupted delete leaves goes too.
+    assert!(!m.delete_repository(REGISTRY, &repo).await.unwrap());
+    assert!(m.list_images(REGISTRY, &repo).await.unwrap().is_empty());
+    assert!(m.list_tags(REGISTRY, &repo).await.unwrap().is_empty());
+    assert_eq!(
+        m.get_layer(REGISTRY, &repo, &layer.digest).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        m.list_images(REGISTRY, &other).await.unwrap(),
+        std::slice::from_ref(&o)
+    );
+    assert_eq!(tag_of(&m, &other, "latest").await, Some(o.digest.clone()));
+    assert!(m.delete_repository(REGISTRY, &other).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_item_without_a_version_can_still_be_deleted() {
+    let (m, ()) = aws_metadata().await;
+    let repo = repo_name();
+    let a = small_image(&repo, "a");
+    m.put_image(&a, Some("t"), false).await.unwrap();
+    // As an item written by other means would be: no `version` attribute.
+    m.client()
+        .update_item()
+        .table_name(m.table())
+        .key("pk", AttributeValue::S(format!("IMAGE#{REGISTRY}#{repo}")))
+        .key("sk", AttributeValue::S(a.digest.clone()))
+        .update_expression("REMOVE version")
+        .send()
+        .await
+        .unwrap();
+    assert!(m.delete_image(REGISTRY, &repo, &a.digest).await.unwrap());
+    assert_eq!(m.get_image(REGISTRY, &repo, &a.digest).await.unwrap(), None);
+    assert_eq!(tag_of(&m, &repo, "t").await, None);
 }

@@ -7,23 +7,38 @@
 //! | segment    | `UPLOAD#<id>`               | `SEG#<offset, 20 digits>`          | + margin        |
 //! | part       | `UPLOAD#<id>`               | `PART#<number, 5 digits>`          | + margin        |
 //! | layer      | `LAYER#<registry>#<repo>`   | `<digest>`                         | —               |
+//! | image      | `IMAGE#<registry>#<repo>`   | `<digest>`                         | —               |
+//! | tag        | `TAG#<registry>#<repo>`     | `<tag>`                            | —               |
 //!
 //! Every item carries its record as a JSON document in `doc`, plus `kind`, and the attributes
-//! that conditions and filters look at: `version` and `expiresAt` (numbers) on uploads. Numbers
-//! are zero-padded in sort keys so that string order is numeric order; repository names sort by
-//! their bytes, which is `String` order.
+//! that conditions and filters look at: `version` and `expiresAt` (numbers) on uploads; on
+//! layers `mediaType`, which an image sets after the layer was recorded and which wins over the
+//! one in `doc`; on tags `digest`, the image the tag names; on images `version`, counting the
+//! writes that made a tag name the image, and `manifest`, the manifest text kept outside `doc`
+//! (inside it every quote would be escaped, and a 256 KiB manifest could then pass DynamoDB's
+//! 400 KB item limit). Numbers are zero-padded in sort keys so that string order is numeric
+//! order; repository names, digests and tags sort by their bytes, which is `String` order.
+//! Repository names and tags cannot contain `#`, so partitions of two repositories never meet.
 //!
-//! Every state change is one conditional write (a `PutItem` or a `TransactWriteItems`). Reads are
-//! strongly consistent, so a write is visible to the next request whichever Lambda serves it.
+//! Every state change is one conditional write (a `PutItem`, `UpdateItem`, `DeleteItem` or a
+//! `TransactWriteItems`). Reads are strongly consistent, so a write is visible to the next
+//! request whichever Lambda serves it. Images keep one invariant across concurrent writers: a tag
+//! never names an image that does not exist. `put_image` writes a tag only together with a
+//! condition on its image (created, or its `version` bumped), and `delete_image` deletes an
+//! image only at the `version` it read, with every tag it found naming it, each conditional on
+//! still naming it: a tag added meanwhile moves the version and the delete starts over, a tag
+//! moved elsewhere meanwhile is left alone.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, WriteRequest,
+    AttributeValue, ConditionCheck, Delete, DeleteRequest, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update, WriteRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,8 +46,8 @@ use serde::de::DeserializeOwned;
 use super::{backoff, sdk_failure};
 use crate::error::StoreError;
 use crate::ports::{
-    Finish, FlushedPart, LayerRecord, MetadataStore, RepositoryRecord, SideWrite, StagedSegment,
-    StoreResult, UploadRecord,
+    Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PutImageOutcome,
+    RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord, UploadRecord,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -43,6 +58,12 @@ const DOC: &str = "doc";
 const KIND: &str = "kind";
 const VERSION: &str = "version";
 const EXPIRES_AT: &str = "expiresAt";
+const MEDIA_TYPE: &str = "mediaType";
+const DIGEST: &str = "digest";
+const MANIFEST: &str = "manifest";
+/// A fresh id per `put_image` call on an image item, so that an SDK retry of a create whose
+/// answer was lost recognises its own item instead of reporting it as already there.
+const WRITE_ID: &str = "writeId";
 
 const UPLOAD_SK: &str = "UPLOAD";
 const SEG_PREFIX: &str = "SEG#";
@@ -58,6 +79,8 @@ const SIDE_ITEM_TTL_MARGIN_SECS: u64 = 7 * 86_400;
 const BATCH_WRITE_MAX: usize = 25;
 /// Rounds of re-sending unprocessed batch items (throttled partitions) before giving up.
 const BATCH_WRITE_ROUNDS: u32 = 8;
+/// TransactWriteItems takes at most 100 items.
+const TRANSACT_MAX: usize = 100;
 /// Attempts of a transaction cancelled only by a concurrent transaction on the same items
 /// (`TransactionConflict`), which says nothing about our condition: try again to learn it.
 const TRANSACTION_ATTEMPTS: u32 = 6;
@@ -120,6 +143,14 @@ fn layer_pk(registry_id: &str, repository: &str) -> String {
     format!("LAYER#{registry_id}#{repository}")
 }
 
+fn image_pk(registry_id: &str, repository: &str) -> String {
+    format!("IMAGE#{registry_id}#{repository}")
+}
+
+fn tag_pk(registry_id: &str, repository: &str) -> String {
+    format!("TAG#{registry_id}#{repository}")
+}
+
 fn seg_sk(offset: u64) -> String {
     // u64::MAX has 20 digits.
     format!("{SEG_PREFIX}{offset:020}")
@@ -136,6 +167,14 @@ fn upload_key(upload_id: &str) -> Item {
 
 fn layer_key(registry_id: &str, repository: &str, digest: &str) -> Item {
     key(layer_pk(registry_id, repository), digest.to_owned())
+}
+
+fn image_key(registry_id: &str, repository: &str, digest: &str) -> Item {
+    key(image_pk(registry_id, repository), digest.to_owned())
+}
+
+fn tag_key(registry_id: &str, repository: &str, tag: &str) -> Item {
+    key(tag_pk(registry_id, repository), tag.to_owned())
 }
 
 fn to_doc<T: Serialize>(record: &T) -> StoreResult<AttributeValue> {
@@ -207,12 +246,98 @@ fn part_item(u: &UploadRecord, part: &FlushedPart) -> StoreResult<Item> {
 }
 
 fn layer_item(l: &LayerRecord) -> StoreResult<Item> {
-    Ok(item(
+    let mut it = item(
         layer_pk(&l.registry_id, &l.repository),
         l.digest.clone(),
         "layer",
         to_doc(l)?,
-    ))
+    );
+    if let Some(mt) = &l.media_type {
+        it.insert(MEDIA_TYPE.to_owned(), s(mt));
+    }
+    Ok(it)
+}
+
+/// A layer as stored: `set_layer_media_type` updates the `mediaType` attribute, not `doc`.
+fn layer_from_item(item: &Item) -> StoreResult<LayerRecord> {
+    let mut layer: LayerRecord = from_item(item)?;
+    if let Some(mt) = string_attr(item, MEDIA_TYPE) {
+        layer.media_type = Some(mt.to_owned());
+    }
+    Ok(layer)
+}
+
+/// An image item at `version`, its manifest text in an attribute of its own.
+fn image_item(i: &ImageRecord, version: u64, write_id: &str) -> StoreResult<Item> {
+    let manifest = i.manifest.as_deref();
+    let doc = to_doc(&ImageRecord {
+        manifest: None,
+        ..i.clone()
+    })?;
+    let mut it = item(
+        image_pk(&i.registry_id, &i.repository),
+        i.digest.clone(),
+        "image",
+        doc,
+    );
+    if let Some(m) = manifest {
+        it.insert(MANIFEST.to_owned(), s(m));
+    }
+    it.insert(VERSION.to_owned(), n(version));
+    it.insert(WRITE_ID.to_owned(), s(write_id));
+    Ok(it)
+}
+
+fn image_from_item(item: &Item) -> StoreResult<ImageRecord> {
+    let mut image: ImageRecord = from_item(item)?;
+    if let Some(m) = string_attr(item, MANIFEST) {
+        image.manifest = Some(m.to_owned());
+    }
+    Ok(image)
+}
+
+fn tag_item(t: &TagRecord) -> StoreResult<Item> {
+    let mut it = item(
+        tag_pk(&t.registry_id, &t.repository),
+        t.tag.clone(),
+        "tag",
+        to_doc(t)?,
+    );
+    it.insert(DIGEST.to_owned(), s(&t.digest));
+    Ok(it)
+}
+
+fn string_attr<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn number_attr(item: &Item, name: &str) -> Option<u64> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The condition an image item must still meet for a delete of what was read to go ahead:
+/// present at the `version` read, or still absent.
+fn image_unchanged(version: Option<u64>) -> (&'static str, Item) {
+    match version {
+        // Written by hand or by an older build: no version to compare.
+        Some(0) => (
+            "attribute_exists(pk) AND attribute_not_exists(#version)",
+            HashMap::new(),
+        ),
+        Some(v) => (
+            "#version = :version",
+            HashMap::from([(":version".to_owned(), n(v))]),
+        ),
+        None => ("attribute_not_exists(pk)", HashMap::new()),
+    }
+}
+
+fn built<T, E: std::fmt::Display>(what: &str, res: Result<T, E>) -> StoreResult<T> {
+    res.map_err(|e| StoreError::Backend(format!("building {what}: {e}")))
 }
 
 /// Whether the item returned by a failed condition is the very item we tried to write: then an
@@ -430,6 +555,45 @@ impl DynamoMetadata {
             Some(c) => format!("pk = :pk AND {c}"),
             None => "pk = :pk".to_owned(),
         };
+        self.query_pages(op, &expression, None, HashMap::new(), values, keys_only)
+            .await
+    }
+
+    /// The keys of the tags of a repository that name `digest`.
+    async fn tags_naming(
+        &self,
+        op: &str,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> StoreResult<Vec<Item>> {
+        let names = HashMap::from([("#digest".to_owned(), DIGEST.to_owned())]);
+        let values = HashMap::from([
+            (":pk".to_owned(), s(tag_pk(registry_id, repository))),
+            (":digest".to_owned(), s(digest)),
+        ]);
+        self.query_pages(
+            op,
+            "pk = :pk",
+            Some("#digest = :digest"),
+            names,
+            values,
+            true,
+        )
+        .await
+    }
+
+    /// A `Query` followed through every page (`LastEvaluatedKey`), optionally filtered.
+    async fn query_pages(
+        &self,
+        op: &str,
+        key_condition: &str,
+        filter: Option<&str>,
+        names: HashMap<String, String>,
+        values: Item,
+        keys_only: bool,
+    ) -> StoreResult<Vec<Item>> {
+        let names = (!names.is_empty()).then_some(names);
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -437,7 +601,9 @@ impl DynamoMetadata {
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression(&expression)
+                .key_condition_expression(key_condition)
+                .set_filter_expression(filter.map(str::to_owned))
+                .set_expression_attribute_names(names.clone())
                 .set_expression_attribute_values(Some(values.clone()))
                 .set_projection_expression(keys_only.then(|| "pk, sk".to_owned()))
                 .consistent_read(true)
@@ -490,6 +656,192 @@ impl DynamoMetadata {
                     .and_then(|mut m| m.remove(&self.table))
                     .unwrap_or_default();
             }
+        }
+        Ok(())
+    }
+
+    /// Whether the image item exists, and its `version` (0 for an item without one).
+    async fn image_version(&self, op: &str, key: Item) -> StoreResult<Option<u64>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .projection_expression("pk, #version")
+            .expression_attribute_names("#version", VERSION)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_failure(op, &e))?;
+        Ok(out
+            .item
+            .filter(|i| !i.is_empty())
+            .map(|i| number_attr(&i, VERSION).unwrap_or(0)))
+    }
+
+    /// `put_image` without a tag: one create-only `PutItem`.
+    async fn put_untagged_image(&self, image: &ImageRecord) -> StoreResult<PutImageOutcome> {
+        let op = "put_image";
+        let write_id = uuid::Uuid::new_v4().to_string();
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(image_item(image, 1, &write_id)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(PutImageOutcome::Stored),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(ccf)) => {
+                    let ours = ccf
+                        .item()
+                        .and_then(|i| string_attr(i, WRITE_ID))
+                        .is_some_and(|w| w == write_id);
+                    Ok(if ours {
+                        PutImageOutcome::Stored
+                    } else {
+                        PutImageOutcome::AlreadyExists
+                    })
+                }
+                _ => Err(sdk_failure(op, &e)),
+            },
+        }
+    }
+
+    /// The image half of a tagged `put_image`: create the image if it was absent, or bump the
+    /// version of the one there, so that a concurrent `delete_image` of it starts over and sees
+    /// the tag.
+    fn image_write(
+        &self,
+        image: &ImageRecord,
+        exists: bool,
+        write_id: &str,
+    ) -> StoreResult<TransactWriteItem> {
+        if !exists {
+            return self.put_plain(
+                image_item(image, 1, write_id)?,
+                Some("attribute_not_exists(pk)"),
+            );
+        }
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(image_key(
+                &image.registry_id,
+                &image.repository,
+                &image.digest,
+            )))
+            .update_expression("ADD #version :one")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":one", n(1))
+            .build();
+        Ok(TransactWriteItem::builder()
+            .update(built("an update", update)?)
+            .build())
+    }
+
+    /// The tag half of a tagged `put_image`. Its condition fails exactly when the outcome is
+    /// not `Stored`: the tag already names the (existing) image, or names another one and tags
+    /// are immutable.
+    fn tag_write(
+        &self,
+        tag: &TagRecord,
+        image_exists: bool,
+        immutable_tags: bool,
+    ) -> StoreResult<TransactWriteItem> {
+        let condition = match (image_exists, immutable_tags) {
+            (true, false) => Some("attribute_not_exists(pk) OR #digest <> :digest"),
+            (true, true) => Some("attribute_not_exists(pk)"),
+            // A tag may name this digest only if its image went by some other way than
+            // `delete_image` (which takes its tags along); the port then has the tag rewritten.
+            (false, true) => Some("attribute_not_exists(pk) OR #digest = :digest"),
+            (false, false) => None,
+        };
+        let mut put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(tag_item(tag)?));
+        if let Some(c) = condition {
+            put = put
+                .condition_expression(c)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            if c.contains("#digest") {
+                put = put
+                    .expression_attribute_names("#digest", DIGEST)
+                    .expression_attribute_values(":digest", s(&tag.digest));
+            }
+        }
+        Ok(TransactWriteItem::builder()
+            .put(built("a put", put.build())?)
+            .build())
+    }
+
+    /// Deletes the image at `version` (`None`: asserts it is still absent) and the tags `tags`,
+    /// each only if it still names `digest`. One transaction when they fit (99 tags); beyond
+    /// that the tags go in several, each under the same condition on the image, and the image
+    /// with the last.
+    async fn delete_image_and_tags(
+        &self,
+        op: &str,
+        image: Item,
+        version: Option<u64>,
+        digest: &str,
+        tags: &[Item],
+    ) -> Result<(), Cancelled> {
+        let chunks: Vec<&[Item]> = if tags.is_empty() {
+            vec![&[]]
+        } else {
+            tags.chunks(TRANSACT_MAX - 1).collect()
+        };
+        let (image_condition, image_values) = image_unchanged(version);
+        let image_values = (!image_values.is_empty()).then_some(image_values);
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let names =
+                version.map(|_| HashMap::from([("#version".to_owned(), VERSION.to_owned())]));
+            let image_op = if last && version.is_some() {
+                let del = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(image.clone()))
+                    .condition_expression(image_condition)
+                    .set_expression_attribute_names(names)
+                    .set_expression_attribute_values(image_values.clone())
+                    .build();
+                TransactWriteItem::builder()
+                    .delete(built("a delete", del).map_err(Cancelled::Other)?)
+                    .build()
+            } else {
+                let check = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(image.clone()))
+                    .condition_expression(image_condition)
+                    .set_expression_attribute_names(names)
+                    .set_expression_attribute_values(image_values.clone())
+                    .build();
+                TransactWriteItem::builder()
+                    .condition_check(built("a condition check", check).map_err(Cancelled::Other)?)
+                    .build()
+            };
+            let mut items = vec![image_op];
+            for tag in *chunk {
+                let del = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(tag.clone()))
+                    .condition_expression("#digest = :digest")
+                    .expression_attribute_names("#digest", DIGEST)
+                    .expression_attribute_values(":digest", s(digest))
+                    .build();
+                items.push(
+                    TransactWriteItem::builder()
+                        .delete(built("a delete", del).map_err(Cancelled::Other)?)
+                        .build(),
+                );
+            }
+            self.transact(op, items).await?;
         }
         Ok(())
     }
@@ -563,12 +915,17 @@ impl MetadataStore for DynamoMetadata {
             .await
             .map_err(|e| sdk_failure(op, &e))?;
         let existed = out.attributes.is_some_and(|a| !a.is_empty());
-        // Layers go even when the repository item was already gone: they are what an earlier,
-        // interrupted delete left.
-        let layers = self
-            .query_all(op, layer_pk(registry_id, name), None, HashMap::new(), true)
-            .await?;
-        self.delete_keys(op, layers).await?;
+        // What the repository held goes even when its item was already gone: that is what an
+        // earlier, interrupted delete left. Tags before images, so that an interruption never
+        // leaves a tag naming a deleted image.
+        for pk in [
+            tag_pk(registry_id, name),
+            image_pk(registry_id, name),
+            layer_pk(registry_id, name),
+        ] {
+            let keys = self.query_all(op, pk, None, HashMap::new(), true).await?;
+            self.delete_keys(op, keys).await?;
+        }
         Ok(existed)
     }
 
@@ -661,7 +1018,7 @@ impl MetadataStore for DynamoMetadata {
                 Err(Cancelled::Condition(_, existing)) => {
                     // The layer exists. Retire the upload alone, then answer the stored layer.
                     let existing = match existing.filter(|i| i.contains_key(DOC)) {
-                        Some(i) => Some(from_item::<LayerRecord>(&i)?),
+                        Some(i) => Some(layer_from_item(&i)?),
                         None => {
                             self.get_layer(&layer.registry_id, &layer.repository, &layer.digest)
                                 .await?
@@ -744,8 +1101,209 @@ impl MetadataStore for DynamoMetadata {
     ) -> StoreResult<Option<LayerRecord>> {
         self.get("get_layer", layer_key(registry_id, repository, digest))
             .await?
+            .map(|i| layer_from_item(&i))
+            .transpose()
+    }
+    async fn set_layer_media_type(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+        media_type: &str,
+    ) -> StoreResult<()> {
+        let op = "set_layer_media_type";
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(layer_key(registry_id, repository, digest)))
+            .update_expression("SET #mediaType = :mediaType")
+            // Without the condition, an update of an absent layer would create a stub item.
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#mediaType", MEDIA_TYPE)
+            .expression_attribute_values(":mediaType", s(media_type))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(()),
+                _ => Err(sdk_failure(op, &e)),
+            },
+        }
+    }
+
+    async fn put_image(
+        &self,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> StoreResult<PutImageOutcome> {
+        let op = "put_image";
+        let Some(tag) = tag else {
+            return self.put_untagged_image(image).await;
+        };
+        let tag_record = TagRecord {
+            registry_id: image.registry_id.clone(),
+            repository: image.repository.clone(),
+            tag: tag.to_owned(),
+            digest: image.digest.clone(),
+            updated_at_ms: image.pushed_at_ms,
+        };
+        let write_id = uuid::Uuid::new_v4().to_string();
+        let key = image_key(&image.registry_id, &image.repository, &image.digest);
+        for attempt in 1..=TRANSACTION_ATTEMPTS {
+            // The read only chooses which transaction to try; its conditions decide.
+            let exists = self.image_version(op, key.clone()).await?.is_some();
+            // The image first: cancellation reasons come in this order.
+            let items = vec![
+                self.image_write(image, exists, &write_id)?,
+                self.tag_write(&tag_record, exists, immutable_tags)?,
+            ];
+            match self.transact(op, items).await {
+                Ok(()) => return Ok(PutImageOutcome::Stored),
+                // The image appeared or went since the read: look again.
+                Err(Cancelled::Condition(0, _)) => backoff(attempt).await,
+                Err(Cancelled::Condition(_, stored)) => {
+                    let named = match stored.as_ref().and_then(|i| string_attr(i, DIGEST)) {
+                        Some(d) => Some(d.to_owned()),
+                        None => self
+                            .get_tag(&image.registry_id, &image.repository, tag)
+                            .await?
+                            .map(|t| t.digest),
+                    };
+                    match named {
+                        // Only reachable with the image there: its condition held.
+                        Some(d) if d == image.digest => return Ok(PutImageOutcome::AlreadyExists),
+                        Some(d) if immutable_tags => {
+                            return Ok(PutImageOutcome::TagImmutable { digest: d });
+                        }
+                        // The tag moved or went since the transaction: try again.
+                        _ => backoff(attempt).await,
+                    }
+                }
+                Err(Cancelled::Other(e)) => return Err(e),
+                Err(Cancelled::Contention) => backoff(attempt).await,
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "{op}: the image and its tag kept changing under concurrent writes"
+        )))
+    }
+
+    async fn get_image(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> StoreResult<Option<ImageRecord>> {
+        self.get("get_image", image_key(registry_id, repository, digest))
+            .await?
+            .map(|i| image_from_item(&i))
+            .transpose()
+    }
+
+    async fn get_tag(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        tag: &str,
+    ) -> StoreResult<Option<TagRecord>> {
+        self.get("get_tag", tag_key(registry_id, repository, tag))
+            .await?
             .map(|i| from_item(&i))
             .transpose()
+    }
+
+    async fn list_images(
+        &self,
+        registry_id: &str,
+        repository: &str,
+    ) -> StoreResult<Vec<ImageRecord>> {
+        // A partition comes in sort-key order: by digest.
+        self.query_all(
+            "list_images",
+            image_pk(registry_id, repository),
+            None,
+            HashMap::new(),
+            false,
+        )
+        .await?
+        .iter()
+        .map(image_from_item)
+        .collect()
+    }
+
+    async fn list_tags(&self, registry_id: &str, repository: &str) -> StoreResult<Vec<TagRecord>> {
+        self.query_all(
+            "list_tags",
+            tag_pk(registry_id, repository),
+            None,
+            HashMap::new(),
+            false,
+        )
+        .await?
+        .iter()
+        .map(from_item)
+        .collect()
+    }
+
+    async fn delete_tag(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        tag: &str,
+        digest: &str,
+    ) -> StoreResult<bool> {
+        let op = "delete_tag";
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(tag_key(registry_id, repository, tag)))
+            .condition_expression("#digest = :digest")
+            .expression_attribute_names("#digest", DIGEST)
+            .expression_attribute_values(":digest", s(digest))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => match e.as_service_error() {
+                Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(false),
+                _ => Err(sdk_failure(op, &e)),
+            },
+        }
+    }
+
+    async fn delete_image(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        digest: &str,
+    ) -> StoreResult<bool> {
+        let op = "delete_image";
+        let key = image_key(registry_id, repository, digest);
+        for attempt in 1..=TRANSACTION_ATTEMPTS {
+            let version = self.image_version(op, key.clone()).await?;
+            let tags = self
+                .tags_naming(op, registry_id, repository, digest)
+                .await?;
+            if version.is_none() && tags.is_empty() {
+                return Ok(false);
+            }
+            match self
+                .delete_image_and_tags(op, key.clone(), version, digest, &tags)
+                .await
+            {
+                Ok(()) => return Ok(version.is_some()),
+                // A tag was added, moved or removed, or the image changed: read again.
+                Err(Cancelled::Condition(..) | Cancelled::Contention) => backoff(attempt).await,
+                Err(Cancelled::Other(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "{op}: the image and its tags kept changing under concurrent writes"
+        )))
     }
 }
 
@@ -760,6 +1318,69 @@ mod tests {
         assert_eq!(seg_sk(u64::MAX).len(), SEG_PREFIX.len() + 20);
         assert!(part_sk(2) < part_sk(10));
         assert!(part_sk(9_999) < part_sk(10_000));
+    }
+
+    #[test]
+    fn image_items_keep_the_manifest_beside_the_doc() {
+        let image = ImageRecord {
+            registry_id: "123456789012".into(),
+            repository: "a/b".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            manifest: Some(r#"{"schemaVersion":2,"q":"\"\""}"#.into()),
+            manifest_key: None,
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            artifact_media_type: None,
+            size: 3,
+            pushed_at_ms: 4,
+            blobs: vec![format!("sha256:{}", "cd".repeat(32))],
+            manifests: Vec::new(),
+            subject: None,
+        };
+        let it = image_item(&image, 7, "w").ok();
+        let it = it.as_ref();
+        assert_eq!(
+            it.and_then(|i| string_attr(i, MANIFEST)),
+            image.manifest.as_deref()
+        );
+        assert!(
+            it.and_then(|i| string_attr(i, DOC))
+                .is_some_and(|d| !d.contains("schemaVersion")),
+            "the manifest is not stored twice"
+        );
+        assert_eq!(it.and_then(|i| number_attr(i, VERSION)), Some(7));
+        assert_eq!(
+            it.and_then(|i| image_from_item(i).ok()),
+            Some(image.clone())
+        );
+        let big = ImageRecord {
+            manifest: None,
+            manifest_key: Some("manifests/x".into()),
+            ..image
+        };
+        let it = image_item(&big, 1, "w").ok();
+        assert!(it.as_ref().is_some_and(|i| !i.contains_key(MANIFEST)));
+        assert_eq!(it.and_then(|i| image_from_item(&i).ok()), Some(big));
+    }
+
+    #[test]
+    fn a_layer_media_type_set_later_wins_over_the_doc() {
+        let layer = LayerRecord {
+            registry_id: "r".into(),
+            repository: "p".into(),
+            digest: "d".into(),
+            blob_key: "k".into(),
+            size: 1,
+            media_type: None,
+            created_at_ms: 2,
+        };
+        let mut it = layer_item(&layer).ok().unwrap_or_default();
+        assert!(!it.contains_key(MEDIA_TYPE));
+        assert_eq!(layer_from_item(&it).ok(), Some(layer.clone()));
+        it.insert(MEDIA_TYPE.to_owned(), s("m"));
+        assert_eq!(
+            layer_from_item(&it).ok().and_then(|l| l.media_type),
+            Some("m".to_owned())
+        );
     }
 
     #[test]

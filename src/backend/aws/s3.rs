@@ -352,4 +352,12 @@ impl BlobStore for S3Blobs {
             },
         }
     }
+
+    /// A presigned GET, which S3 itself serves (with `Range`). Signed with the client's
+    /// credentials: when those are temporary (a Lambda role's), the URL stops working when they
+    /// expire, even before `expires_in_secs` (docs/deploy.md).
+    async fn download_url(&self, key: &str, expires_in_secs: u64) -> StoreResult<String> {
+        self.presign_get(key, Duration::from_secs(expires_in_secs))
+            .await
+    }
 }
