@@ -39,8 +39,8 @@ $CARGO build --lib --bins --tests
 step "Rust suites (service, fixtures, storage contract on both backends, aws-sdk-ecr on local)"
 ECR_TEST_BACKEND=local $CARGO test --lib --bins --tests
 
-step "aws-sdk-ecr against the AWS backend"
-ECR_TEST_BACKEND=aws $CARGO test --test sdk_ecr
+step "aws-sdk-ecr and the push command against the AWS backend"
+ECR_TEST_BACKEND=aws $CARGO test --test sdk_ecr --test push
 
 export ECR_BIN=target/debug/ecr-layer-upload
 step "boto3 and aws CLI against the embedded backend"

@@ -9,5 +9,6 @@ pub mod error;
 pub mod manifest;
 pub mod ports;
 pub mod protocol;
+pub mod push;
 pub mod server;
 pub mod service;

@@ -12,6 +12,11 @@ use ecr_layer_upload::{protocol, server};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // `push` is a client of the API, with its own options; everything else serves it.
+    if std::env::args().nth(1).as_deref() == Some("push") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        return ecr_layer_upload::push::main(&args);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match Config::from_args_and_env(&args, |k| std::env::var(k).ok()) {
         Ok(c) => c,
