@@ -26,7 +26,7 @@ test:
 
 # Fast loop: the suites that need no servers.
 unit:
-	$(CARGO) test --lib --test service --test events --test lambda_limits --test contract_local --test local_backend
+	$(CARGO) test --lib --test service --test images --test events --test lambda_limits --test contract_local --test local_backend
 
 # Peak memory and throughput for 64 MiB and 1 GiB layers in Lambda-sized parts.
 bench:

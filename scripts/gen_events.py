@@ -6,6 +6,10 @@ A Function URL hands an `application/x-amz-json-1.1` body to the function base64
 (`isBase64Encoded: true`), because the content type is neither JSON nor text; a few fixtures carry
 the body as plain text too, as an emulator or API Gateway mapping may. Run it again after changing
 it: `python3 scripts/gen_events.py`.
+
+The fixtures make one push when sent in order (tests/events.rs and tests/lambda/invoke_fixtures.py
+do): the layer PART goes up under UPLOAD_ID and the image config under CONFIG_UPLOAD_ID, then one
+OCI manifest over both is put under two tags, read back, and deleted.
 """
 import base64
 import hashlib
@@ -14,8 +18,17 @@ import os
 
 HOST = "b2nqkvgpr6cw3tqcgjzjqxk4da0hxwxe.lambda-url.us-east-1.on.aws"
 UPLOAD_ID = "0b7a3b1e-5c1d-4a4e-9a52-3f6c2d9e8f10"
+# The image's config blob goes up through an upload of its own, so that a run can push the layer
+# and the config one after the other with the same fixtures' flow.
+CONFIG_UPLOAD_ID = "6d2f0c4a-8b3e-4f71-a2c5-9e1b7d3f5a60"
 REPO = "sample/app"
 PART = b"layer bytes of a tiny example layer\n"
+# A blob no fixture uploads: a manifest naming it cannot be put.
+ABSENT = b"a layer that was never pushed\n"
+TAG = "v1"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 OUT = os.path.join(os.path.dirname(__file__), "..", "events")
 
 
@@ -68,9 +81,29 @@ def event(name, operation, body, b64=True, target=True):
         f.write("\n")
 
 
+def sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def config_blob():
+    """An OCI image config whose one layer is PART (uncompressed, so its diff id is its digest)."""
+    doc = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+           "rootfs": {"type": "layers", "diff_ids": [sha256(PART)]}}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def manifest(config, layer):
+    """An OCI image manifest over a config and one layer, indented as `docker` writes them: the
+    image digest is the sha256 of this text, whitespace included."""
+    doc = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+           "config": {"mediaType": CONFIG_TYPE, "digest": sha256(config), "size": len(config)},
+           "layers": [{"mediaType": LAYER_TYPE, "digest": sha256(layer), "size": len(layer)}]}
+    return json.dumps(doc, indent=3)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
-    digest = "sha256:" + hashlib.sha256(PART).hexdigest()
+    digest = sha256(PART)
     blob = base64.b64encode(PART).decode()
     event("create-repository", "CreateRepository", {"repositoryName": REPO})
     event("describe-repositories", "DescribeRepositories", {"repositoryNames": [REPO]}, b64=False)
@@ -81,6 +114,36 @@ def main():
     event("upload-layer-part-text-body", "UploadLayerPart", part, b64=False)
     event("complete-layer-upload", "CompleteLayerUpload",
           {"repositoryName": REPO, "uploadId": UPLOAD_ID, "layerDigests": [digest]})
+    # The config blob, in one part through an upload of its own.
+    config = config_blob()
+    config_part = {"repositoryName": REPO, "uploadId": CONFIG_UPLOAD_ID, "partFirstByte": 0,
+                   "partLastByte": len(config) - 1,
+                   "layerPartBlob": base64.b64encode(config).decode()}
+    event("upload-config-part", "UploadLayerPart", config_part)
+    event("complete-config-upload", "CompleteLayerUpload",
+          {"repositoryName": REPO, "uploadId": CONFIG_UPLOAD_ID, "layerDigests": [sha256(config)]})
+    event("batch-check-layer-availability", "BatchCheckLayerAvailability",
+          {"repositoryName": REPO, "layerDigests": [digest, sha256(config), sha256(ABSENT)]})
+    # Images: one manifest over the layer and the config, under two tags.
+    text = manifest(config, PART)
+    image_digest = sha256(text.encode())
+    put = {"repositoryName": REPO, "imageManifest": text, "imageManifestMediaType": MANIFEST_TYPE,
+           "imageTag": TAG}
+    event("put-image", "PutImage", put)
+    event("put-image-tag-latest", "PutImage", {**put, "imageTag": "latest"})
+    event("batch-get-image", "BatchGetImage",
+          {"repositoryName": REPO,
+           "imageIds": [{"imageTag": TAG}, {"imageDigest": image_digest}, {"imageTag": "nope"}],
+           "acceptedMediaTypes": [MANIFEST_TYPE,
+                                  "application/vnd.docker.distribution.manifest.v2+json"]})
+    event("list-images", "ListImages", {"repositoryName": REPO, "maxResults": 1})
+    event("describe-images", "DescribeImages",
+          {"repositoryName": REPO, "filter": {"tagStatus": "TAGGED"}})
+    event("get-download-url-for-layer", "GetDownloadUrlForLayer",
+          {"repositoryName": REPO, "layerDigest": digest})
+    event("batch-delete-image", "BatchDeleteImage",
+          {"repositoryName": REPO,
+           "imageIds": [{"imageDigest": image_digest}, {"imageTag": "nope"}]})
     event("delete-repository", "DeleteRepository", {"repositoryName": REPO, "force": True})
     # Error cases.
     event("error-unknown-operation", "PutLifecyclePolicyEverywhere", {"repositoryName": REPO})
@@ -102,6 +165,13 @@ def main():
           {"repositoryName": REPO, "uploadId": UPLOAD_ID,
            "layerDigests": ["sha256:" + "0" * 64]})
     event("error-repository-already-exists", "CreateRepository", {"repositoryName": REPO})
+    event("error-layers-not-found", "PutImage",
+          {"repositoryName": REPO, "imageManifest": manifest(config, ABSENT), "imageTag": TAG})
+    event("error-image-already-exists", "PutImage", put)
+    # Before PutImage references it, a pushed layer is not served.
+    event("error-layer-inaccessible", "GetDownloadUrlForLayer",
+          {"repositoryName": REPO, "layerDigest": digest})
+    event("error-repository-not-empty", "DeleteRepository", {"repositoryName": REPO})
 
 
 if __name__ == "__main__":

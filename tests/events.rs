@@ -9,7 +9,11 @@ use lambda_http::{Body, IntoResponse};
 use serde_json::Value;
 
 const UPLOAD_ID: &str = "0b7a3b1e-5c1d-4a4e-9a52-3f6c2d9e8f10";
+const CONFIG_UPLOAD_ID: &str = "6d2f0c4a-8b3e-4f71-a2c5-9e1b7d3f5a60";
 const PART: &[u8] = b"layer bytes of a tiny example layer\n";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
 type Svc = Service<MemoryMetadata, MemoryBlobs>;
 
@@ -24,6 +28,25 @@ fn service() -> Svc {
 fn fixture(name: &str) -> String {
     let path = format!("{}/events/{name}.json", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The JSON request a fixture carries, decoded as the handler decodes it.
+fn request_of(name: &str) -> Value {
+    let event: Value = serde_json::from_str(&fixture(name)).unwrap();
+    let body = event["body"].as_str().unwrap();
+    let raw = if event["isBase64Encoded"] == true {
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).unwrap()
+    } else {
+        body.as_bytes().to_vec()
+    };
+    serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
+    )
 }
 
 /// Runs a fixture through the handler and the runtime's response conversion; returns the
@@ -67,15 +90,16 @@ async fn expect_error(svc: &Svc, name: &str, error: &str) -> Value {
     json
 }
 
-/// Puts the upload the fixtures name in place, as InitiateLayerUpload would with that id.
-async fn seed_upload(svc: &Svc) {
-    let key = format!("layers/{UPLOAD_ID}");
+/// Puts an upload the fixtures name in place, as InitiateLayerUpload would with that id; `key`
+/// is where its blob goes (InitiateLayerUpload gives every upload a key of its own).
+async fn seed_upload(svc: &Svc, upload_id: &str, key: &str) {
+    let key = key.to_string();
     let multipart_id = svc.blobs().create_multipart(&key).await.unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     let record = UploadRecord {
-        upload_id: UPLOAD_ID.into(),
+        upload_id: upload_id.into(),
         registry_id: "123456789012".into(),
         repository: "sample/app".into(),
         blob_key: key,
@@ -92,6 +116,212 @@ async fn seed_upload(svc: &Svc) {
         expires_at: now.as_secs() + 3600,
     };
     svc.metadata().create_upload(&record).await.unwrap();
+}
+
+/// The image fixtures, in the order a push goes: config blob, PutImage, reads, deletion. Runs
+/// after complete-layer-upload (the layer PART is in the repository) and before
+/// delete-repository.
+async fn image_fixtures(svc: &Svc, run: &mut impl FnMut(&'static str) -> &'static str) {
+    let layer = sha256(PART);
+    let config_req = request_of("upload-config-part");
+    let config = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        config_req["layerPartBlob"].as_str().unwrap(),
+    )
+    .unwrap();
+    let config_digest = sha256(&config);
+    let put_req = request_of("put-image");
+    let manifest = put_req["imageManifest"].as_str().unwrap();
+    let image = sha256(manifest.as_bytes());
+    let absent_manifest = request_of("error-layers-not-found")["imageManifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let absent: Value = serde_json::from_str(&absent_manifest).unwrap();
+    let absent = absent["layers"][0]["digest"].as_str().unwrap().to_string();
+
+    // The config blob, through an upload of its own.
+    seed_upload(svc, CONFIG_UPLOAD_ID, &format!("layers/{CONFIG_UPLOAD_ID}")).await;
+    let (status, json) = invoke(svc, run("upload-config-part")).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["uploadId"], CONFIG_UPLOAD_ID);
+    assert_eq!(json["lastByteReceived"], config.len() - 1);
+    let (status, json) = invoke(svc, run("complete-config-upload")).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["layerDigest"], config_digest);
+
+    // Pushed, not yet referenced: available without a media type, and not served.
+    let (status, json) = invoke(svc, run("batch-check-layer-availability")).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["failures"], serde_json::json!([]), "{json}");
+    let layers = json["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{json}");
+    assert_eq!(layers[0]["layerDigest"], layer);
+    assert_eq!(layers[0]["layerAvailability"], "AVAILABLE");
+    assert_eq!(layers[0]["layerSize"], PART.len());
+    assert!(layers[0].get("mediaType").is_none(), "{json}");
+    assert_eq!(layers[1]["layerDigest"], config_digest);
+    assert_eq!(layers[1]["layerAvailability"], "AVAILABLE");
+    assert_eq!(layers[1]["layerSize"], config.len());
+    assert_eq!(layers[2]["layerDigest"], absent);
+    assert_eq!(layers[2]["layerAvailability"], "UNAVAILABLE");
+    assert!(layers[2].get("layerSize").is_none(), "{json}");
+    let json = expect_error(
+        svc,
+        run("error-layer-inaccessible"),
+        "LayerInaccessibleException",
+    )
+    .await;
+    assert!(json["message"].as_str().unwrap().contains(&layer), "{json}");
+
+    // A manifest naming a blob the repository lacks: only the absent one is reported.
+    let json = expect_error(
+        svc,
+        run("error-layers-not-found"),
+        "LayersNotFoundException",
+    )
+    .await;
+    let message = json["message"].as_str().unwrap();
+    assert!(message.contains(&absent), "{json}");
+    assert!(!message.contains(&config_digest), "{json}");
+
+    let (status, json) = invoke(svc, run("put-image")).await;
+    assert_eq!(status, 200, "{json}");
+    let put = &json["image"];
+    assert_eq!(put["imageId"]["imageDigest"], image);
+    assert_eq!(put["imageId"]["imageTag"], "v1");
+    // Byte for byte what was sent: clients check the digest against this text.
+    assert_eq!(put["imageManifest"].as_str().unwrap(), manifest);
+    assert_eq!(put["imageManifestMediaType"], OCI_MANIFEST);
+    assert_eq!(put["repositoryName"], "sample/app");
+    assert_eq!(put["registryId"], "123456789012");
+    let json = expect_error(
+        svc,
+        run("error-image-already-exists"),
+        "ImageAlreadyExistsException",
+    )
+    .await;
+    assert_eq!(
+        json["message"],
+        format!(
+            "Image with digest '{image}' and tag 'v1' already exists in the repository with name 'sample/app' in registry with id '123456789012'"
+        )
+    );
+    let (status, json) = invoke(svc, run("put-image-tag-latest")).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["image"]["imageId"]["imageDigest"], image);
+    assert_eq!(json["image"]["imageId"]["imageTag"], "latest");
+
+    // Referenced now: each blob carries the media type its descriptor gave.
+    let (status, json) = invoke(svc, "batch-check-layer-availability").await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["layers"][0]["mediaType"], LAYER_TYPE, "{json}");
+    assert_eq!(json["layers"][1]["mediaType"], CONFIG_TYPE, "{json}");
+    assert!(json["layers"][2].get("mediaType").is_none(), "{json}");
+
+    let (status, json) = invoke(svc, run("batch-get-image")).await;
+    assert_eq!(status, 200, "{json}");
+    let images = json["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{json}");
+    for got in images {
+        assert_eq!(got["imageId"]["imageDigest"], image);
+        assert_eq!(got["imageManifest"].as_str().unwrap(), manifest);
+        assert_eq!(got["imageManifestMediaType"], OCI_MANIFEST);
+        assert_eq!(got["repositoryName"], "sample/app");
+    }
+    assert_eq!(images[0]["imageId"]["imageTag"], "v1");
+    assert!(images[1]["imageId"].get("imageTag").is_none(), "{json}");
+    let failures = json["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{json}");
+    assert_eq!(
+        failures[0]["imageId"],
+        serde_json::json!({"imageTag": "nope"})
+    );
+    assert_eq!(failures[0]["failureCode"], "ImageNotFound");
+    assert_eq!(failures[0]["failureReason"], "Requested image not found");
+
+    // maxResults 1 of two entries (one per tag): a page and a token for the next one.
+    let (status, json) = invoke(svc, run("list-images")).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(
+        json["imageIds"],
+        serde_json::json!([{"imageDigest": image, "imageTag": "latest"}])
+    );
+    assert!(
+        json["nextToken"].as_str().is_some_and(|t| !t.is_empty()),
+        "{json}"
+    );
+
+    // Everything on one page: no token.
+    let (status, json) = invoke(svc, run("describe-images")).await;
+    assert_eq!(status, 200, "{json}");
+    assert!(json.get("nextToken").is_none(), "{json}");
+    let details = json["imageDetails"].as_array().unwrap();
+    assert_eq!(details.len(), 1, "{json}");
+    let d = &details[0];
+    assert_eq!(d["imageDigest"], image);
+    assert_eq!(d["imageTags"], serde_json::json!(["latest", "v1"]));
+    assert_eq!(d["imageSizeInBytes"], PART.len());
+    assert_eq!(d["imageManifestMediaType"], OCI_MANIFEST);
+    assert_eq!(d["artifactMediaType"], CONFIG_TYPE);
+    assert_eq!(d["imageStatus"], "ACTIVE");
+    assert_eq!(d["registryId"], "123456789012");
+    assert_eq!(d["repositoryName"], "sample/app");
+    assert!(d["imagePushedAt"].is_number(), "{json}");
+
+    let (status, json) = invoke(svc, run("get-download-url-for-layer")).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["layerDigest"], layer);
+    // In-memory blobs answer `memory:///<key>?expires=<secs>`; the key must hold the layer.
+    let url = json["downloadUrl"].as_str().unwrap();
+    let key = url
+        .strip_prefix("memory:///")
+        .and_then(|rest| rest.split('?').next())
+        .unwrap_or_else(|| panic!("download URL {url}"));
+    assert_eq!(svc.blobs().get_object(key).await.unwrap().as_ref(), PART);
+
+    let json = expect_error(
+        svc,
+        run("error-repository-not-empty"),
+        "RepositoryNotEmptyException",
+    )
+    .await;
+    assert_eq!(
+        json["message"],
+        "The repository with name 'sample/app' in registry with id '123456789012' cannot be deleted because it still contains images"
+    );
+
+    // By digest: the image and both its tags go; the unknown tag is a failure.
+    let (status, json) = invoke(svc, run("batch-delete-image")).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(
+        json["imageIds"],
+        serde_json::json!([
+            {"imageDigest": image, "imageTag": "latest"},
+            {"imageDigest": image, "imageTag": "v1"},
+        ])
+    );
+    let failures = json["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{json}");
+    assert_eq!(
+        failures[0]["imageId"],
+        serde_json::json!({"imageTag": "nope"})
+    );
+    assert_eq!(failures[0]["failureCode"], "ImageNotFound");
+    let (status, json) = invoke(svc, "list-images").await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["imageIds"], serde_json::json!([]));
+    assert!(json.get("nextToken").is_none(), "{json}");
+    // Gone by tag and by digest alike.
+    let (status, json) = invoke(svc, "batch-get-image").await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["images"], serde_json::json!([]));
+    let failures = json["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 3, "{json}");
+    assert!(
+        failures.iter().all(|f| f["failureCode"] == "ImageNotFound"),
+        "{json}"
+    );
 }
 
 #[tokio::test]
@@ -154,7 +384,7 @@ async fn every_fixture_gets_the_modelled_answer() {
     assert_eq!(json["partSize"], 10_485_760);
     assert_eq!(json["uploadId"].as_str().unwrap().len(), 36);
 
-    seed_upload(&svc).await;
+    seed_upload(&svc, UPLOAD_ID, &format!("layers/{UPLOAD_ID}")).await;
     let json = expect_error(&svc, run("error-empty-upload"), "EmptyUploadException").await;
     assert_eq!(
         json["message"],
@@ -210,17 +440,14 @@ async fn every_fixture_gets_the_modelled_answer() {
 
     let (status, json) = invoke(&svc, run("complete-layer-upload")).await;
     assert_eq!(status, 200, "{json}");
-    let digest = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(PART))
-    );
+    let digest = sha256(PART);
     assert_eq!(json["layerDigest"], digest);
     // Completed: the id is retired.
     expect_error(&svc, "complete-layer-upload", "UploadNotFoundException").await;
     expect_error(&svc, "upload-layer-part", "UploadNotFoundException").await;
 
     // Same id again, wrong digest at completion.
-    seed_upload(&svc).await;
+    seed_upload(&svc, UPLOAD_ID, &format!("layers/{UPLOAD_ID}-again")).await;
     invoke(&svc, "upload-layer-part").await;
     let json = expect_error(
         &svc,
@@ -232,6 +459,8 @@ async fn every_fixture_gets_the_modelled_answer() {
         json["message"],
         "None of the provided layer digests match the calculated layer digest"
     );
+
+    image_fixtures(&svc, &mut run).await;
 
     expect_error(
         &svc,

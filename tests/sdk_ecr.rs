@@ -324,3 +324,229 @@ async fn a_256_mib_layer_is_pushed_and_verified_in_bounded_memory() {
     );
     eprintln!("server peak RSS for a 256 MiB layer: {} MiB", peak >> 20);
 }
+
+/// Uploads `data` as one part; returns its digest.
+async fn push_blob(ecr: &aws_sdk_ecr::Client, name: &str, data: &[u8]) -> String {
+    let id = ecr
+        .initiate_layer_upload()
+        .repository_name(name)
+        .send()
+        .await
+        .unwrap()
+        .upload_id
+        .unwrap();
+    ecr.upload_layer_part()
+        .repository_name(name)
+        .upload_id(&id)
+        .part_first_byte(0)
+        .part_last_byte(data.len() as i64 - 1)
+        .layer_part_blob(Blob::new(data))
+        .send()
+        .await
+        .unwrap();
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+    ecr.complete_layer_upload()
+        .repository_name(name)
+        .upload_id(&id)
+        .layer_digests(&digest)
+        .send()
+        .await
+        .unwrap();
+    digest
+}
+
+fn oci_manifest(config: (&str, usize), layer: (&str, usize), note: &str) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":{}}}],"annotations":{{"note":"{note}"}}}}"#,
+        config.0, config.1, layer.0, layer.1
+    )
+}
+
+#[tokio::test]
+async fn images_have_typed_outputs_and_errors() {
+    use aws_sdk_ecr::operation::delete_repository::DeleteRepositoryError;
+    use aws_sdk_ecr::operation::describe_images::DescribeImagesError;
+    use aws_sdk_ecr::operation::get_download_url_for_layer::GetDownloadUrlForLayerError;
+    use aws_sdk_ecr::operation::put_image::PutImageError;
+    use aws_sdk_ecr::types::{ImageIdentifier, ImageTagMutability};
+
+    let server = Server::start(&[]);
+    let ecr = client(&server);
+    let name = unique("sdk/images");
+    ecr.create_repository()
+        .repository_name(&name)
+        .image_tag_mutability(ImageTagMutability::Immutable)
+        .send()
+        .await
+        .unwrap();
+    let config = br#"{"os":"linux","architecture":"amd64"}"#;
+    let layer: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let c = push_blob(&ecr, &name, config).await;
+    let l = push_blob(&ecr, &name, &layer).await;
+
+    let err = ecr
+        .get_download_url_for_layer()
+        .repository_name(&name)
+        .layer_digest(&l)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(
+            err,
+            GetDownloadUrlForLayerError::LayerInaccessibleException(_)
+        ),
+        "{err:?}"
+    );
+
+    let m1 = oci_manifest((&c, config.len()), (&l, layer.len()), "one");
+    let put = ecr
+        .put_image()
+        .repository_name(&name)
+        .image_manifest(&m1)
+        .image_tag("v1")
+        .send()
+        .await
+        .unwrap();
+    let image = put.image().unwrap();
+    let d1 = format!("sha256:{}", hex::encode(Sha256::digest(m1.as_bytes())));
+    let id = image.image_id().unwrap();
+    assert_eq!(id.image_digest(), Some(d1.as_str()));
+    assert_eq!(id.image_tag(), Some("v1"));
+    assert_eq!(
+        image.image_manifest_media_type(),
+        Some("application/vnd.oci.image.manifest.v1+json")
+    );
+
+    let err = ecr
+        .put_image()
+        .repository_name(&name)
+        .image_manifest(&m1)
+        .image_tag("v1")
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(err, PutImageError::ImageAlreadyExistsException(_)),
+        "{err:?}"
+    );
+    let m2 = oci_manifest((&c, config.len()), (&l, layer.len()), "two");
+    let err = ecr
+        .put_image()
+        .repository_name(&name)
+        .image_manifest(&m2)
+        .image_tag("v1")
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(err, PutImageError::ImageTagAlreadyExistsException(_)),
+        "{err:?}"
+    );
+    let err = ecr
+        .put_image()
+        .repository_name(&name)
+        .image_manifest(&m2)
+        .image_digest(format!("sha256:{}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(err, PutImageError::ImageDigestDoesNotMatchException(_)),
+        "{err:?}"
+    );
+    let absent = format!("sha256:{}", "1".repeat(64));
+    let err = ecr
+        .put_image()
+        .repository_name(&name)
+        .image_manifest(oci_manifest((&c, config.len()), (&absent, 5), "three"))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(err, PutImageError::LayersNotFoundException(_)),
+        "{err:?}"
+    );
+
+    let got = ecr
+        .batch_get_image()
+        .repository_name(&name)
+        .image_ids(ImageIdentifier::builder().image_tag("v1").build())
+        .image_ids(ImageIdentifier::builder().image_tag("missing").build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.images()[0].image_manifest(), Some(m1.as_str()));
+    assert_eq!(
+        got.failures()[0].failure_code(),
+        Some(&aws_sdk_ecr::types::ImageFailureCode::ImageNotFound)
+    );
+
+    let details = ecr
+        .describe_images()
+        .repository_name(&name)
+        .send()
+        .await
+        .unwrap();
+    let detail = &details.image_details()[0];
+    assert_eq!(detail.image_digest(), Some(d1.as_str()));
+    assert_eq!(detail.image_tags(), ["v1"]);
+    assert_eq!(detail.image_size_in_bytes(), Some(layer.len() as i64));
+    assert!(
+        detail
+            .image_pushed_at()
+            .is_some_and(|t| t.secs() > 1_600_000_000)
+    );
+    let err = ecr
+        .describe_images()
+        .repository_name(&name)
+        .image_ids(ImageIdentifier::builder().image_tag("nope").build())
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(err, DescribeImagesError::ImageNotFoundException(_)),
+        "{err:?}"
+    );
+
+    let url = ecr
+        .get_download_url_for_layer()
+        .repository_name(&name)
+        .layer_digest(&l)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(url.layer_digest(), Some(l.as_str()));
+    assert!(url.download_url().is_some_and(|u| u.starts_with("http")));
+    let listed = ecr
+        .list_images()
+        .repository_name(&name)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.image_ids().len(), 1);
+
+    let err = ecr
+        .delete_repository()
+        .repository_name(&name)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(err, DeleteRepositoryError::RepositoryNotEmptyException(_)),
+        "{err:?}"
+    );
+    ecr.delete_repository()
+        .repository_name(&name)
+        .force(true)
+        .send()
+        .await
+        .unwrap();
+}

@@ -1,5 +1,5 @@
 """boto3 and the aws CLI, unmodified, against the real binary: a full initiate → parts →
-complete flow with each, and typed errors.
+complete flow with each, typed errors, and a real OCI image pushed and pulled back byte for byte.
 
 Run through `make test-clients` (which builds the binary and provides boto3 and the CLI), or by
 hand: ECR_BIN=target/debug/ecr-layer-upload python3 -m unittest tests/clients/test_clients.py
@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 import uuid
 
 import boto3
@@ -144,6 +145,150 @@ class Boto3Flow(unittest.TestCase):
             self.ecr.create_repository(repositoryName=name)
 
 
+def fetch(url, byte_range=None):
+    """GETs a download URL as a plain HTTP client would; returns (status, bytes)."""
+    req = urllib.request.Request(url)
+    if byte_range:
+        req.add_header("Range", byte_range)
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return resp.status, resp.read()
+
+
+def sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+class OciImageRoundTrip(unittest.TestCase):
+    """An OCI image (config + two layers + manifest) pushed with boto3 the way AWS's Go client
+    pushes one, then pulled back through BatchGetImage and the download URLs."""
+
+    def setUp(self):
+        self.ecr = boto3.client(
+            "ecr", endpoint_url=SERVER.endpoint, region_name="us-east-1",
+            aws_access_key_id="AKIDTEST", aws_secret_access_key="secret",
+            config=botocore.config.Config(retries={"max_attempts": 1}))
+
+    def push_blob(self, name, data):
+        digest = sha256(data)
+        check = self.ecr.batch_check_layer_availability(
+            repositoryName=name, layerDigests=[digest])
+        self.assertEqual(check["failures"], [])
+        self.assertEqual(check["layers"][0]["layerAvailability"], "UNAVAILABLE")
+        init = self.ecr.initiate_layer_upload(repositoryName=name)
+        part = init["partSize"]
+        for first in range(0, len(data), part):
+            chunk = data[first:first + part]
+            self.ecr.upload_layer_part(
+                repositoryName=name, uploadId=init["uploadId"], partFirstByte=first,
+                partLastByte=first + len(chunk) - 1, layerPartBlob=chunk)
+        done = self.ecr.complete_layer_upload(
+            repositoryName=name, uploadId=init["uploadId"], layerDigests=[digest])
+        self.assertEqual(done["layerDigest"], digest)
+        return {"digest": digest, "size": len(data)}
+
+    def test_push_then_pull_every_byte(self):
+        name = unique("boto3/image")
+        self.ecr.create_repository(repositoryName=name)
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+        blobs = {
+            "config": config,
+            "small": layer_bytes(70_000, "small layer"),
+            # Over ECR's part size, so it takes two parts.
+            "large": layer_bytes(10 * 1024 * 1024 + 12_345, "large layer"),
+        }
+        pushed = {k: self.push_blob(name, v) for k, v in blobs.items()}
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": dict(mediaType="application/vnd.oci.image.config.v1+json",
+                           **pushed["config"]),
+            "layers": [dict(mediaType="application/vnd.oci.image.layer.v1.tar+gzip",
+                            **pushed[k]) for k in ("small", "large")],
+        }, indent=3)
+        out = self.ecr.put_image(repositoryName=name, imageManifest=manifest,
+                                 imageManifestMediaType=OCI_MANIFEST, imageTag="v1")
+        image_digest = sha256(manifest.encode())
+        self.assertEqual(out["image"]["imageId"], {"imageDigest": image_digest,
+                                                   "imageTag": "v1"})
+        with self.assertRaises(self.ecr.exceptions.ImageAlreadyExistsException):
+            self.ecr.put_image(repositoryName=name, imageManifest=manifest, imageTag="v1")
+
+        # Pull: the manifest by tag, then every blob it names through its download URL.
+        got = self.ecr.batch_get_image(
+            repositoryName=name, imageIds=[{"imageTag": "v1"}],
+            acceptedMediaTypes=[OCI_MANIFEST])
+        self.assertEqual(got["failures"], [])
+        image = got["images"][0]
+        self.assertEqual(image["imageManifest"], manifest)
+        self.assertEqual(image["imageId"]["imageDigest"], image_digest)
+        self.assertEqual(image["imageManifestMediaType"], OCI_MANIFEST)
+        pulled = json.loads(image["imageManifest"])
+        for desc in [pulled["config"], *pulled["layers"]]:
+            url = self.ecr.get_download_url_for_layer(
+                repositoryName=name, layerDigest=desc["digest"])
+            self.assertEqual(url["layerDigest"], desc["digest"])
+            status, data = fetch(url["downloadUrl"])
+            self.assertEqual(status, 200)
+            self.assertEqual(len(data), desc["size"])
+            self.assertEqual(sha256(data), desc["digest"])
+            status, part = fetch(url["downloadUrl"], "bytes=5-104")
+            self.assertEqual(status, 206)
+            self.assertEqual(part, data[5:105])
+        by_key = {sha256(v): v for v in blobs.values()}
+        self.assertEqual(set(by_key), {d["digest"] for d in [pulled["config"], *pulled["layers"]]})
+
+        check = self.ecr.batch_check_layer_availability(
+            repositoryName=name, layerDigests=[pushed["large"]["digest"]])
+        layer = check["layers"][0]
+        self.assertEqual(layer["layerAvailability"], "AVAILABLE")
+        self.assertEqual(layer["layerSize"], len(blobs["large"]))
+        self.assertEqual(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip")
+
+        details = self.ecr.describe_images(repositoryName=name)["imageDetails"]
+        self.assertEqual(len(details), 1)
+        self.assertEqual(details[0]["imageDigest"], image_digest)
+        self.assertEqual(details[0]["imageTags"], ["v1"])
+        self.assertEqual(details[0]["imageSizeInBytes"],
+                         len(blobs["small"]) + len(blobs["large"]))
+        self.assertEqual(self.ecr.list_images(repositoryName=name)["imageIds"],
+                         [{"imageDigest": image_digest, "imageTag": "v1"}])
+
+        with self.assertRaises(self.ecr.exceptions.RepositoryNotEmptyException):
+            self.ecr.delete_repository(repositoryName=name)
+        deleted = self.ecr.batch_delete_image(repositoryName=name, imageIds=[{"imageTag": "v1"}])
+        self.assertEqual(deleted["imageIds"], [{"imageDigest": image_digest, "imageTag": "v1"}])
+        self.assertEqual(self.ecr.list_images(repositoryName=name)["imageIds"], [])
+        self.ecr.delete_repository(repositoryName=name)
+
+    def test_image_errors_are_typed(self):
+        name = unique("boto3/image-errors")
+        self.ecr.create_repository(repositoryName=name)
+        absent = sha256(b"never pushed")
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": absent, "size": 12},
+            "layers": []})
+        with self.assertRaises(self.ecr.exceptions.LayersNotFoundException):
+            self.ecr.put_image(repositoryName=name, imageManifest=manifest, imageTag="t")
+        with self.assertRaises(self.ecr.exceptions.LayersNotFoundException):
+            self.ecr.get_download_url_for_layer(repositoryName=name, layerDigest=absent)
+        layer = self.push_blob(name, b"unreferenced layer bytes")
+        with self.assertRaises(self.ecr.exceptions.LayerInaccessibleException):
+            self.ecr.get_download_url_for_layer(repositoryName=name,
+                                                layerDigest=layer["digest"])
+        with self.assertRaises(self.ecr.exceptions.InvalidParameterException):
+            self.ecr.put_image(repositoryName=name, imageManifest="{not json")
+        with self.assertRaises(self.ecr.exceptions.ImageNotFoundException):
+            self.ecr.describe_images(repositoryName=name, imageIds=[{"imageTag": "nope"}])
+        got = self.ecr.batch_get_image(repositoryName=name, imageIds=[{"imageTag": "nope"}])
+        self.assertEqual(got["failures"][0]["failureCode"], "ImageNotFound")
+
+
 class AwsCliFlow(unittest.TestCase):
     def aws(self, *args, check=True):
         env = dict(os.environ, **CREDENTIALS, AWS_DEFAULT_REGION="us-east-1",
@@ -196,6 +341,47 @@ class AwsCliFlow(unittest.TestCase):
         out = json.loads(self.aws("complete-layer-upload", "--repository-name", name,
                                   "--upload-id", upload_id, "--layer-digests", digest).stdout)
         self.assertEqual(out["layerDigest"], digest)
+
+    def test_put_image_and_batch_get_image(self):
+        name = unique("cli/image")
+        self.aws("create-repository", "--repository-name", name)
+        config = b'{"architecture":"arm64","os":"linux"}'
+        digest = sha256(config)
+        upload_id = json.loads(self.aws("initiate-layer-upload", "--repository-name",
+                                        name).stdout)["uploadId"]
+        with tempfile.TemporaryDirectory() as tmp:
+            blob = os.path.join(tmp, "config")
+            with open(blob, "wb") as f:
+                f.write(config)
+            self.aws("upload-layer-part", "--repository-name", name, "--upload-id", upload_id,
+                     "--part-first-byte", "0", "--part-last-byte", str(len(config) - 1),
+                     "--layer-part-blob", f"fileb://{blob}")
+            self.aws("complete-layer-upload", "--repository-name", name, "--upload-id",
+                     upload_id, "--layer-digests", digest)
+            manifest = json.dumps({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                           "digest": digest, "size": len(config)},
+                "layers": []})
+            path = os.path.join(tmp, "manifest.json")
+            with open(path, "w") as f:
+                f.write(manifest)
+            out = json.loads(self.aws("put-image", "--repository-name", name,
+                                      "--image-tag", "latest",
+                                      "--image-manifest", f"file://{path}").stdout)
+        self.assertEqual(out["image"]["imageId"]["imageDigest"], sha256(manifest.encode()))
+        got = json.loads(self.aws("batch-get-image", "--repository-name", name,
+                                  "--image-ids", "imageTag=latest").stdout)
+        self.assertEqual(got["images"][0]["imageManifest"], manifest)
+        self.assertEqual(got["images"][0]["imageManifestMediaType"],
+                         "application/vnd.docker.distribution.manifest.v2+json")
+        url = json.loads(self.aws("get-download-url-for-layer", "--repository-name", name,
+                                  "--layer-digest", digest).stdout)["downloadUrl"]
+        self.assertEqual(fetch(url), (200, config))
+        proc = self.aws("delete-repository", "--repository-name", name, check=False)
+        self.assertIn("RepositoryNotEmptyException", proc.stderr)
+        self.aws("delete-repository", "--repository-name", name, "--force")
 
     def test_typed_error(self):
         proc = self.aws("initiate-layer-upload", "--repository-name", "no-such/repo",

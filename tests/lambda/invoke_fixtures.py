@@ -20,7 +20,8 @@ What it does:
   that InitiateLayerUpload returned: the event body is decoded (base64 when isBase64Encoded),
   rewritten and re-encoded into a temporary file for `cargo lambda invoke --data-file`;
 - checks each answer: statusCode, content-type and x-amzn-requestid headers, isBase64Encoded
-  false, the error's `__type` (also in x-amzn-errortype) or the success members;
+  false, the error's `__type` (also in x-amzn-errortype) or the success members; the URL that
+  GetDownloadUrlForLayer answers is fetched (whole and with a Range) and must serve the layer;
 - fails if a fixture in events/ is not exercised; stops the watcher (SIGTERM to its process group,
   bounded wait, SIGKILL) in every case, and the function's own process group with it.
 
@@ -58,6 +59,11 @@ CONTENT_TYPE = "application/x-amz-json-1.1"
 FIXTURE_REPO = "sample/app"
 FIXTURE_MISSING_REPO = "no/such-repo"
 FIXTURE_UPLOAD_ID = "0b7a3b1e-5c1d-4a4e-9a52-3f6c2d9e8f10"
+FIXTURE_CONFIG_UPLOAD_ID = "6d2f0c4a-8b3e-4f71-a2c5-9e1b7d3f5a60"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+DOWNLOAD_TIMEOUT_SECS = 30
 
 # InitiateLayerUpload's partSize inside Lambda (src/config.rs lambda_part_size(); README.md).
 LAMBDA_PART_SIZE = 3_473_408
@@ -316,6 +322,20 @@ class Watcher:
 # fixtures
 
 
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """A plain GET, as a client fetches a download URL (no credentials of its own)."""
+    req = urllib.request.Request(url, headers=headers or {}, method="GET")
+    try:
+        with urllib.request.urlopen(req, timeout=DOWNLOAD_TIMEOUT_SECS) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"GET of the download URL answered {e.code}: {e.read()[:500]!r}")
+
+
 def load_fixture(name: str) -> dict:
     return json.loads((EVENTS / f"{name}.json").read_text())
 
@@ -342,7 +362,8 @@ def rewrite_event(event: dict, repo: str, missing_repo: str, upload_id: str | No
         doc["repositoryName"] = missing_repo
     if isinstance(doc.get("repositoryNames"), list):
         doc["repositoryNames"] = [repo if n == FIXTURE_REPO else n for n in doc["repositoryNames"]]
-    if doc.get("uploadId") == FIXTURE_UPLOAD_ID and upload_id is not None:
+    if upload_id is not None and doc.get("uploadId") in (FIXTURE_UPLOAD_ID,
+                                                         FIXTURE_CONFIG_UPLOAD_ID):
         doc["uploadId"] = upload_id
     raw = json.dumps(doc, separators=(",", ":")).encode()
     event["body"] = base64.b64encode(raw).decode() if event.get("isBase64Encoded") else raw.decode()
@@ -372,7 +393,15 @@ class Run:
         self.part_size = int(env.get("ECR_PART_SIZE") or LAMBDA_PART_SIZE)
         part_doc = json.loads(event_body(load_fixture("upload-layer-part")))
         self.part = base64.b64decode(part_doc["layerPartBlob"])
-        self.digest = "sha256:" + hashlib.sha256(self.part).hexdigest()
+        self.digest = sha256(self.part)
+        config_doc = json.loads(event_body(load_fixture("upload-config-part")))
+        self.config = base64.b64decode(config_doc["layerPartBlob"])
+        self.config_digest = sha256(self.config)
+        self.manifest = json.loads(event_body(load_fixture("put-image")))["imageManifest"]
+        self.image = sha256(self.manifest.encode())
+        absent = json.loads(json.loads(event_body(load_fixture("error-layers-not-found")))
+                            ["imageManifest"])
+        self.absent = absent["layers"][0]["digest"]
 
     # -- one invocation
 
@@ -464,6 +493,153 @@ class Run:
         log(f"FAIL {label}: {detail}")
 
     # -- the script: tests/events.rs's order, on the AWS backend with this run's names
+
+    def images(self) -> None:
+        """tests/events.rs's image_fixtures: config blob, PutImage, the reads, deletion."""
+        repo, reg = self.repo, self.registry
+        image, layer, config = self.image, self.digest, self.config_digest
+
+        def initiated(doc):
+            assert UUID_RE.match(doc.get("uploadId", "")), doc
+            self.upload_id = doc["uploadId"]
+        self.upload_id = None
+        self.step("initiate-layer-upload (config blob)", "initiate-layer-upload", 200, initiated,
+                  counts=False)
+        uid = self.upload_id
+
+        def config_part(doc):
+            assert doc["lastByteReceived"] == len(self.config) - 1, doc
+            assert doc["uploadId"] == uid, doc
+        self.step("upload-config-part", "upload-config-part", 200, config_part, needs_upload=True)
+
+        def config_done(doc):
+            assert doc["layerDigest"] == config, \
+                f"layerDigest {doc['layerDigest']}, expected {config}"
+            assert doc["uploadId"] == uid, doc
+        self.step("complete-config-upload", "complete-config-upload", 200, config_done,
+                  needs_upload=True)
+
+        def availability(referenced):
+            def check(doc):
+                assert doc["failures"] == [], doc
+                got = doc["layers"]
+                assert [x["layerDigest"] for x in got] == [layer, config, self.absent], got
+                assert [x["layerAvailability"] for x in got] == \
+                    ["AVAILABLE", "AVAILABLE", "UNAVAILABLE"], got
+                assert got[0]["layerSize"] == len(self.part), got
+                assert got[1]["layerSize"] == len(self.config), got
+                assert "layerSize" not in got[2] and "mediaType" not in got[2], got
+                if referenced:
+                    assert got[0].get("mediaType") == LAYER_TYPE, got
+                    assert got[1].get("mediaType") == CONFIG_TYPE, got
+                else:
+                    assert "mediaType" not in got[0] and "mediaType" not in got[1], got
+            return check
+        self.step("batch-check-layer-availability (not referenced)",
+                  "batch-check-layer-availability", 200, availability(False))
+
+        def names_layer(doc):
+            assert layer in doc["message"], doc
+        self.step("error-layer-inaccessible", "error-layer-inaccessible", 400, names_layer,
+                  error="LayerInaccessibleException")
+
+        def names_absent(doc):
+            assert self.absent in doc["message"], doc
+            assert config not in doc["message"], doc
+        self.step("error-layers-not-found", "error-layers-not-found", 400, names_absent,
+                  error="LayersNotFoundException")
+
+        def put(tag):
+            def check(doc):
+                img = doc["image"]
+                assert img["imageId"] == {"imageDigest": image, "imageTag": tag}, img["imageId"]
+                # Byte for byte what was sent: clients check the digest against this text.
+                assert img["imageManifest"] == self.manifest, img["imageManifest"]
+                assert img["imageManifestMediaType"] == OCI_MANIFEST, img
+                assert img["repositoryName"] == repo and img["registryId"] == reg, img
+            return check
+        self.step("put-image", "put-image", 200, put("v1"))
+        self.step("error-image-already-exists", "error-image-already-exists", 400,
+                  error="ImageAlreadyExistsException",
+                  message=f"Image with digest '{image}' and tag 'v1' already exists in the "
+                          f"repository with name '{repo}' in registry with id '{reg}'")
+        self.step("put-image-tag-latest", "put-image-tag-latest", 200, put("latest"))
+        self.step("batch-check-layer-availability (referenced)", "batch-check-layer-availability",
+                  200, availability(True), counts=False)
+
+        def got_image(doc):
+            images = doc["images"]
+            assert len(images) == 2, images
+            for img in images:
+                assert img["imageId"]["imageDigest"] == image, img["imageId"]
+                assert img["imageManifest"] == self.manifest, img["imageManifest"]
+                assert img["imageManifestMediaType"] == OCI_MANIFEST, img
+                assert img["repositoryName"] == repo, img
+            assert images[0]["imageId"].get("imageTag") == "v1", images[0]["imageId"]
+            assert "imageTag" not in images[1]["imageId"], images[1]["imageId"]
+            failures = doc["failures"]
+            assert len(failures) == 1, failures
+            assert failures[0]["imageId"] == {"imageTag": "nope"}, failures
+            assert failures[0]["failureCode"] == "ImageNotFound", failures
+            assert failures[0]["failureReason"] == "Requested image not found", failures
+        self.step("batch-get-image", "batch-get-image", 200, got_image)
+
+        def first_page(doc):
+            # maxResults 1 of two entries (one per tag): a page and a token for the next one.
+            assert doc["imageIds"] == [{"imageDigest": image, "imageTag": "latest"}], doc
+            assert isinstance(doc.get("nextToken"), str) and doc["nextToken"], doc
+        self.step("list-images", "list-images", 200, first_page)
+
+        def described(doc):
+            assert "nextToken" not in doc, doc
+            details = doc["imageDetails"]
+            assert len(details) == 1, details
+            d = details[0]
+            assert d["imageDigest"] == image, d
+            assert d["imageTags"] == ["latest", "v1"], d
+            assert d["imageSizeInBytes"] == len(self.part), d
+            assert d["imageManifestMediaType"] == OCI_MANIFEST, d
+            assert d["artifactMediaType"] == CONFIG_TYPE, d
+            assert d["imageStatus"] == "ACTIVE", d
+            assert d["registryId"] == reg and d["repositoryName"] == repo, d
+            assert isinstance(d["imagePushedAt"], (int, float)), d
+        self.step("describe-images", "describe-images", 200, described)
+
+        def download(doc):
+            assert doc["layerDigest"] == layer, doc
+            url = doc["downloadUrl"]
+            assert url.startswith(("http://", "https://")), url
+            status, data = fetch(url)
+            assert status == 200, f"GET {status}"
+            assert data == self.part, f"GET returned {len(data)} bytes, not the layer's"
+            status, data = fetch(url, {"Range": "bytes=7-11"})
+            assert status == 206, f"ranged GET {status}"
+            assert data == self.part[7:12], f"ranged GET returned {data!r}"
+        self.step("get-download-url-for-layer (and GET the URL)", "get-download-url-for-layer",
+                  200, download)
+
+        self.step("error-repository-not-empty", "error-repository-not-empty", 400,
+                  error="RepositoryNotEmptyException",
+                  message=f"The repository with name '{repo}' in registry with id '{reg}' cannot "
+                          "be deleted because it still contains images")
+
+        def deleted(doc):
+            # By digest: the image and both its tags go; the unknown tag is a failure.
+            assert doc["imageIds"] == [{"imageDigest": image, "imageTag": "latest"},
+                                       {"imageDigest": image, "imageTag": "v1"}], doc
+            assert len(doc["failures"]) == 1, doc
+            assert doc["failures"][0]["imageId"] == {"imageTag": "nope"}, doc
+            assert doc["failures"][0]["failureCode"] == "ImageNotFound", doc
+        self.step("batch-delete-image", "batch-delete-image", 200, deleted)
+
+        def empty(doc):
+            assert doc["imageIds"] == [] and "nextToken" not in doc, doc
+        self.step("list-images after delete", "list-images", 200, empty, counts=False)
+
+        def gone(doc):
+            assert doc["images"] == [], doc
+            assert [f["failureCode"] for f in doc["failures"]] == ["ImageNotFound"] * 3, doc
+        self.step("batch-get-image after delete", "batch-get-image", 200, gone, counts=False)
 
     def run(self) -> None:
         repo, reg, region = self.repo, self.registry, self.region
@@ -559,6 +735,8 @@ class Run:
                   error="InvalidLayerException",
                   message="None of the provided layer digests match the calculated layer digest",
                   needs_upload=True)
+
+        self.images()
 
         self.step("error-upload-not-found", "error-upload-not-found", 400,
                   error="UploadNotFoundException")
