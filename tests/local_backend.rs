@@ -390,57 +390,15 @@ mod downloads {
 // The binary: download URLs name the address it bound, or ECR_PUBLIC_URL.
 
 mod binary {
-    use aws_sdk_ecr::config::{BehaviorVersion, Credentials, Region};
-    use aws_sdk_ecr::primitives::Blob;
     use http::StatusCode;
-    use sha2::{Digest, Sha256};
 
-    use crate::common::Server;
-
-    fn client(server: &Server) -> aws_sdk_ecr::Client {
-        let conf = aws_sdk_ecr::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&server.endpoint)
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-            .build();
-        aws_sdk_ecr::Client::from_conf(conf)
-    }
-
-    async fn push_blob(ecr: &aws_sdk_ecr::Client, repo: &str, data: &[u8]) -> String {
-        let id = ecr
-            .initiate_layer_upload()
-            .repository_name(repo)
-            .send()
-            .await
-            .unwrap()
-            .upload_id
-            .unwrap();
-        ecr.upload_layer_part()
-            .repository_name(repo)
-            .upload_id(&id)
-            .part_first_byte(0)
-            .part_last_byte(data.len() as i64 - 1)
-            .layer_part_blob(Blob::new(data))
-            .send()
-            .await
-            .unwrap();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
-        ecr.complete_layer_upload()
-            .repository_name(repo)
-            .upload_id(&id)
-            .layer_digests(&digest)
-            .send()
-            .await
-            .unwrap();
-        digest
-    }
+    use crate::common::{Server, push_blob};
 
     /// Pushes a one-layer image to a fresh server started with `env` and returns the server,
     /// the layer's bytes and its download URL.
     async fn layer_url(env: &[(&str, &str)]) -> (Server, Vec<u8>, String) {
         let server = Server::start(env);
-        let ecr = client(&server);
+        let ecr = server.ecr_client();
         ecr.create_repository()
             .repository_name("dl/app")
             .send()

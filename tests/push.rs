@@ -9,7 +9,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use aws_sdk_ecr::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecr::types::{ImageIdentifier, LayerAvailability};
 use common::Server;
 use sha2::{Digest, Sha256};
@@ -25,16 +24,6 @@ fn server() -> Server {
         ("ECR_PART_SIZE", "1048576"),
         ("ECR_MIN_PART_SIZE", "1048576"),
     ])
-}
-
-fn client(server: &Server) -> aws_sdk_ecr::Client {
-    let conf = aws_sdk_ecr::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(&server.endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-        .build();
-    aws_sdk_ecr::Client::from_conf(conf)
 }
 
 fn unique(prefix: &str) -> String {
@@ -320,7 +309,7 @@ fn two_layers(seed: u64) -> Vec<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn push_an_oci_layout_directory() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/oci-dir");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -350,7 +339,7 @@ async fn push_an_oci_layout_directory() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_push_of_the_same_image_skips_every_blob() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/again");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -389,7 +378,7 @@ async fn a_second_push_of_the_same_image_skips_every_blob() {
 #[tokio::test(flavor = "multi_thread")]
 async fn push_an_oci_layout_tar_with_the_endpoint_from_the_environment() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/oci-tar");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -416,7 +405,7 @@ async fn push_an_oci_layout_tar_with_the_endpoint_from_the_environment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn push_a_legacy_docker_save_tar() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/docker-save");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -482,7 +471,7 @@ async fn push_a_legacy_docker_save_tar() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nested_index_pushes_its_manifests_by_digest_and_tags_the_index() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/index");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -531,7 +520,7 @@ async fn a_nested_index_pushes_its_manifests_by_digest_and_tags_the_index() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_push_resumes_the_same_upload_from_its_offset() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/resume");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -605,7 +594,7 @@ fn edit_saved(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_saved_offset_is_corrected_by_the_server() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/stale");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -649,7 +638,7 @@ async fn a_stale_saved_offset_is_corrected_by_the_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_the_server_forgot_starts_over() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/forgot");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -681,7 +670,7 @@ async fn an_upload_the_server_forgot_starts_over() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_blob_stops_the_push_before_completion() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/corrupt");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -719,7 +708,7 @@ async fn a_corrupt_blob_stops_the_push_before_completion() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_layout_with_several_images_needs_a_tag_naming_one() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/choose");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -782,7 +771,7 @@ async fn a_missing_repository_fails_naming_the_step() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_state_file_costs_resuming_not_the_push() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/no-state");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -875,7 +864,7 @@ async fn flaky_proxy(target: String, fail_from: u64, fail_to: u64) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_part_that_fails_after_the_sdk_retries_is_sent_again() {
     let server = server();
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let repo = unique("push/flaky");
     create(&ecr, &repo).await;
     let tmp = tempfile::tempdir().unwrap();

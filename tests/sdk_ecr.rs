@@ -3,24 +3,13 @@
 
 mod common;
 
-use aws_sdk_ecr::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecr::operation::complete_layer_upload::CompleteLayerUploadError;
 use aws_sdk_ecr::operation::create_repository::CreateRepositoryError;
 use aws_sdk_ecr::operation::initiate_layer_upload::InitiateLayerUploadError;
 use aws_sdk_ecr::operation::upload_layer_part::UploadLayerPartError;
 use aws_sdk_ecr::primitives::Blob;
-use common::Server;
+use common::{Server, push_blob};
 use sha2::{Digest, Sha256};
-
-fn client(server: &Server) -> aws_sdk_ecr::Client {
-    let conf = aws_sdk_ecr::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(&server.endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-        .build();
-    aws_sdk_ecr::Client::from_conf(conf)
-}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().to_string()[..8])
@@ -37,7 +26,7 @@ async fn create(ecr: &aws_sdk_ecr::Client, name: &str) {
 #[tokio::test]
 async fn typed_outputs_for_a_full_push() {
     let server = Server::start(&[]);
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let name = unique("sdk/typed");
     let created = ecr
         .create_repository()
@@ -141,7 +130,7 @@ async fn typed_outputs_for_a_full_push() {
 #[tokio::test]
 async fn typed_errors_reach_the_caller() {
     let server = Server::start(&[]);
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let name = unique("sdk/errors");
     create(&ecr, &name).await;
 
@@ -265,7 +254,7 @@ async fn typed_errors_reach_the_caller() {
 #[tokio::test]
 async fn a_256_mib_layer_is_pushed_and_verified_in_bounded_memory() {
     let server = Server::start(&[]);
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let name = unique("sdk/big");
     create(&ecr, &name).await;
     let init = ecr
@@ -325,36 +314,6 @@ async fn a_256_mib_layer_is_pushed_and_verified_in_bounded_memory() {
     eprintln!("server peak RSS for a 256 MiB layer: {} MiB", peak >> 20);
 }
 
-/// Uploads `data` as one part; returns its digest.
-async fn push_blob(ecr: &aws_sdk_ecr::Client, name: &str, data: &[u8]) -> String {
-    let id = ecr
-        .initiate_layer_upload()
-        .repository_name(name)
-        .send()
-        .await
-        .unwrap()
-        .upload_id
-        .unwrap();
-    ecr.upload_layer_part()
-        .repository_name(name)
-        .upload_id(&id)
-        .part_first_byte(0)
-        .part_last_byte(data.len() as i64 - 1)
-        .layer_part_blob(Blob::new(data))
-        .send()
-        .await
-        .unwrap();
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
-    ecr.complete_layer_upload()
-        .repository_name(name)
-        .upload_id(&id)
-        .layer_digests(&digest)
-        .send()
-        .await
-        .unwrap();
-    digest
-}
-
 fn oci_manifest(config: (&str, usize), layer: (&str, usize), note: &str) -> String {
     format!(
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":{}}}],"annotations":{{"note":"{note}"}}}}"#,
@@ -371,7 +330,7 @@ async fn images_have_typed_outputs_and_errors() {
     use aws_sdk_ecr::types::{ImageIdentifier, ImageTagMutability};
 
     let server = Server::start(&[]);
-    let ecr = client(&server);
+    let ecr = server.ecr_client();
     let name = unique("sdk/images");
     ecr.create_repository()
         .repository_name(&name)

@@ -81,6 +81,18 @@ impl Server {
         }
     }
 
+    /// The official Rust client, pointed at this server with test credentials.
+    pub fn ecr_client(&self) -> aws_sdk_ecr::Client {
+        use aws_sdk_ecr::config::{BehaviorVersion, Credentials, Region};
+        let conf = aws_sdk_ecr::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+            .build();
+        aws_sdk_ecr::Client::from_conf(conf)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -103,4 +115,35 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Uploads `data` to repository `repo` as one part with aws-sdk-ecr; returns its digest.
+pub async fn push_blob(ecr: &aws_sdk_ecr::Client, repo: &str, data: &[u8]) -> String {
+    use sha2::Digest;
+    let id = ecr
+        .initiate_layer_upload()
+        .repository_name(repo)
+        .send()
+        .await
+        .unwrap()
+        .upload_id
+        .unwrap();
+    ecr.upload_layer_part()
+        .repository_name(repo)
+        .upload_id(&id)
+        .part_first_byte(0)
+        .part_last_byte(data.len() as i64 - 1)
+        .layer_part_blob(aws_sdk_ecr::primitives::Blob::new(data))
+        .send()
+        .await
+        .unwrap();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
+    ecr.complete_layer_upload()
+        .repository_name(repo)
+        .upload_id(&id)
+        .layer_digests(&digest)
+        .send()
+        .await
+        .unwrap();
+    digest
 }
