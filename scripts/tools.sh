@@ -4,6 +4,7 @@
 #
 #   scripts/tools.sh install   create the venv and install the pinned tools (once; quiet when done)
 #   scripts/tools.sh path      print the venv's bin directory (for PATH="$(scripts/tools.sh path):$PATH")
+#   scripts/tools.sh system    install the Debian packages the tests use (skopeo; needs root or sudo)
 #
 # Needs only python3 (>= 3.10) with its venv module and pip. The pins below resolve together:
 # aws-sam-cli 1.170.0 requires boto3==1.43.108 and cfn-lint>=1.52,<1.59, and awscli 1.46.3 requires
@@ -26,7 +27,7 @@ PACKAGES=(
 COMMANDS=(aws cargo-lambda sam cfn-lint)
 
 usage() {
-  echo "usage: $0 {install|path}" >&2
+  echo "usage: $0 {install|system|path}" >&2
   exit 2
 }
 
@@ -73,8 +74,35 @@ EOF
   echo "tools.sh: installed in $((SECONDS - start)) s" >&2
 }
 
+# skopeo writes the `docker save` and OCI archives that tests/push.rs pushes: archives from a real
+# producer, not only ones the tests build.
+SYSTEM_PACKAGES=(skopeo)
+
+system() {
+  command -v skopeo >/dev/null 2>&1 && return 0
+  local sudo=()
+  if [[ "$(id -u)" != 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || {
+      echo "tools.sh: installing ${SYSTEM_PACKAGES[*]} needs root or sudo" >&2
+      exit 1
+    }
+    sudo=(sudo)
+  fi
+  echo "tools.sh: installing ${SYSTEM_PACKAGES[*]} with apt-get (once)" >&2
+  mkdir -p "$TOOLS_DIR"
+  local log="$TOOLS_DIR/apt-install.log"
+  if ! { "${sudo[@]}" apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+        --no-install-recommends "${SYSTEM_PACKAGES[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "tools.sh: apt-get install ${SYSTEM_PACKAGES[*]} failed (log: $log)" >&2
+    exit 1
+  fi
+}
+
 case "${1:-}" in
   install) install ;;
+  system) system ;;
   path) echo "$VENV/bin" ;;
   *) usage ;;
 esac

@@ -891,3 +891,158 @@ async fn a_part_that_fails_after_the_sdk_retries_is_sent_again() {
     assert_eq!(stored.as_bytes(), image.manifest.as_slice());
     assert_blobs(&ecr, &repo, &image.blobs).await;
 }
+
+/// skopeo, when it is on PATH. `make test` installs it and sets `ECR_TEST_REQUIRE_SKOPEO=1`, so
+/// there the archive test below always runs; elsewhere it is skipped with a note.
+fn skopeo() -> Option<&'static str> {
+    let found = Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("ECR_TEST_REQUIRE_SKOPEO").is_none(),
+            "ECR_TEST_REQUIRE_SKOPEO is set but skopeo is not on PATH (scripts/tools.sh system)"
+        );
+        eprintln!("skopeo is not installed: skipping the test of archives it writes");
+        return None;
+    }
+    Some("skopeo")
+}
+
+/// A tar holding one file, as an image layer.
+fn tar_layer(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    b.append_data(&mut header, name, content).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// Pulls `tag` as a client would: the manifest by tag, then every blob it names through its
+/// download URL, each checked against the descriptor's digest and size. Returns the image digest
+/// and the manifest.
+async fn assert_pullable(
+    ecr: &aws_sdk_ecr::Client,
+    repo: &str,
+    tag: &str,
+) -> (String, serde_json::Value) {
+    let out = ecr
+        .batch_get_image()
+        .repository_name(repo)
+        .image_ids(ImageIdentifier::builder().image_tag(tag).build())
+        .send()
+        .await
+        .unwrap();
+    assert!(out.failures().is_empty(), "{:?}", out.failures());
+    let text = out.images()[0].image_manifest().unwrap();
+    assert_eq!(
+        out.images()[0].image_id().unwrap().image_digest(),
+        Some(digest(text.as_bytes()).as_str())
+    );
+    let manifest: serde_json::Value = serde_json::from_str(text).unwrap();
+    let mut descriptors = vec![manifest["config"].clone()];
+    descriptors.extend(manifest["layers"].as_array().unwrap().iter().cloned());
+    for d in descriptors {
+        let want = d["digest"].as_str().unwrap();
+        let url = ecr
+            .get_download_url_for_layer()
+            .repository_name(repo)
+            .layer_digest(want)
+            .send()
+            .await
+            .unwrap();
+        let data = http_get(url.download_url().unwrap()).await;
+        assert_eq!(digest(&data), want);
+        assert_eq!(data.len() as u64, d["size"].as_u64().unwrap(), "{want}");
+    }
+    (digest(text.as_bytes()), manifest)
+}
+
+/// The archives real tools write, not only the ones these tests build: skopeo turns an OCI
+/// layout into a `docker save` archive and an OCI archive, and each is pushed and pulled back.
+#[tokio::test(flavor = "multi_thread")]
+async fn archives_written_by_skopeo_push_and_pull_back() {
+    let Some(skopeo) = skopeo() else {
+        return;
+    };
+    let server = server();
+    let ecr = server.ecr_client();
+    let repo = unique("push/skopeo");
+    create(&ecr, &repo).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = [
+        tar_layer("etc/hello", b"hello\n"),
+        tar_layer("data/blob", &noise(2 * MIB + 4321, 7)),
+    ];
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| digest(l)).collect::<Vec<_>>()},
+    }))
+    .unwrap();
+    let layer_type = "application/vnd.oci.image.layer.v1.tar";
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+        "layers": layers.iter().map(|l| descriptor(layer_type, l)).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let mut blobs = vec![(digest(&config), config)];
+    blobs.extend(layers.iter().map(|l| (digest(l), l.clone())));
+    let image = Image {
+        manifest,
+        media_type: OCI_MANIFEST,
+        blobs,
+    };
+    let layout = tmp.path().join("layout");
+    write_single(&layout, &image, Some("v1"));
+
+    let source = format!("oci:{}:v1", layout.display());
+    for (name, dest) in [
+        ("docker.tar", format!("docker-archive:{{}}:{repo}:v1")),
+        ("oci.tar", "oci-archive:{}:v1".to_string()),
+    ] {
+        let path = tmp.path().join(name);
+        let out = Command::new(skopeo)
+            .args([
+                "copy",
+                "--quiet",
+                &source,
+                &dest.replace("{}", path.to_str().unwrap()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy to {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tag = name.replace(".tar", "");
+        let run = push(
+            &server,
+            &path,
+            &repo,
+            &["--tag", &tag],
+            &tmp.path().join("s.json"),
+        );
+        assert!(run.ok, "{}", run.stderr);
+        let (image_digest, pulled) = assert_pullable(&ecr, &repo, &tag).await;
+        assert_eq!(run.stdout.trim(), image_digest, "{name}");
+        let layer_digests: Vec<&str> = pulled["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(layer_digests.len(), 2, "{name}");
+        if name == "docker.tar" {
+            // A docker save archive keeps uncompressed layers as they are (skopeo compresses
+            // them when it writes an OCI archive).
+            assert_eq!(layer_digests, [digest(&layers[0]), digest(&layers[1])]);
+        }
+    }
+}
