@@ -52,6 +52,10 @@ pub struct Config {
 /// long session tokens and proxies' extra headers.
 pub const LAMBDA_ENVELOPE_MARGIN: u64 = 16 * 1024;
 
+/// Room left in a Lambda response for what is not the body: the status, our few headers and the
+/// runtime's envelope around them.
+pub const LAMBDA_RESPONSE_ENVELOPE_MARGIN: u64 = 4 * 1024;
+
 /// Longest JSON an `UploadLayerPart` request carries besides the blob's base64 text: member
 /// names, quotes, a 12-digit registry id, a 256-character repository name (escaped at worst as
 /// `\u002f` per `/`: 85 of them), a UUID and two 20-digit offsets.
@@ -224,6 +228,8 @@ impl Config {
                 min_part_size,
                 s3_part_size,
                 upload_ttl_secs,
+                max_response_bytes: in_lambda
+                    .then_some(LAMBDA_PAYLOAD_LIMIT - LAMBDA_RESPONSE_ENVELOPE_MARGIN),
             },
         })
     }
@@ -330,6 +336,10 @@ mod tests {
         assert_eq!(c.backend, Backend::Aws);
         assert_eq!(c.settings.part_size, lambda_part_size());
         assert!(c.settings.min_part_size <= c.settings.part_size);
+        assert_eq!(
+            c.settings.max_response_bytes,
+            Some(LAMBDA_PAYLOAD_LIMIT - LAMBDA_RESPONSE_ENVELOPE_MARGIN)
+        );
     }
 
     #[test]

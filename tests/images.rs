@@ -677,3 +677,39 @@ async fn delete_repository_with_images_needs_force() {
         "ImageNotFound"
     );
 }
+
+#[tokio::test]
+async fn batch_get_image_refuses_a_response_larger_than_the_front_door_returns() {
+    let svc = Service::new(
+        MemoryMetadata::new(),
+        MemoryBlobs::new(),
+        Settings {
+            min_part_size: 0,
+            max_response_bytes: Some(64 * 1024),
+            ..Settings::default()
+        },
+    );
+    svc.create_repository(CreateRepositoryRequest {
+        repository_name: Some(REPO.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config = b"{}";
+    let c = push_blob(&svc, config).await;
+    // 20,000 bytes of text, each escaped twice on its way out: about 20 KB in the response.
+    let m = manifest((&c, 2), &[], &"n".repeat(20_000));
+    put(&svc, &m, Some("a")).await.unwrap();
+    put(&svc, &m, Some("b")).await.unwrap();
+    let two = get(&svc, vec![by_tag("a"), by_tag("b")]).await;
+    assert_eq!(two.images.len(), 2);
+    let err = svc
+        .batch_get_image(BatchGetImageRequest {
+            repository_name: Some(REPO.into()),
+            image_ids: Some(vec![by_tag("a"), by_tag("b"), by_tag("a"), by_tag("b")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.type_name(), "LimitExceededException");
+}

@@ -1,15 +1,22 @@
 //! The advertised Lambda `partSize` fits a synchronous invocation (6,291,456 bytes) once the part
 //! is base64 inside JSON and the JSON is base64 again in a Function URL event, with realistic
-//! headers; one more MiB would not.
+//! headers; one more MiB would not. And a response, which Lambda caps at the same size, either
+//! fits once the runtime wraps it or is refused with a modelled error.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ecr_layer_upload::backend::memory::{MemoryBlobs, MemoryMetadata};
-use ecr_layer_upload::config::{LAMBDA_PAYLOAD_LIMIT, lambda_part_size};
+use ecr_layer_upload::config::{
+    LAMBDA_PAYLOAD_LIMIT, LAMBDA_RESPONSE_ENVELOPE_MARGIN, lambda_part_size,
+};
 use ecr_layer_upload::protocol;
-use ecr_layer_upload::service::types::{CreateRepositoryRequest, InitiateLayerUploadRequest};
+use ecr_layer_upload::service::types::{
+    CompleteLayerUploadRequest, CreateRepositoryRequest, InitiateLayerUploadRequest,
+    PutImageRequest, UploadLayerPartRequest,
+};
 use ecr_layer_upload::service::{Service, Settings};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 /// A Function URL (payload 2.0) event carrying an UploadLayerPart request for a part of `len`
 /// bytes, as the front door would build it for a signed request with a session token.
@@ -142,4 +149,120 @@ async fn the_largest_event_is_accepted_by_the_handler() {
     assert_eq!(resp.status(), 200, "{text}");
     let out: Value = serde_json::from_str(text).unwrap();
     assert_eq!(out["lastByteReceived"], len - 1);
+}
+
+/// The payload the Lambda runtime returns for a Function URL (payload 2.0) answer: the response
+/// in the API Gateway v2 envelope, serialized as JSON.
+async fn lambda_response_payload(resp: http::Response<lambda_http::Body>) -> (u16, String, usize) {
+    use lambda_http::IntoResponse;
+    use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse;
+    let resp = resp.into_response().await;
+    let status = resp.status().as_u16();
+    let lambda_http::Body::Text(text) = resp.body().clone() else {
+        panic!("text body expected");
+    };
+    let mut envelope = ApiGatewayV2httpResponse::default();
+    envelope.status_code = i64::from(status);
+    envelope.headers = resp.headers().clone();
+    envelope.body = Some(lambda_http::Body::Text(text.clone()));
+    let payload = serde_json::to_string(&envelope).unwrap();
+    (status, text, payload.len())
+}
+
+fn batch_get_image(repo: &str, tags: &[&str]) -> lambda_http::Request {
+    let ids: Vec<Value> = tags.iter().map(|t| json!({"imageTag": t})).collect();
+    let body = json!({"repositoryName": repo, "imageIds": ids}).to_string();
+    http::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("content-type", "application/x-amz-json-1.1")
+        .header(
+            "x-amz-target",
+            "AmazonEC2ContainerRegistry_V20150921.BatchGetImage",
+        )
+        .body(lambda_http::Body::Text(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_get_image_answer_fits_the_lambda_response_limit_or_is_refused() {
+    let svc = Service::new(
+        MemoryMetadata::new(),
+        MemoryBlobs::new(),
+        Settings {
+            min_part_size: 0,
+            max_response_bytes: Some(LAMBDA_PAYLOAD_LIMIT - LAMBDA_RESPONSE_ENVELOPE_MARGIN),
+            ..Settings::default()
+        },
+    );
+    let repo = "a".repeat(LONGEST_REPO);
+    svc.create_repository(CreateRepositoryRequest {
+        repository_name: Some(repo.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config = b"{}";
+    let id = svc
+        .initiate_layer_upload(InitiateLayerUploadRequest {
+            registry_id: None,
+            repository_name: Some(repo.clone()),
+        })
+        .await
+        .unwrap()
+        .upload_id;
+    svc.upload_layer_part(UploadLayerPartRequest {
+        repository_name: Some(repo.clone()),
+        upload_id: Some(id.clone()),
+        part_first_byte: Some(0),
+        part_last_byte: Some(1),
+        layer_part_blob: Some(bytes::Bytes::from_static(config)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(config)));
+    svc.complete_layer_upload(CompleteLayerUploadRequest {
+        repository_name: Some(repo.clone()),
+        upload_id: Some(id),
+        layer_digests: Some(vec![config_digest.clone()]),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Escaped quotes are the worst case: each `\"` of the manifest takes 8 bytes in the payload.
+    let note = "\\\"".repeat(700_000);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[],"annotations":{{"note":"{note}"}}}}"#
+    );
+    svc.put_image(PutImageRequest {
+        repository_name: Some(repo.clone()),
+        image_manifest: Some(manifest.clone()),
+        image_tag: Some("t".repeat(300)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let tag = "t".repeat(300);
+    let resp = protocol::handle(&svc, batch_get_image(&repo, &[&tag])).await;
+    let (status, text, payload) = lambda_response_payload(resp).await;
+    assert_eq!(status, 200, "{}", &text[..200.min(text.len())]);
+    let out: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(out["images"][0]["imageManifest"], manifest);
+    assert!(
+        payload as u64 <= LAMBDA_PAYLOAD_LIMIT,
+        "a {payload}-byte payload exceeds Lambda's limit"
+    );
+    assert!(
+        payload > 5_000_000,
+        "the case is not near the limit: {payload}"
+    );
+
+    let resp = protocol::handle(&svc, batch_get_image(&repo, &[&tag, &tag])).await;
+    let (status, text, payload) = lambda_response_payload(resp).await;
+    assert_eq!(status, 400);
+    let out: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(out["__type"], "LimitExceededException");
+    assert!(payload < 4096);
 }

@@ -28,6 +28,29 @@ pub const DOWNLOAD_URL_SECS: u64 = 3600;
 /// The media type recorded for a referenced blob whose descriptor names none.
 const DEFAULT_BLOB_MEDIA_TYPE: &str = "application/octet-stream";
 
+/// Bytes an `Image` or an `ImageFailure` of BatchGetImage adds to the response besides a manifest:
+/// member names, the registry id, a 256-character repository name, the digest, a 300-character
+/// tag and a media type or a failure reason, each escaped twice at worst.
+const IMAGE_ENTRY_OVERHEAD: u64 = 2048;
+
+/// Length of `s` once written as a JSON string inside a JSON document that is itself written as a
+/// JSON string: a manifest in our response body, and that body in the Lambda runtime's response
+/// envelope. Follows serde_json's escaping (quotes, backslashes and control characters; all else
+/// as UTF-8).
+fn twice_escaped_len(s: &str) -> u64 {
+    s.chars()
+        .map(|c| match c {
+            // `"` → `\"` → `\\\"`: a backslash and a quote, each escaped again.
+            '"' | '\\' => 4,
+            // `\n` → `\\n`.
+            '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 3,
+            // `\u001f` → `\\u001f`.
+            c if (c as u32) < 0x20 => 7,
+            c => c.len_utf8() as u64,
+        })
+        .sum()
+}
+
 fn manifest_key(registry: &str, repo: &str, digest: &str) -> String {
     format!("manifests/{registry}/{repo}/{digest}")
 }
@@ -352,11 +375,21 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             images: Vec::new(),
             failures: Vec::new(),
         };
+        let mut response_bytes = 0u64;
         for id in &ids {
+            response_bytes += IMAGE_ENTRY_OVERHEAD;
             match self.find_image(&repo, id).await? {
                 Err(f) => out.failures.push(f),
                 Ok(image) => {
                     let manifest = self.manifest_text(&image).await?;
+                    response_bytes += twice_escaped_len(&manifest);
+                    if let Some(max) = self.settings.max_response_bytes
+                        && response_bytes > max
+                    {
+                        return Err(EcrError::LimitExceeded(format!(
+                            "The manifests of the requested images make a response larger than the {max} bytes this deployment can return; request fewer images at a time"
+                        )));
+                    }
                     out.images.push(Image {
                         registry_id: repo.registry_id.clone(),
                         repository_name: repo.name.clone(),

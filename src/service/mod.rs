@@ -29,6 +29,9 @@ pub struct Settings {
     pub s3_part_size: u64,
     /// Seconds an unfinished upload lives after its last part.
     pub upload_ttl_secs: u64,
+    /// Largest response the front door can return, if it has a limit (a Lambda function returns
+    /// at most 6 MB). Only BatchGetImage, which returns whole manifests, can come near it.
+    pub max_response_bytes: Option<u64>,
 }
 
 impl Default for Settings {
@@ -40,6 +43,7 @@ impl Default for Settings {
             min_part_size: 5_242_880,
             s3_part_size: 8 * 1024 * 1024,
             upload_ttl_secs: 86_400,
+            max_response_bytes: None,
         }
     }
 }
