@@ -8,6 +8,8 @@
 //! Run with `make test-aws-backend` (starts the servers and exports their environment). Without
 //! that environment these tests fail, they do not pass vacuously.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -942,10 +944,11 @@ async fn big_manifests_live_in_s3_and_layers_download_from_presigned_urls() {
         .await
         .unwrap()
         .download_url;
-    let (status, body) = plain_get(&url, None).await;
+    let (status, body) = common::http_get(&url).await;
     assert_eq!(status, 200);
     assert!(body == layer, "the whole layer");
-    let (status, body) = plain_get(&url, Some((5 * MIB - 7, 5 * MIB + 7))).await;
+    let range = format!("bytes={}-{}", 5 * MIB - 7, 5 * MIB + 7);
+    let (status, _, body) = common::http_request(&url, &[("Range", &range)]).await;
     assert_eq!(status, 206);
     assert!(body == layer[5 * MIB as usize - 7..=5 * MIB as usize + 7]);
 
@@ -990,42 +993,4 @@ fn assert_role_grants_objects(prefix: &str, actions: &[&str]) {
                 .all(|a| statement.contains(&format!("- {a}\n")))
     });
     assert!(granted, "template.yaml grants {actions:?} on {resource}");
-}
-
-/// A plain HTTP/1.1 GET, optionally of an inclusive byte range: status and body.
-async fn plain_get(url: &str, range: Option<(u64, u64)>) -> (u16, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("an http:// URL");
-    let (host, path) = rest.split_at(rest.find('/').expect("a path"));
-    let mut conn = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let range = range.map_or(String::new(), |(a, b)| format!("Range: bytes={a}-{b}\r\n"));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{range}Connection: close\r\n\r\n");
-    conn.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await.unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    let mut body = raw[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        let (mut rest, mut out) = (&body[..], Vec::new());
-        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16)
-                .expect("a chunk size");
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
-            rest = &rest[eol + 4 + size..];
-        }
-        body = out;
-    }
-    (status, body)
 }

@@ -254,34 +254,11 @@ async fn assert_blobs(ecr: &aws_sdk_ecr::Client, repo: &str, blobs: &[(String, V
     }
 }
 
-/// A plain HTTP/1.1 GET, as any client would fetch a download URL.
+/// A download URL's bytes, which must be served with 200.
 async fn http_get(url: &str) -> Vec<u8> {
-    use http_body_util::{BodyExt, Empty};
-    let uri: http::Uri = url.parse().unwrap();
-    assert_eq!(uri.scheme_str(), Some("http"), "{url}");
-    let host = uri.host().unwrap().to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let req = http::Request::get(path)
-        .header(http::header::HOST, format!("{host}:{port}"))
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200, "GET {url}");
-    resp.into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec()
+    let (status, body) = common::http_get(url).await;
+    assert_eq!(status, 200, "GET {url}");
+    body
 }
 
 fn read_state(path: &Path) -> serde_json::Value {
