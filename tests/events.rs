@@ -52,6 +52,69 @@ fn sha256(data: &[u8]) -> String {
 /// Runs a fixture through the handler and the runtime's response conversion; returns the
 /// status and the JSON body, after checking the headers every answer carries.
 async fn invoke(svc: &Svc, name: &str) -> (u16, Value) {
+    let (status, json, _) = invoke_raw(svc, name).await;
+    (status, json)
+}
+
+/// Every answer of [`every_fixture_gets_the_modelled_answer`], in order, as a client receives
+/// it (see [`answer_record`]): the golden record in tests/fixtures/answers.txt pins them.
+static ANSWERS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// One answer as text: fixture, status, the headers a client reads (not the per-request id) and
+/// the body byte for byte, with the values that differ on every run (fresh upload ids,
+/// timestamps, the download URL's expiry) replaced by placeholders.
+fn answer_record(name: &str, status: u16, headers: &http::HeaderMap, body: &str) -> String {
+    let mut keys: Vec<&str> = headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| *k != "x-amzn-requestid")
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut out = format!("{name} {status}\n");
+    for k in keys {
+        for v in headers.get_all(k) {
+            out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("<binary>")));
+        }
+    }
+    let mut body = body.to_string();
+    for member in ["createdAt", "imagePushedAt"] {
+        body = replace_member_value(&body, member, "<time>");
+    }
+    if name == "initiate-layer-upload" {
+        body = replace_member_value(&body, "uploadId", "<uuid>");
+    }
+    if let Some(at) = body.find("?expires=") {
+        let end = body[at..].find('"').map_or(body.len(), |e| at + e);
+        body.replace_range(at..end, "?expires=<secs>");
+    }
+    out.push_str(&body);
+    out.push('\n');
+    out
+}
+
+/// `"member":<value>` with the (number or string) value replaced, everywhere in `text`.
+fn replace_member_value(text: &str, member: &str, with: &str) -> String {
+    let needle = format!("\"{member}\":");
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(&needle) {
+        let start = at + needle.len();
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        let len = if let Some(s) = tail.strip_prefix('"') {
+            s.find('"').map_or(tail.len(), |e| e + 2)
+        } else {
+            tail.find([',', '}']).unwrap_or(tail.len())
+        };
+        out.push_str(with);
+        rest = &tail[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+async fn invoke_raw(svc: &Svc, name: &str) -> (u16, Value, String) {
     let req = lambda_http::request::from_str(&fixture(name)).expect("fixture parses as an event");
     let resp = protocol::handle(svc, req).await;
     // What the Lambda runtime does before serializing the response for the front door.
@@ -76,7 +139,9 @@ async fn invoke(svc: &Svc, name: &str) -> (u16, Value) {
             "{name}"
         );
     }
-    (status, json)
+    let record = answer_record(name, status, resp.headers(), &text);
+    ANSWERS.lock().unwrap().push(record.clone());
+    (status, json, record)
 }
 
 async fn expect_error(svc: &Svc, name: &str, error: &str) -> Value {
@@ -520,6 +585,27 @@ async fn every_fixture_gets_the_modelled_answer() {
     assert!(
         unvisited.is_empty(),
         "fixtures without a check: {unvisited:?}"
+    );
+
+    // Byte for byte what the handler answered when the record was made; `ECR_UPDATE_GOLDEN=1`
+    // rewrites it (only for an intended change of the wire answers).
+    let answers = ANSWERS.lock().unwrap().concat();
+    let path = format!("{}/tests/fixtures/answers.txt", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("ECR_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        std::fs::write(&path, &answers).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    for (got, want) in answers.lines().zip(golden.lines()) {
+        assert_eq!(
+            got, want,
+            "an answer differs from tests/fixtures/answers.txt"
+        );
+    }
+    assert_eq!(
+        answers.lines().count(),
+        golden.lines().count(),
+        "number of answer lines"
     );
 }
 
