@@ -12,7 +12,7 @@ use std::time::Instant;
 use aws_sdk_ecr::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecr::primitives::Blob;
 use common::Server;
-use ecr_layer_upload::config::lambda_part_size;
+use ecr_layer_upload::frontdoors::lambda::part_size as lambda_part_size;
 use sha2::{Digest, Sha256};
 
 const MIB: usize = 1024 * 1024;

@@ -19,12 +19,8 @@ use std::path::PathBuf;
 
 use crate::service::Settings;
 
-/// The synchronous invocation payload limit of AWS Lambda (request and response).
-pub const LAMBDA_PAYLOAD_LIMIT: u64 = 6_291_456;
-/// S3's minimum size of a multipart part that is not the last one.
-pub const S3_MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-/// ECR's documented maximum of `layerPartBlob`.
-pub const MAX_LAYER_PART: u64 = 20_971_520;
+pub use crate::domain::limits::{MAX_LAYER_PART, S3_MIN_PART_SIZE};
+use crate::frontdoors::lambda;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -44,46 +40,6 @@ pub struct Config {
     /// the start of the embedded backend's download URLs. `None`: the bound listen address.
     pub public_url: Option<String>,
     pub settings: Settings,
-}
-
-/// Room left in a Lambda event for everything that is not the request body: the Function URL
-/// envelope (`requestContext`, a SigV4 `authorization` header, user agent, SDK headers). A
-/// realistic event from the Rust, JS or Python SDKs carries 2 to 3 KiB; 16 KiB leaves room for
-/// long session tokens and proxies' extra headers.
-pub const LAMBDA_ENVELOPE_MARGIN: u64 = 16 * 1024;
-
-/// Room left in a Lambda response for what is not the body: the status, our few headers and the
-/// runtime's envelope around them.
-pub const LAMBDA_RESPONSE_ENVELOPE_MARGIN: u64 = 4 * 1024;
-
-/// Longest JSON an `UploadLayerPart` request carries besides the blob's base64 text: member
-/// names, quotes, a 12-digit registry id, a 256-character repository name (escaped at worst as
-/// `\u002f` per `/`: 85 of them), a UUID and two 20-digit offsets.
-pub const UPLOAD_PART_JSON_OVERHEAD: u64 = 1024;
-
-fn base64_len(n: u64) -> u64 {
-    n.div_ceil(3) * 4
-}
-
-/// The largest part whose `UploadLayerPart` request, delivered by a Function URL as a base64
-/// body (the part itself base64 inside JSON, then the whole body base64 once more), fits a
-/// synchronous invocation with [`LAMBDA_ENVELOPE_MARGIN`] to spare. Rounded down to 64 KiB.
-pub fn lambda_part_size() -> u64 {
-    let fits = |part: u64| {
-        let json = UPLOAD_PART_JSON_OVERHEAD + base64_len(part);
-        base64_len(json) + LAMBDA_ENVELOPE_MARGIN <= LAMBDA_PAYLOAD_LIMIT
-    };
-    // Largest fitting size by bisection over [0, limit].
-    let (mut lo, mut hi) = (0u64, LAMBDA_PAYLOAD_LIMIT);
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if fits(mid) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    lo / (64 * 1024) * (64 * 1024)
 }
 
 pub const USAGE: &str = "\
@@ -184,7 +140,7 @@ impl Config {
             }
         };
         let (default_part, default_min) = if in_lambda {
-            (lambda_part_size(), 1024 * 1024)
+            (lambda::part_size(), lambda::MIN_PART_SIZE)
         } else {
             (10_485_760, S3_MIN_PART_SIZE)
         };
@@ -228,8 +184,7 @@ impl Config {
                 min_part_size,
                 s3_part_size,
                 upload_ttl_secs,
-                max_response_bytes: in_lambda
-                    .then_some(LAMBDA_PAYLOAD_LIMIT - LAMBDA_RESPONSE_ENVELOPE_MARGIN),
+                response_limit: in_lambda.then(lambda::response_limit),
             },
         })
     }
@@ -334,12 +289,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.backend, Backend::Aws);
-        assert_eq!(c.settings.part_size, lambda_part_size());
+        assert_eq!(c.settings.part_size, lambda::part_size());
         assert!(c.settings.min_part_size <= c.settings.part_size);
-        assert_eq!(
-            c.settings.max_response_bytes,
-            Some(LAMBDA_PAYLOAD_LIMIT - LAMBDA_RESPONSE_ENVELOPE_MARGIN)
-        );
+        assert_eq!(c.settings.response_limit, Some(lambda::response_limit()));
     }
 
     #[test]

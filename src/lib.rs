@@ -1,14 +1,21 @@
-//! ecr-layer-upload: Amazon ECR's image-layer push API (AWS JSON 1.1) over pluggable storage.
+//! ecr-layer-upload: Amazon ECR's image API (AWS JSON 1.1) over pluggable storage.
 //!
-//! protocol → service → ports ← backend adapters (DESIGN.md §1).
+//! The layers, innermost first (docs/architecture.md has the rule between them):
+//!
+//! - [`domain`]: model values, ECR's limits, errors, manifests, the clock.
+//! - [`ports`]: the storage traits the service needs.
+//! - [`service`]: the operations, over the ports.
+//! - [`backends`]: the storage adapters (`memory`, `local`, `aws`).
+//! - [`protocols`]: wire protocols over plain `http` types (`ecr`: AWS JSON 1.1).
+//! - [`frontdoors`]: how requests arrive (`http`: the local server; `lambda`: AWS Lambda).
+//! - [`config`]: settings read once at start-up, and the composition of the layers.
+//! - [`push`]: a client of the API that pushes images.
 
-pub mod backend;
+pub mod backends;
 pub mod config;
 pub mod domain;
-pub mod error;
-pub mod manifest;
+pub mod frontdoors;
 pub mod ports;
-pub mod protocol;
+pub mod protocols;
 pub mod push;
-pub mod server;
 pub mod service;

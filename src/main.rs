@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use ecr_layer_upload::backend::aws::{DynamoMetadata, S3Blobs};
-use ecr_layer_upload::backend::local::{LocalBlobs, LocalMetadata};
+use ecr_layer_upload::backends::aws::{DynamoMetadata, S3Blobs};
+use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata};
 use ecr_layer_upload::config::{Backend, Config};
+use ecr_layer_upload::frontdoors::{self, http::Downloads};
 use ecr_layer_upload::ports::{BlobStore, MetadataStore};
 use ecr_layer_upload::service::Service;
-use ecr_layer_upload::{protocol, server};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -92,9 +92,10 @@ async fn start(config: Config) -> Result<(), String> {
                 }
                 blobs = blobs.with_public_url(&format!("http://{addr}"));
             }
+            let downloads: Downloads = Some(Arc::new(blobs.clone()));
             let svc = Arc::new(Service::new(meta, blobs, config.settings.clone()));
             spawn_sweeper(svc.clone());
-            run(svc, &config, listener).await
+            run(svc, downloads, &config, listener).await
         }
         Backend::Aws => {
             let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -105,6 +106,7 @@ async fn start(config: Config) -> Result<(), String> {
             let blobs = S3Blobs::new(&sdk, bucket);
             run(
                 Arc::new(Service::new(meta, blobs, config.settings.clone())),
+                None,
                 &config,
                 listener,
             )
@@ -132,15 +134,14 @@ fn spawn_sweeper<M: MetadataStore, B: BlobStore>(svc: Arc<Service<M, B>>) {
 /// Serves on `listener`, or runs the Lambda runtime loop when there is none.
 async fn run<M: MetadataStore, B: BlobStore>(
     svc: Arc<Service<M, B>>,
+    downloads: Downloads,
     config: &Config,
     listener: Option<tokio::net::TcpListener>,
 ) -> Result<(), String> {
     let Some(listener) = listener else {
-        let handler = lambda_http::service_fn(move |req| {
-            let svc = svc.clone();
-            async move { Ok::<_, lambda_http::Error>(protocol::handle(&svc, req).await) }
-        });
-        return lambda_http::run(handler).await.map_err(|e| e.to_string());
+        return frontdoors::lambda::run(svc)
+            .await
+            .map_err(|e| e.to_string());
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
@@ -150,7 +151,7 @@ async fn run<M: MetadataStore, B: BlobStore>(
         part_size = config.settings.part_size,
         "serving the ECR layer-upload API"
     );
-    server::serve(svc, listener, shutdown_signal())
+    frontdoors::http::serve(svc, downloads, listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

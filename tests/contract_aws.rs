@@ -19,9 +19,9 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use bytes::Bytes;
-use ecr_layer_upload::backend::aws::{DynamoMetadata, S3Blobs};
-use ecr_layer_upload::error::StoreError;
-use ecr_layer_upload::manifest::MAX_REFERENCES;
+use ecr_layer_upload::backends::aws::{DynamoMetadata, S3Blobs};
+use ecr_layer_upload::domain::error::StoreError;
+use ecr_layer_upload::domain::manifest::MAX_REFERENCES;
 use ecr_layer_upload::ports::{
     BlobStore, Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PutImageOutcome,
     SideWrite, StagedSegment, UploadRecord, UploadState,

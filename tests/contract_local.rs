@@ -6,12 +6,13 @@
 mod suite;
 
 use bytes::Bytes;
-use ecr_layer_upload::backend::local::{LocalBlobs, LocalMetadata};
-use ecr_layer_upload::backend::memory::{MemoryBlobs, MemoryMetadata};
-use ecr_layer_upload::error::StoreError;
+use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata};
+use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
+use ecr_layer_upload::domain::error::StoreError;
 use ecr_layer_upload::ports::{
     BlobStore, DownloadRefused, Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore,
-    PutImageOutcome, RepositoryRecord, SideWrite, StagedSegment, UploadRecord, UploadState,
+    PutImageOutcome, RepositoryRecord, SideWrite, SignedDownloads, StagedSegment, UploadRecord,
+    UploadState,
 };
 use tempfile::TempDir;
 
@@ -57,6 +58,12 @@ mod local_metadata {
 mod local_blobs {
     use crate::suite;
     suite::blob_behaviours!(suite::blob_tests!(super::local_blobs));
+}
+
+#[tokio::test]
+async fn local_blobs_resolve_their_signed_download_urls() {
+    let (blobs, _dir) = local_blobs().await;
+    suite::signed_download_url_resolves_to_the_key(&blobs).await;
 }
 
 /// The sequential runner that other test crates may use stays in working order.

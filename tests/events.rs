@@ -1,9 +1,9 @@
 //! Every fixture in events/ goes through the Lambda handler in-process, as the Lambda runtime
 //! delivers it (`lambda_http::request::from_str`), and the answer is what a client must see.
 
-use ecr_layer_upload::backend::memory::{MemoryBlobs, MemoryMetadata};
+use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
+use ecr_layer_upload::frontdoors::lambda;
 use ecr_layer_upload::ports::{BlobStore, MetadataStore, UploadRecord, UploadState};
-use ecr_layer_upload::protocol;
 use ecr_layer_upload::service::{Service, Settings};
 use lambda_http::{Body, IntoResponse};
 use serde_json::Value;
@@ -116,7 +116,7 @@ fn replace_member_value(text: &str, member: &str, with: &str) -> String {
 
 async fn invoke_raw(svc: &Svc, name: &str) -> (u16, Value, String) {
     let req = lambda_http::request::from_str(&fixture(name)).expect("fixture parses as an event");
-    let resp = protocol::handle(svc, req).await;
+    let resp = lambda::handle(svc, req).await;
     // What the Lambda runtime does before serializing the response for the front door.
     let resp = resp.into_response().await;
     let status = resp.status().as_u16();
@@ -629,6 +629,6 @@ async fn payload_ignores_our_content_type_so_the_handler_reads_bytes() {
     let parsed: Option<Value> = req.payload().unwrap_or(None);
     assert!(parsed.is_none());
     let svc = service();
-    let resp = protocol::handle(&svc, req).await;
+    let resp = lambda::handle(&svc, req).await;
     assert_eq!(resp.status(), 200);
 }

@@ -2,11 +2,11 @@
 //! BatchDeleteImage, GetDownloadUrlForLayer and how they relate to layers.
 
 use bytes::Bytes;
-use ecr_layer_upload::backend::memory::{MemoryBlobs, MemoryMetadata};
-use ecr_layer_upload::error::EcrError;
-use ecr_layer_upload::manifest::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
+use ecr_layer_upload::domain::error::EcrError;
+use ecr_layer_upload::domain::manifest::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use ecr_layer_upload::service::types::*;
-use ecr_layer_upload::service::{INLINE_MANIFEST_MAX, Service, Settings};
+use ecr_layer_upload::service::{INLINE_MANIFEST_MAX, ResponseLimit, Service, Settings};
 use sha2::{Digest, Sha256};
 
 type Svc = Service<MemoryMetadata, MemoryBlobs>;
@@ -685,7 +685,10 @@ async fn batch_get_image_refuses_a_response_larger_than_the_front_door_returns()
         MemoryBlobs::new(),
         Settings {
             min_part_size: 0,
-            max_response_bytes: Some(64 * 1024),
+            response_limit: Some(ResponseLimit {
+                max_bytes: 64 * 1024,
+                ..ecr_layer_upload::frontdoors::lambda::response_limit()
+            }),
             ..Settings::default()
         },
     );

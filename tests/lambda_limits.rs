@@ -5,11 +5,11 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ecr_layer_upload::backend::memory::{MemoryBlobs, MemoryMetadata};
-use ecr_layer_upload::config::{
-    LAMBDA_PAYLOAD_LIMIT, LAMBDA_RESPONSE_ENVELOPE_MARGIN, lambda_part_size,
+use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
+use ecr_layer_upload::frontdoors::lambda;
+use ecr_layer_upload::frontdoors::lambda::{
+    PAYLOAD_LIMIT as LAMBDA_PAYLOAD_LIMIT, part_size as lambda_part_size, response_limit,
 };
-use ecr_layer_upload::protocol;
 use ecr_layer_upload::service::types::{
     CompleteLayerUploadRequest, CreateRepositoryRequest, InitiateLayerUploadRequest,
     PutImageRequest, UploadLayerPartRequest,
@@ -142,7 +142,7 @@ async fn the_largest_event_is_accepted_by_the_handler() {
     let len = init.part_size as usize;
     let event = upload_part_event(&repo, &init.upload_id, 0, len);
     let req = lambda_http::request::from_str(&event).unwrap();
-    let resp = protocol::handle(&svc, req).await;
+    let resp = lambda::handle(&svc, req).await;
     let lambda_http::Body::Text(text) = resp.body() else {
         panic!("text body expected");
     };
@@ -191,7 +191,7 @@ async fn a_batch_get_image_answer_fits_the_lambda_response_limit_or_is_refused()
         MemoryBlobs::new(),
         Settings {
             min_part_size: 0,
-            max_response_bytes: Some(LAMBDA_PAYLOAD_LIMIT - LAMBDA_RESPONSE_ENVELOPE_MARGIN),
+            response_limit: Some(response_limit()),
             ..Settings::default()
         },
     );
@@ -245,7 +245,7 @@ async fn a_batch_get_image_answer_fits_the_lambda_response_limit_or_is_refused()
     .unwrap();
 
     let tag = "t".repeat(300);
-    let resp = protocol::handle(&svc, batch_get_image(&repo, &[&tag])).await;
+    let resp = lambda::handle(&svc, batch_get_image(&repo, &[&tag])).await;
     let (status, text, payload) = lambda_response_payload(resp).await;
     assert_eq!(status, 200, "{}", &text[..200.min(text.len())]);
     let out: Value = serde_json::from_str(&text).unwrap();
@@ -259,7 +259,7 @@ async fn a_batch_get_image_answer_fits_the_lambda_response_limit_or_is_refused()
         "the case is not near the limit: {payload}"
     );
 
-    let resp = protocol::handle(&svc, batch_get_image(&repo, &[&tag, &tag])).await;
+    let resp = lambda::handle(&svc, batch_get_image(&repo, &[&tag, &tag])).await;
     let (status, text, payload) = lambda_response_payload(resp).await;
     assert_eq!(status, 400);
     let out: Value = serde_json::from_str(&text).unwrap();

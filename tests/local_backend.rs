@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use ecr_layer_upload::backend::local::{LocalBlobs, LocalMetadata};
+use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata};
 use ecr_layer_upload::ports::MetadataStore;
 use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{Service, Settings};
@@ -138,9 +138,9 @@ mod downloads {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use ecr_layer_upload::backend::local::{LocalBlobs, LocalMetadata};
+    use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata};
+    use ecr_layer_upload::frontdoors::http as server;
     use ecr_layer_upload::ports::BlobStore;
-    use ecr_layer_upload::server;
     use ecr_layer_upload::service::Service;
     use http::{HeaderMap, Method, StatusCode, header};
     use http_body_util::{BodyExt, Empty};
@@ -165,9 +165,14 @@ mod downloads {
             super::settings(),
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server::serve(svc, listener, async move {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(server::serve(
+            svc,
+            Some(Arc::new(blobs.clone())),
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Running {
             blobs,
             _stop: stop,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ecr_layer_upload::backend::memory::{MemoryBlobs, MemoryMetadata};
-use ecr_layer_upload::error::EcrError;
+use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
+use ecr_layer_upload::domain::error::EcrError;
 use ecr_layer_upload::ports::{BlobStore, MetadataStore};
 use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{Service, Settings};

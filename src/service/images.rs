@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use super::types::*;
 use super::{Service, now_ms};
 use crate::domain;
-use crate::error::EcrError;
-use crate::manifest::{self, Kind};
+use crate::domain::error::EcrError;
+use crate::domain::manifest::{self, Kind};
 use crate::ports::{
     BlobStore, ImageRecord, MetadataStore, PutImageOutcome, RepositoryRecord, TagRecord,
 };
@@ -27,29 +27,6 @@ const MANIFEST_MAX: usize = 4_194_304;
 pub const DOWNLOAD_URL_SECS: u64 = 3600;
 /// The media type recorded for a referenced blob whose descriptor names none.
 const DEFAULT_BLOB_MEDIA_TYPE: &str = "application/octet-stream";
-
-/// Bytes an `Image` or an `ImageFailure` of BatchGetImage adds to the response besides a manifest:
-/// member names, the registry id, a 256-character repository name, the digest, a 300-character
-/// tag and a media type or a failure reason, each escaped twice at worst.
-const IMAGE_ENTRY_OVERHEAD: u64 = 2048;
-
-/// Length of `s` once written as a JSON string inside a JSON document that is itself written as a
-/// JSON string: a manifest in our response body, and that body in the Lambda runtime's response
-/// envelope. Follows serde_json's escaping (quotes, backslashes and control characters; all else
-/// as UTF-8).
-fn twice_escaped_len(s: &str) -> u64 {
-    s.chars()
-        .map(|c| match c {
-            // `"` → `\"` → `\\\"`: a backslash and a quote, each escaped again.
-            '"' | '\\' => 4,
-            // `\n` → `\\n`.
-            '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 3,
-            // `\u001f` → `\\u001f`.
-            c if (c as u32) < 0x20 => 7,
-            c => c.len_utf8() as u64,
-        })
-        .sum()
-}
 
 fn manifest_key(registry: &str, repo: &str, digest: &str) -> String {
     format!("manifests/{registry}/{repo}/{digest}")
@@ -375,15 +352,18 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             images: Vec::new(),
             failures: Vec::new(),
         };
+        let limit = self.settings.response_limit;
         let mut response_bytes = 0u64;
         for id in &ids {
-            response_bytes += IMAGE_ENTRY_OVERHEAD;
+            response_bytes += limit.map_or(0, |l| l.entry_overhead);
             match self.find_image(&repo, id).await? {
                 Err(f) => out.failures.push(f),
                 Ok(image) => {
                     let manifest = self.manifest_text(&image).await?;
-                    response_bytes += twice_escaped_len(&manifest);
-                    if let Some(max) = self.settings.max_response_bytes
+                    if let Some(limit) = limit {
+                        response_bytes += (limit.manifest_cost)(&manifest);
+                    }
+                    if let Some(max) = limit.map(|l| l.max_bytes)
                         && response_bytes > max
                     {
                         return Err(EcrError::LimitExceeded(format!(

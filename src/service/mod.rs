@@ -5,16 +5,15 @@ mod repository;
 pub mod types;
 mod upload;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::domain;
-use crate::error::EcrError;
+pub(crate) use crate::domain::clock::now_ms;
+use crate::domain::error::EcrError;
 use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 
 pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
 pub use upload::staging_key;
 
-/// What the operations need to know about their deployment (see [`crate::config`]).
+/// What the operations need to know about their deployment, fixed at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The registry served; requests naming another one find no repository.
@@ -29,10 +28,31 @@ pub struct Settings {
     pub s3_part_size: u64,
     /// Seconds an unfinished upload lives after its last part.
     pub upload_ttl_secs: u64,
-    /// Largest response the front door can return, if it has a limit (a Lambda function returns
-    /// at most 6 MB). Only BatchGetImage, which returns whole manifests, can come near it.
-    pub max_response_bytes: Option<u64>,
+    /// The front door's bound on one answer, if it has one. Only BatchGetImage, which returns
+    /// whole manifests, can come near it.
+    pub response_limit: Option<ResponseLimit>,
 }
+
+/// A front door's bound on the size of one answer, with its way of counting: BatchGetImage stops
+/// with `LimitExceededException` as soon as the images answered so far would pass `max_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseLimit {
+    pub max_bytes: u64,
+    /// What each image or failure entry adds besides a manifest.
+    pub entry_overhead: u64,
+    /// What a manifest's text adds, as the front door encodes it.
+    pub manifest_cost: fn(&str) -> u64,
+}
+
+impl PartialEq for ResponseLimit {
+    /// Limits are equal when they bound alike; the cost function is not compared (function
+    /// addresses are not stable across codegen units).
+    fn eq(&self, other: &Self) -> bool {
+        self.max_bytes == other.max_bytes && self.entry_overhead == other.entry_overhead
+    }
+}
+
+impl Eq for ResponseLimit {}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -43,7 +63,7 @@ impl Default for Settings {
             min_part_size: 5_242_880,
             s3_part_size: 8 * 1024 * 1024,
             upload_ttl_secs: 86_400,
-            max_response_bytes: None,
+            response_limit: None,
         }
     }
 }
@@ -106,13 +126,6 @@ fn paginate<T>(
         None
     };
     (page.into_iter().map(|(_, v)| v).collect(), next)
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl<M: MetadataStore, B: BlobStore> Service<M, B> {

@@ -3,7 +3,7 @@
 use super::types::*;
 use super::{Service, now_ms};
 use crate::domain;
-use crate::error::{EcrError, StoreError};
+use crate::domain::error::{EcrError, StoreError};
 use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 
 const MUTABILITY: [&str; 4] = [

@@ -1,6 +1,6 @@
 //! InitiateLayerUpload, UploadLayerPart, CompleteLayerUpload: the upload state machine.
 //!
-//! An ECR part is not a multipart part (DESIGN.md §2). Each accepted ECR part is written once as
+//! An ECR part is not a multipart part (docs/architecture.md). Each accepted ECR part is written once as
 //! a staging object and recorded, with the upload's advance, in one conditional write. As soon as
 //! the staged bytes reach `s3_part_size`, the shortest prefix of staged segments that reaches it
 //! is written as the next multipart part and the segments are dropped. Because segments are only
@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use super::types::*;
 use super::{Service, now_ms};
 use crate::domain;
-use crate::error::{EcrError, StoreError};
+use crate::domain::error::{EcrError, StoreError};
+use crate::domain::limits::{MAX_LAYER_PART, MAX_LAYER_SIZE};
 use crate::ports::{
     BlobStore, Finish, FlushedPart, LayerRecord, MetadataStore, PartFingerprint, SideWrite,
     StagedSegment, UploadRecord, UploadState,
@@ -27,9 +28,6 @@ const MAX_ATTEMPTS: usize = 16;
 /// How long a CompleteLayerUpload may hold an upload in `Completing` before another request may
 /// take it over (a crashed or timed-out completion; Lambda stops at 15 minutes).
 const COMPLETING_LEASE_MS: u64 = 16 * 60 * 1000;
-
-/// ECR's documented maximum layer size, 52,000 MiB.
-pub const MAX_LAYER_SIZE: u64 = 52_000 * 1024 * 1024;
 
 /// Where the assembled layer of an upload lives.
 fn blob_key(upload_id: &str) -> String {
@@ -201,12 +199,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let first = nonnegative("partFirstByte", req.part_first_byte)?;
         let last = nonnegative("partLastByte", req.part_last_byte)?;
         let blob = domain::required("layerPartBlob", req.layer_part_blob)?;
-        domain::check_len(
-            "layerPartBlob",
-            blob.len(),
-            0,
-            crate::config::MAX_LAYER_PART as usize,
-        )?;
+        domain::check_len("layerPartBlob", blob.len(), 0, MAX_LAYER_PART as usize)?;
 
         let mut up = self
             .live_upload(&repo.registry_id, &repo.name, &upload_id)

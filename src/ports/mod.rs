@@ -1,9 +1,9 @@
 //! The storage ports: what the service needs from a backend, and nothing of how it is done.
 //!
-//! `MetadataStore` mirrors the DynamoDB single-table model (DESIGN.md §3): every state change is
+//! `MetadataStore` mirrors the DynamoDB single-table model (docs/architecture.md): every state change is
 //! one conditional write. `BlobStore` mirrors S3: staging objects, a multipart upload per layer
 //! upload, read-back as a stream, deletes. The embedded backend (data directory + redb) and the AWS
-//! backend (S3 + DynamoDB) implement both; one contract suite (`tests/contract.rs`) pins them.
+//! backend (S3 + DynamoDB) implement both; one contract suite (`tests/contract/suite.rs`) pins them.
 //!
 //! Expiry is the service's business: adapters return records as stored, expired or not.
 
@@ -14,7 +14,9 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
+
+pub mod multipart;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -380,14 +382,16 @@ pub trait BlobStore: Send + Sync + 'static {
         key: &str,
         expires_in_secs: u64,
     ) -> impl Future<Output = StoreResult<String>> + Send;
-    /// For stores whose download URLs the local server serves itself: the object key that the
-    /// request `path` and `query` (as received, without `?`) name, if they form a download URL
-    /// this store issued. `None`: not a download URL of this store (S3 serves its own).
+}
+
+/// A store whose download URLs the local HTTP server answers itself (S3 serves its own). Kept out
+/// of [`BlobStore`]: the service never resolves URLs, only the front door that serves them does.
+pub trait SignedDownloads: Send + Sync + 'static {
+    /// The object key that the request `path` and `query` (as received, without `?`) name, if
+    /// they form a download URL this store issued; `None` if they are no download URL of it.
     fn resolve_download(
         &self,
-        _path: &str,
-        _query: Option<&str>,
-    ) -> Option<Result<String, DownloadRefused>> {
-        None
-    }
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<Result<String, DownloadRefused>>;
 }

@@ -18,7 +18,7 @@ mod meta;
 pub use blob::LocalBlobs;
 pub use meta::LocalMetadata;
 
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 use crate::ports::StoreResult;
 
 /// Runs blocking work on the blocking pool, turning a lost task (a panic in it, or a runtime

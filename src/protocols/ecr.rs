@@ -1,8 +1,10 @@
-//! The AWS JSON 1.1 wire protocol (ECR-API.md §1): `X-Amz-Target` → operation, JSON bodies ⇄
-//! typed requests and responses, errors → `{"__type", "message", ...}`.
+//! Amazon ECR's wire protocol, AWS JSON 1.1: `POST /` with `X-Amz-Target:
+//! AmazonEC2ContainerRegistry_V20150921.<Operation>`, JSON bodies ⇄ typed requests and
+//! responses, errors → `{"__type", "message", ...}` with `x-amzn-ErrorType`.
 //!
-//! [`handle`] is the one request handler: the Lambda runtime and the local HTTP server both call
-//! it, so every test of it tests both front doors. It never fails: every outcome is a response.
+//! [`handle`] is the one request handler: the Lambda adapter and the local HTTP server both call
+//! it with a plain `http::Request<Bytes>`, so every test of it tests both front doors. It never
+//! fails: every outcome is a response.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -12,20 +14,16 @@ use base64::Engine;
 use base64::engine::general_purpose::PAD;
 use base64::engine::simd::Simd;
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
-use lambda_http::{Body, Request};
+use http::{HeaderValue, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::error::EcrError;
+use crate::domain::error::EcrError;
 use crate::ports::{BlobStore, MetadataStore};
 use crate::service::Service;
 use crate::service::types::UploadLayerPartRequest;
 
 pub const TARGET_PREFIX: &str = "AmazonEC2ContainerRegistry_V20150921.";
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-/// Tells lambda_http to hand our JSON to the front door as text rather than base64 (it would
-/// otherwise encode every content type it does not know as text).
-const LAMBDA_TEXT_BODY: &str = "x-lambda-http-content-encoding";
 
 static BASE64: LazyLock<Simd> = LazyLock::new(|| Simd::standard(PAD));
 
@@ -75,8 +73,8 @@ pub const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Handles one request of any front door.
 pub async fn handle<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
-    req: Request,
-) -> Response<Body> {
+    req: Request<Bytes>,
+) -> Response<Bytes> {
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let target = req
@@ -85,12 +83,7 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let body: &[u8] = match req.body() {
-        Body::Empty => b"",
-        Body::Text(t) => t.as_bytes(),
-        Body::Binary(b) => b,
-        _ => b"",
-    };
+    let body: &[u8] = req.body();
     let result = match Operation::from_target(&target) {
         None => Err(EcrError::UnknownOperation(if target.is_empty() {
             "Missing X-Amz-Target header".into()
@@ -123,19 +116,59 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
             "request"
         ),
     }
-    let (body, error_type) = match result {
-        Ok(json) => (json, None),
-        Err(e) => (error_body(&e), Some(e.type_name())),
+    match result {
+        Ok(json) => respond(StatusCode::OK, json, None, &request_id),
+        Err(e) => respond(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            error_body(&e),
+            Some(e.type_name()),
+            &request_id,
+        ),
+    }
+}
+
+/// The answer to a request whose body could not be read whole (larger than [`MAX_BODY`], or cut):
+/// the modelled error, and `Connection: close`, since the rest of the body is left unread.
+pub fn unreadable_body(too_large: bool, cause: &dyn std::fmt::Display) -> Response<Bytes> {
+    let err = if too_large {
+        crate::domain::invalid(
+            "layerPartBlob",
+            format_args!(
+                "must have length less than or equal to {}",
+                crate::domain::limits::MAX_LAYER_PART
+            ),
+        )
+    } else {
+        EcrError::Serialization(format!("could not read the request body: {cause}"))
     };
-    let mut resp = Response::new(Body::Text(body));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut resp = respond(
+        StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
+        error_body(&err),
+        Some(err.type_name()),
+        &request_id,
+    );
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// An answer of the protocol: the JSON body, its content type, the request id and, for errors,
+/// `x-amzn-ErrorType` (which the SDKs read before the body's `__type`).
+pub fn respond(
+    status: StatusCode,
+    json: String,
+    error_type: Option<&'static str>,
+    request_id: &str,
+) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(json));
+    *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static(CONTENT_TYPE),
     );
-    h.insert(LAMBDA_TEXT_BODY, HeaderValue::from_static("text"));
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-amzn-requestid", v);
     }
     if let Some(t) = error_type {
@@ -223,13 +256,13 @@ fn decode_upload_part(body: &[u8]) -> Result<UploadLayerPartRequest, EcrError> {
     let blob = match raw.layer_part_blob {
         None => None,
         Some(text) => {
-            let max_encoded = (crate::config::MAX_LAYER_PART as usize).div_ceil(3) * 4;
+            let max_encoded = (crate::domain::limits::MAX_LAYER_PART as usize).div_ceil(3) * 4;
             if text.len() > max_encoded {
                 return Err(crate::domain::invalid(
                     "layerPartBlob",
                     format_args!(
                         "must have length less than or equal to {}",
-                        crate::config::MAX_LAYER_PART
+                        crate::domain::limits::MAX_LAYER_PART
                     ),
                 ));
             }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::blocking;
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 use crate::ports::{
     Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PutImageOutcome,
     RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord, UploadRecord,

@@ -44,7 +44,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{backoff, sdk_failure};
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 use crate::ports::{
     Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PutImageOutcome,
     RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord, UploadRecord,

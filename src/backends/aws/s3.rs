@@ -18,7 +18,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectI
 use bytes::Bytes;
 
 use super::sdk_failure;
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 use crate::ports::{BlobStore, ByteStream, FlushedPart, StoreResult};
 
 /// DeleteObjects takes at most 1000 keys.

@@ -7,8 +7,8 @@
 
 use serde::Deserialize;
 
-use crate::domain;
-use crate::error::EcrError;
+use super::error::EcrError;
+use super::validate as domain;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

@@ -1,6 +1,6 @@
-//! The local front door: the same handler as under Lambda, served over HTTP/1.1 with hyper, plus
-//! the embedded backend's download URLs (`GET`/`HEAD` of a URL the blob store signed), whose
-//! objects are streamed from the store with `Range` support.
+//! The local front door: the protocol handler served over HTTP/1.1 with hyper, plus the embedded
+//! backend's download URLs (`GET`/`HEAD` of a URL the blob store signed), whose objects are
+//! streamed from the store with `Range` support.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,15 +16,19 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::error::{EcrError, StoreError};
-use crate::ports::{BlobStore, DownloadRefused, MetadataStore};
-use crate::protocol::{self, MAX_BODY};
+use crate::domain::error::StoreError;
+use crate::ports::{BlobStore, DownloadRefused, MetadataStore, SignedDownloads};
+use crate::protocols::ecr::{self, MAX_BODY};
 use crate::service::Service;
+
+/// The download URLs this server answers itself, if the blob store issues any.
+pub type Downloads = Option<Arc<dyn SignedDownloads>>;
 
 /// Serves until `shutdown` resolves; connections in flight are then dropped (every state change
 /// is a single atomic write, so a cut request leaves nothing half-done).
 pub async fn serve<M: MetadataStore, B: BlobStore>(
     svc: Arc<Service<M, B>>,
+    downloads: Downloads,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -43,10 +47,16 @@ pub async fn serve<M: MetadataStore, B: BlobStore>(
             () = &mut shutdown => return Ok(()),
         };
         let svc = svc.clone();
+        let downloads = downloads.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let svc = svc.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&svc, req).await) }
+                let downloads = downloads.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        respond(&svc, downloads.as_deref(), req).await,
+                    )
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -73,14 +83,14 @@ fn empty() -> ResponseBody {
 
 async fn respond<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
+    downloads: Option<&dyn SignedDownloads>,
     req: http::Request<Incoming>,
 ) -> http::Response<ResponseBody> {
     // The API is POST only, so GET and HEAD are free for download URLs; any other request, at
     // any path, is the API's.
     if matches!(*req.method(), Method::GET | Method::HEAD)
-        && let Some(resolved) = svc
-            .blobs()
-            .resolve_download(req.uri().path(), req.uri().query())
+        && let Some(resolved) =
+            downloads.and_then(|d| d.resolve_download(req.uri().path(), req.uri().query()))
     {
         let head = req.method() == Method::HEAD;
         return download(svc.blobs(), head, req.headers(), resolved).await;
@@ -88,37 +98,11 @@ async fn respond<M: MetadataStore, B: BlobStore>(
     let (parts, body) = req.into_parts();
     let response = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => {
-            let bytes = collected.to_bytes();
-            let body = if bytes.is_empty() {
-                lambda_http::Body::Empty
-            } else {
-                lambda_http::Body::Binary(Vec::from(bytes))
-            };
-            protocol::handle(svc, http::Request::from_parts(parts, body)).await
+            ecr::handle(svc, http::Request::from_parts(parts, collected.to_bytes())).await
         }
-        Err(e) => {
-            let err = if e.is::<http_body_util::LengthLimitError>() {
-                crate::domain::invalid(
-                    "layerPartBlob",
-                    format_args!(
-                        "must have length less than or equal to {}",
-                        crate::config::MAX_LAYER_PART
-                    ),
-                )
-            } else {
-                EcrError::Serialization(format!("could not read the request body: {e}"))
-            };
-            error_response(&err)
-        }
+        Err(e) => ecr::unreadable_body(e.is::<http_body_util::LengthLimitError>(), &e),
     };
-    let (mut parts, body) = response.into_parts();
-    parts.headers.remove("x-lambda-http-content-encoding");
-    let bytes = match body {
-        lambda_http::Body::Text(t) => Bytes::from(t),
-        lambda_http::Body::Binary(b) => Bytes::from(b),
-        _ => Bytes::new(),
-    };
-    http::Response::from_parts(parts, full(bytes))
+    response.map(full)
 }
 
 /// Answers a download URL: 403 if refused, 404 if the object is gone, else the object or the
@@ -282,30 +266,6 @@ fn not_found() -> http::Response<ResponseBody> {
 fn internal(key: &str, e: &StoreError) -> http::Response<ResponseBody> {
     tracing::error!(%key, error = %e, "download failed");
     plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-}
-
-fn error_response(err: &EcrError) -> http::Response<lambda_http::Body> {
-    let mut resp = http::Response::new(lambda_http::Body::Text(protocol::error_body(err)));
-    *resp.status_mut() =
-        http::StatusCode::from_u16(err.status()).unwrap_or(http::StatusCode::BAD_REQUEST);
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(protocol::CONTENT_TYPE),
-    );
-    h.insert(
-        "x-amzn-errortype",
-        http::HeaderValue::from_static(err.type_name()),
-    );
-    if let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        h.insert("x-amzn-requestid", v);
-    }
-    // The rest of an oversized body is not read: close the connection after answering.
-    h.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    resp
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Each constructor returns the modelled `InvalidParameterException` message on failure, so the
 //! rest of the code receives only valid values.
 
-use crate::error::EcrError;
+use super::error::EcrError;
 
 /// `Invalid parameter at '<member>' failed to satisfy constraint: '<rule>'`.
 pub fn invalid(member: &str, rule: impl std::fmt::Display) -> EcrError {

@@ -22,7 +22,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 pub use dynamo::DynamoMetadata;
 pub use s3::S3Blobs;
 
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 
 /// A failed SDK call as a backend failure, naming the operation.
 fn sdk_failure<E, R>(op: &str, err: &SdkError<E, R>) -> StoreError

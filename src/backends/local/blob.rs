@@ -27,9 +27,11 @@ use hmac::{KeyInit, Mac};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::blocking;
-use crate::backend::memory::{check_part_list, check_part_number, part_etag, resolve_range};
-use crate::error::StoreError;
-use crate::ports::{BlobStore, ByteStream, DownloadRefused, FlushedPart, StoreResult};
+use crate::domain::error::StoreError;
+use crate::ports::multipart::{check_part_list, check_part_number, part_etag, resolve_range};
+use crate::ports::{
+    BlobStore, ByteStream, DownloadRefused, FlushedPart, SignedDownloads, StoreResult,
+};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -379,7 +381,7 @@ fn decode_key(path: &str) -> Option<String> {
 }
 
 fn now_secs() -> u64 {
-    crate::service::now_ms() / 1000
+    crate::domain::clock::now_ms() / 1000
 }
 
 impl Downloads {
@@ -699,7 +701,9 @@ impl BlobStore for LocalBlobs {
         let expires = now_secs().saturating_add(expires_in_secs);
         Ok(self.downloads.url(key, expires))
     }
+}
 
+impl SignedDownloads for LocalBlobs {
     fn resolve_download(
         &self,
         path: &str,

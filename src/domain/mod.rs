@@ -1,0 +1,13 @@
+//! The domain: ECR's model values and limits, the errors the API answers, manifests, the clock.
+//!
+//! Everything else builds on this layer; it depends on no other module of the crate (see
+//! docs/architecture.md).
+
+pub mod clock;
+pub mod error;
+pub mod limits;
+pub mod manifest;
+mod validate;
+
+pub use error::{EcrError, StoreError};
+pub use validate::*;

@@ -1,0 +1,152 @@
+//! The Lambda front door: the runtime loop of `lambda_http`, each event handed to the protocol as
+//! a plain `http::Request<Bytes>`, and everything that follows from Lambda's limits.
+//!
+//! A synchronous invocation carries at most [`PAYLOAD_LIMIT`] bytes of event and as many of
+//! response. A Function URL hands a body whose content type is not text-like
+//! (`application/x-amz-json-1.1` is not) to the function base64-encoded; `lambda_http` decodes it.
+//! An `UploadLayerPart` body holds the part base64-encoded inside JSON, so a part grows by 4/3
+//! twice on its way in: [`part_size`] is the largest part that still fits.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use lambda_http::{Body, Request, Response};
+
+use crate::ports::{BlobStore, MetadataStore};
+use crate::protocols::ecr;
+use crate::service::{ResponseLimit, Service};
+
+/// The synchronous invocation payload limit of AWS Lambda (request and response).
+pub const PAYLOAD_LIMIT: u64 = 6_291_456;
+
+/// Room left in a Lambda event for everything that is not the request body: the Function URL
+/// envelope (`requestContext`, a SigV4 `authorization` header, user agent, SDK headers). A
+/// realistic event from the Rust, JS or Python SDKs carries 2 to 3 KiB; 16 KiB leaves room for
+/// long session tokens and proxies' extra headers.
+pub const ENVELOPE_MARGIN: u64 = 16 * 1024;
+
+/// Room left in a Lambda response for what is not the body: the status, our few headers and the
+/// runtime's envelope around them.
+pub const RESPONSE_ENVELOPE_MARGIN: u64 = 4 * 1024;
+
+/// Longest JSON an `UploadLayerPart` request carries besides the blob's base64 text: member
+/// names, quotes, a 12-digit registry id, a 256-character repository name (escaped at worst as
+/// `\u002f` per `/`: 85 of them), a UUID and two 20-digit offsets.
+pub const UPLOAD_PART_JSON_OVERHEAD: u64 = 1024;
+
+/// The smallest non-final part accepted behind Lambda: ECR's 5 MiB parts cannot arrive here.
+pub const MIN_PART_SIZE: u64 = 1024 * 1024;
+
+/// Bytes an `Image` or an `ImageFailure` of BatchGetImage adds to the response besides a manifest:
+/// member names, the registry id, a 256-character repository name, the digest, a 300-character
+/// tag and a media type or a failure reason, each escaped twice at worst.
+const IMAGE_ENTRY_OVERHEAD: u64 = 2048;
+
+/// Tells lambda_http to hand our JSON to the front door as text rather than base64 (it would
+/// otherwise encode every content type it does not know).
+const TEXT_BODY_HINT: &str = "x-lambda-http-content-encoding";
+
+fn base64_len(n: u64) -> u64 {
+    n.div_ceil(3) * 4
+}
+
+/// The largest part whose `UploadLayerPart` request, delivered by a Function URL as a base64
+/// body (the part itself base64 inside JSON, then the whole body base64 once more), fits a
+/// synchronous invocation with [`ENVELOPE_MARGIN`] to spare. Rounded down to 64 KiB.
+pub fn part_size() -> u64 {
+    let fits = |part: u64| {
+        let json = UPLOAD_PART_JSON_OVERHEAD + base64_len(part);
+        base64_len(json) + ENVELOPE_MARGIN <= PAYLOAD_LIMIT
+    };
+    // Largest fitting size by bisection over [0, limit].
+    let (mut lo, mut hi) = (0u64, PAYLOAD_LIMIT);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo / (64 * 1024) * (64 * 1024)
+}
+
+/// What a function may answer: a manifest travels as a JSON string inside our JSON body, and that
+/// body as a JSON string inside the runtime's response envelope.
+pub fn response_limit() -> ResponseLimit {
+    ResponseLimit {
+        max_bytes: PAYLOAD_LIMIT - RESPONSE_ENVELOPE_MARGIN,
+        entry_overhead: IMAGE_ENTRY_OVERHEAD,
+        manifest_cost: twice_escaped_len,
+    }
+}
+
+/// Length of `s` once written as a JSON string inside a JSON document that is itself written as a
+/// JSON string: a manifest in our response body, and that body in the Lambda runtime's response
+/// envelope. Follows serde_json's escaping (quotes, backslashes and control characters; all else
+/// as UTF-8).
+fn twice_escaped_len(s: &str) -> u64 {
+    s.chars()
+        .map(|c| match c {
+            // `"` → `\"` → `\\\"`: a backslash and a quote, each escaped again.
+            '"' | '\\' => 4,
+            // `\n` → `\\n`.
+            '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 3,
+            // `\u001f` → `\\u001f`.
+            c if (c as u32) < 0x20 => 7,
+            c => c.len_utf8() as u64,
+        })
+        .sum()
+}
+
+/// Handles one event: its body (decoded from base64 by `lambda_http` when the front door encoded
+/// it) goes to the protocol as bytes, and the JSON answer goes back as text.
+pub async fn handle<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    req: Request,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = match body {
+        Body::Text(t) => Bytes::from(t),
+        Body::Binary(b) => Bytes::from(b),
+        _ => Bytes::new(),
+    };
+    let (mut parts, body) = ecr::handle(svc, http::Request::from_parts(parts, body))
+        .await
+        .into_parts();
+    parts
+        .headers
+        .insert(TEXT_BODY_HINT, HeaderValue::from_static("text"));
+    let body = match String::from_utf8(Vec::from(body)) {
+        Ok(text) => Body::Text(text),
+        Err(e) => Body::Binary(e.into_bytes()),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Runs the Lambda runtime loop until the runtime ends it.
+pub async fn run<M: MetadataStore, B: BlobStore>(
+    svc: Arc<Service<M, B>>,
+) -> Result<(), lambda_http::Error> {
+    let handler = lambda_http::service_fn(move |req| {
+        let svc = svc.clone();
+        async move { Ok::<_, lambda_http::Error>(handle(&svc, req).await) }
+    });
+    lambda_http::run(handler).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twice_escaped_lengths_follow_json_escaping() {
+        assert_eq!(twice_escaped_len("ab"), 2);
+        assert_eq!(twice_escaped_len("\""), 4);
+        assert_eq!(twice_escaped_len("\\"), 4);
+        assert_eq!(twice_escaped_len("\n"), 3);
+        assert_eq!(twice_escaped_len("\u{1}"), 7);
+        assert_eq!(twice_escaped_len("é"), 2);
+    }
+}

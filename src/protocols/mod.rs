@@ -1,0 +1,6 @@
+//! Wire protocols: each turns a plain `http::Request<Bytes>` into calls of the service and its
+//! answers into an `http::Response<Bytes>`, without knowing which front door carried it.
+//!
+//! - [`ecr`]: Amazon ECR's AWS JSON 1.1 API (`POST /`, `X-Amz-Target`).
+
+pub mod ecr;
