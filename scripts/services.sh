@@ -147,7 +147,7 @@ start_seaweedfs() {
     fi
     mkdir -p "$STATE_DIR/s3-data"
     log "starting SeaweedFS on $HOST:$S3_PORT (log: $STATE_DIR/s3.log)"
-    # Every port pinned (see LOCAL-TOOLS.md), telemetry off, loopback only. SeaweedFS enforces
+    # Every port pinned (SeaweedFS opens several), telemetry off, loopback only. SeaweedFS enforces
     # SigV4 with the credentials found in its environment.
     AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" \
         spawn s3 "$VENV/bin/weed" mini -dir="$STATE_DIR/s3-data" \

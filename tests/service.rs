@@ -1,4 +1,4 @@
-//! The upload state machine on the in-memory adapters: the properties of DESIGN.md §5 that do
+//! The upload state machine on the in-memory adapters: the properties of docs/architecture.md ("Properties") that do
 //! not depend on a backend.
 
 use std::sync::Arc;

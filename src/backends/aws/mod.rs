@@ -1,5 +1,5 @@
 //! The production backend: S3 holds the bytes (one multipart upload per layer upload, small
-//! staging objects for the tail), DynamoDB holds the metadata in one table (DESIGN.md §3, §4).
+//! staging objects for the tail), DynamoDB holds the metadata in one table (docs/architecture.md, "State" and "Bytes").
 //!
 //! Both adapters are built from an already loaded [`aws_config::SdkConfig`], so the SDK config
 //! is loaded once at start; local S3/DynamoDB servers are reached through the standard

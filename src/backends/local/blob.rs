@@ -7,7 +7,7 @@
 //! - `multipart/<id>/<number>.<etag>`: a part's bytes. The ETag (hex sha256 of the bytes) is in
 //!   the file name rather than in a file beside the part so that bytes and ETag change in one
 //!   rename: after a crash or a concurrent overwrite, a part is found under an ETag only if those
-//!   are its bytes, which is what lets completion detect an overwritten part (DESIGN.md §4).
+//!   are its bytes, which is what lets completion detect an overwritten part (docs/architecture.md, "Bytes").
 //!
 //! Temporary files are named `.tmp-<uuid>` in the directory of their target; keys may not have
 //! components starting with `.`, so no key can name one.

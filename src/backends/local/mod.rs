@@ -1,10 +1,10 @@
 //! The embedded backend: everything in one data directory, no external services.
 //!
-//! - [`LocalMetadata`] keeps the state of DESIGN.md §3 in a redb database (`<dir>/state.redb`),
+//! - [`LocalMetadata`] keeps the state of docs/architecture.md ("State") in a redb database (`<dir>/state.redb`),
 //!   one record per row serialized as JSON. Each port write is one redb write transaction, which
 //!   is what makes the conditional writes (version compare, create-if-absent) atomic: redb runs
 //!   write transactions one at a time and commits them durably.
-//! - [`LocalBlobs`] keeps bytes as files under `<dir>/blobs/` (DESIGN.md §4): objects at
+//! - [`LocalBlobs`] keeps bytes as files under `<dir>/blobs/` (docs/architecture.md, "Bytes"): objects at
 //!   `objects/<key>`, multipart uploads as directories `multipart/<id>/` holding one file per
 //!   part. Every write goes to a temporary file, is fsynced and renamed into place, so a reader
 //!   or a restart sees either the old or the new content, never a torn one.
