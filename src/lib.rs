@@ -11,6 +11,7 @@
 //! - [`config`]: settings read once at start-up, and the composition of the layers.
 //! - [`push`]: a client of the API that pushes images.
 
+mod architecture;
 pub mod backends;
 pub mod config;
 pub mod domain;
