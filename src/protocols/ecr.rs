@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::error::{EcrError, chain};
+use crate::domain::error::EcrError;
 use crate::ports::{BlobStore, MetadataStore};
 use crate::service::Service;
 use crate::service::types::UploadLayerPartRequest;
@@ -103,7 +103,7 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
             request_id,
             target,
             status,
-            error = %chain(e),
+            error = %crate::domain::error::chain(e),
             ms = started.elapsed().as_millis() as u64,
             "request failed"
         ),
