@@ -20,7 +20,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use bytes::Bytes;
 use ecr_layer_upload::backends::aws::{DynamoMetadata, S3Blobs};
-use ecr_layer_upload::domain::error::StoreError;
+use ecr_layer_upload::domain::error::{StoreError, chain};
 use ecr_layer_upload::domain::manifest::MAX_REFERENCES;
 use ecr_layer_upload::ports::{
     BlobStore, Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PutImageOutcome,
@@ -510,7 +510,10 @@ async fn complete_answered_200_with_internal_error_is_a_backend_failure() {
     let b = blobs_at(&serve_200_with(ERROR_200_INTERNAL).await).await;
     let res = b.complete_multipart("k", "mp", &one_part()).await;
     match res {
-        Err(StoreError::Backend(msg)) => assert!(msg.contains("InternalError"), "{msg}"),
+        Err(e @ StoreError::Backend { .. }) => {
+            let msg = chain(&e).to_string();
+            assert!(msg.contains("InternalError"), "{msg}");
+        }
         other => panic!("a 200 with an error body is no success: {other:?}"),
     }
 }

@@ -241,7 +241,7 @@ async fn local_metadata_refuses_a_second_open_of_the_same_directory() {
     let _held = LocalMetadata::open(dir.path()).unwrap();
     assert!(matches!(
         LocalMetadata::open(dir.path()),
-        Err(StoreError::Backend(_))
+        Err(StoreError::Backend { .. })
     ));
 }
 
@@ -409,7 +409,7 @@ async fn refuses_small_non_final_part<B: BlobStore>(b: &B) {
     ];
     assert!(matches!(
         b.complete_multipart(key, &id, &parts).await,
-        Err(StoreError::Backend(_))
+        Err(StoreError::Backend { .. })
     ));
     assert_eq!(b.object_size(key).await.unwrap(), None);
     // A lone small part is the last one, which S3 accepts.

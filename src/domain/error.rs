@@ -3,9 +3,17 @@
 //! The protocol layer renders each one as `{"__type": <name>, "message": ..., <extra members>}`
 //! with the status from [`EcrError::status`]; this is the only list of names and statuses.
 
+use std::error::Error;
 use std::fmt;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An underlying failure of any kind, kept as the `source` of ours.
+pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
+
+/// What a client reads when a failure underneath (a backend's) answers `ServerException`.
+pub const INTERNAL_MESSAGE: &str =
+    "An internal error occurred in the registry backend; retry the request";
+
+#[derive(Debug)]
 pub enum EcrError {
     InvalidParameter(String),
     RepositoryNotFound(String),
@@ -31,8 +39,11 @@ pub enum EcrError {
     ImageTagAlreadyExists(String),
     ReferencedImagesNotFound(String),
     LimitExceeded(String),
-    /// A failure of ours or of a backend; clients retry these.
+    /// A failure of ours that we describe to the client ourselves; clients retry these.
     Server(String),
+    /// A failure underneath, a backend's most of all: answered `ServerException` with
+    /// [`INTERNAL_MESSAGE`] only, while its chain of causes (`source`) is for the log.
+    Internal(BoxError),
     /// Protocol level: the target names no operation we serve.
     UnknownOperation(String),
     /// Protocol level: the body is not a JSON object of the operation's shape.
@@ -61,7 +72,7 @@ impl EcrError {
             Self::ImageTagAlreadyExists(_) => "ImageTagAlreadyExistsException",
             Self::ReferencedImagesNotFound(_) => "ReferencedImagesNotFoundException",
             Self::LimitExceeded(_) => "LimitExceededException",
-            Self::Server(_) => "ServerException",
+            Self::Server(_) | Self::Internal(_) => "ServerException",
             Self::UnknownOperation(_) => "UnknownOperationException",
             Self::Serialization(_) => "SerializationException",
         }
@@ -69,7 +80,7 @@ impl EcrError {
 
     pub fn status(&self) -> u16 {
         match self {
-            Self::Server(_) => 500,
+            Self::Server(_) | Self::Internal(_) => 500,
             _ => 400,
         }
     }
@@ -77,6 +88,7 @@ impl EcrError {
     pub fn message(&self) -> &str {
         match self {
             Self::InvalidLayerPart { message, .. } => message,
+            Self::Internal(_) => INTERNAL_MESSAGE,
             Self::InvalidParameter(m)
             | Self::RepositoryNotFound(m)
             | Self::RepositoryAlreadyExists(m)
@@ -119,40 +131,112 @@ impl fmt::Display for EcrError {
     }
 }
 
-impl std::error::Error for EcrError {}
-
-/// A storage adapter's failure. `Conflict` is a domain outcome (a conditional write lost), the
-/// rest become `ServerException` after being logged.
-#[derive(Debug)]
-pub enum StoreError {
-    /// The condition of a conditional write did not hold.
-    Conflict,
-    /// The thing to create exists already.
-    AlreadyExists,
-    /// The thing read does not exist (for blob reads of a key that must exist).
-    NotFound(String),
-    /// The backend failed; `retryable` says whether the client should try again.
-    Backend(String),
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Error for EcrError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            Self::Conflict => f.write_str("conditional write lost"),
-            Self::AlreadyExists => f.write_str("already exists"),
-            Self::NotFound(what) => write!(f, "not found: {what}"),
-            Self::Backend(m) => write!(f, "backend failure: {m}"),
+            Self::Internal(source) => Some(source.as_ref()),
+            _ => None,
         }
     }
 }
 
-impl std::error::Error for StoreError {}
+impl EcrError {
+    /// A failure underneath, answered with [`INTERNAL_MESSAGE`]; `source` is kept for the log.
+    pub fn internal(source: impl Into<BoxError>) -> Self {
+        Self::Internal(source.into())
+    }
+}
+
+/// A storage adapter's failure. `Conflict`, `AlreadyExists` and `NotFound` are domain outcomes;
+/// `Backend` is a failure, answered `ServerException` (see [`EcrError::Internal`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The condition of a conditional write did not hold.
+    #[error("conditional write lost")]
+    Conflict,
+    /// The thing to create exists already.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The thing read does not exist (for blob reads of a key that must exist).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The backend failed. `context` names the operation and what it was about (key, path,
+    /// record); `source` is the failure underneath (an SDK, I/O, database or task error), absent
+    /// when the backend itself refused or found something broken.
+    #[error("backend failure: {context}")]
+    Backend {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl StoreError {
+    /// A backend failure caused by `source`, while doing `context` (operation and key).
+    pub fn backend(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Backend {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A backend failure with no error underneath: `context` says what was refused or broken.
+    pub fn failure(context: impl Into<String>) -> Self {
+        Self::Backend {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Puts the operation `op` in front of a backend failure's context; outcomes pass unchanged.
+    pub fn during(self, op: &str) -> Self {
+        match self {
+            Self::Backend { context, source } => Self::Backend {
+                context: format!("{op}: {context}"),
+                source,
+            },
+            outcome => outcome,
+        }
+    }
+}
 
 impl From<StoreError> for EcrError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "storage failure");
-        EcrError::Server(
-            "An internal error occurred in the registry backend; retry the request".into(),
-        )
+        EcrError::internal(e)
+    }
+}
+
+/// Displays an error followed by its chain of causes, `error: cause: root cause`, for logs.
+///
+/// A cause whose text its error already shows is left out, so that errors that also print their
+/// source do not repeat it.
+pub fn chain<'a>(error: &'a (dyn Error + 'static)) -> Chain<'a> {
+    Chain(error)
+}
+
+/// See [`chain`].
+#[derive(Clone, Copy)]
+pub struct Chain<'a>(&'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !text.is_empty() && !shown.contains(&text) {
+                write!(f, ": {text}")?;
+                shown = text;
+            }
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::domain::error::StoreError;
+use crate::domain::error::{StoreError, chain};
 use crate::ports::{BlobStore, DownloadRefused, MetadataStore, SignedDownloads};
 use crate::protocols::ecr::{self, MAX_BODY};
 use crate::service::Service;
@@ -153,12 +153,14 @@ async fn download<B: BlobStore>(
         match blobs.read_object(&key, range).await {
             // A read error midway can only cut the connection: the status is already sent, and
             // the Content-Length left unmet tells the client the body is incomplete.
-            Ok(stream) => StreamBody::new(
-                stream
-                    .map_ok(Frame::data)
-                    .map_err(|e| std::io::Error::other(e.to_string())),
-            )
-            .boxed_unsync(),
+            Ok(stream) => {
+                let key = key.clone();
+                StreamBody::new(stream.map_ok(Frame::data).map_err(move |e| {
+                    tracing::error!(%key, error = %chain(&e), "download cut");
+                    std::io::Error::other(e)
+                }))
+                .boxed_unsync()
+            }
             Err(StoreError::NotFound(_)) => return not_found(),
             Err(e) => return internal(&key, &e),
         }
@@ -263,8 +265,10 @@ fn not_found() -> http::Response<ResponseBody> {
     plain(StatusCode::NOT_FOUND, "no such object\n")
 }
 
+/// A failure of ours: logged here, once, with its chain of causes; the client reads a generic
+/// answer.
 fn internal(key: &str, e: &StoreError) -> http::Response<ResponseBody> {
-    tracing::error!(%key, error = %e, "download failed");
+    tracing::error!(%key, error = %chain(e), "download failed");
     plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
 }
 

@@ -21,7 +21,7 @@ pub fn resolve_range(size: u64, range: Option<(u64, u64)>) -> StoreResult<Option
         Some((first, last)) if first <= last && first < size => {
             Ok(Some((first, last.min(size - 1))))
         }
-        Some((first, last)) => Err(StoreError::Backend(format!(
+        Some((first, last)) => Err(StoreError::failure(format!(
             "invalid range {first}-{last} for an object of {size} bytes"
         ))),
     }
@@ -31,20 +31,20 @@ pub fn resolve_range(size: u64, range: Option<(u64, u64)>) -> StoreResult<Option
 /// (`MalformedXML`, `InvalidPartOrder`), and every non-final part at least `min_part_size`.
 pub fn check_part_list(parts: &[FlushedPart], min_part_size: u64) -> StoreResult<()> {
     if parts.is_empty() {
-        return Err(StoreError::Backend(
-            "complete_multipart needs at least one part".into(),
+        return Err(StoreError::failure(
+            "complete_multipart needs at least one part",
         ));
     }
     if parts.windows(2).any(|w| w[0].number >= w[1].number) {
-        return Err(StoreError::Backend(
-            "complete_multipart parts must be in ascending part-number order".into(),
+        return Err(StoreError::failure(
+            "complete_multipart parts must be in ascending part-number order",
         ));
     }
     if let Some(small) = parts[..parts.len() - 1]
         .iter()
         .find(|p| p.len < min_part_size)
     {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::failure(format!(
             "EntityTooSmall: part {} has {} bytes, less than the minimum {min_part_size}",
             small.number, small.len
         )));
@@ -57,7 +57,7 @@ pub fn check_part_number(number: u32) -> StoreResult<()> {
     if (1..=10_000).contains(&number) {
         Ok(())
     } else {
-        Err(StoreError::Backend(format!(
+        Err(StoreError::failure(format!(
             "part number {number} is outside 1..=10000"
         )))
     }

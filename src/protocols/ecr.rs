@@ -97,8 +97,15 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
         Err(e) => e.status(),
     };
     match &result {
+        // The one log line of a failure of ours: the whole chain of causes, which the client
+        // never sees.
         Err(e) if e.status() >= 500 => tracing::error!(
-            request_id, target, status, error = %e, ms = started.elapsed().as_millis() as u64, "request failed"
+            request_id,
+            target,
+            status,
+            error = %crate::domain::error::chain(e),
+            ms = started.elapsed().as_millis() as u64,
+            "request failed"
         ),
         Err(e) => tracing::info!(
             request_id,

@@ -297,7 +297,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     up = next;
                     if let Err(e) = self.flush_full_parts(&mut up, Some((&key, &blob))).await {
                         // The part is committed; the next part or completion flushes again.
-                        tracing::warn!(upload_id = %upload_id, error = %e, "flush deferred");
+                        tracing::warn!(upload_id = %upload_id, error = %crate::domain::error::chain(&e), "flush deferred");
                     }
                     return Ok(UploadLayerPartResponse {
                         last_byte_received: last,
@@ -319,7 +319,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
 
     pub(super) async fn drop_objects(&self, keys: Vec<String>) {
         if let Err(e) = self.blobs.delete_objects(&keys).await {
-            tracing::warn!(error = %e, count = keys.len(), "staging cleanup failed");
+            tracing::warn!(error = %crate::domain::error::chain(&e), count = keys.len(), "staging cleanup failed");
         }
     }
 
@@ -510,7 +510,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 let mut back = self.touched(&up);
                 back.state = UploadState::Open;
                 if let Err(e) = self.meta.update_upload(&back, SideWrite::None).await {
-                    tracing::warn!(upload_id = %up.upload_id, error = %e, "could not reopen upload");
+                    tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "could not reopen upload");
                 }
                 Err(err)
             }
@@ -616,7 +616,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let mut done = self.touched(up);
         done.state = UploadState::Done;
         if let Err(e) = self.meta.update_upload(&done, SideWrite::None).await {
-            tracing::warn!(upload_id = %up.upload_id, error = %e, "could not retire upload");
+            tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "could not retire upload");
         }
         self.forget(up).await;
     }
@@ -629,7 +629,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     .await
             }
             Err(e) => {
-                tracing::warn!(upload_id = %up.upload_id, error = %e, "cleanup listing failed")
+                tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "cleanup listing failed")
             }
         }
         if let Err(e) = self
@@ -637,10 +637,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             .abort_multipart(&up.blob_key, &up.multipart_id)
             .await
         {
-            tracing::warn!(upload_id = %up.upload_id, error = %e, "multipart abort failed");
+            tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "multipart abort failed");
         }
         if let Err(e) = self.meta.delete_upload(&up.upload_id).await {
-            tracing::warn!(upload_id = %up.upload_id, error = %e, "upload cleanup failed");
+            tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "upload cleanup failed");
         }
     }
 

@@ -131,6 +131,16 @@ fn key(pk: String, sk: String) -> Item {
     HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
 }
 
+/// `pk`, `sk` of an item's key, for the context of a failure.
+fn key_text(item: &Item) -> String {
+    let attr = |name| {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .map_or("?", String::as_str)
+    };
+    format!("{} {}", attr(PK), attr(SK))
+}
+
 fn repo_pk(registry_id: &str) -> String {
     format!("REPO#{registry_id}")
 }
@@ -180,15 +190,18 @@ fn tag_key(registry_id: &str, repository: &str, tag: &str) -> Item {
 fn to_doc<T: Serialize>(record: &T) -> StoreResult<AttributeValue> {
     serde_json::to_string(record)
         .map(AttributeValue::S)
-        .map_err(|e| StoreError::Backend(format!("encoding a record: {e}")))
+        .map_err(|e| StoreError::backend("encoding a record", e))
 }
 
 fn from_item<T: DeserializeOwned>(item: &Item) -> StoreResult<T> {
-    let doc = item
-        .get(DOC)
-        .and_then(|v| v.as_s().ok())
-        .ok_or_else(|| StoreError::Backend("item without its `doc` attribute".into()))?;
-    serde_json::from_str(doc).map_err(|e| StoreError::Backend(format!("decoding a record: {e}")))
+    let doc = item.get(DOC).and_then(|v| v.as_s().ok()).ok_or_else(|| {
+        StoreError::failure(format!(
+            "item {} without its `doc` attribute",
+            key_text(item)
+        ))
+    })?;
+    serde_json::from_str(doc)
+        .map_err(|e| StoreError::backend(format!("decoding the record of {}", key_text(item)), e))
 }
 
 fn item(pk: String, sk: String, kind: &str, doc: AttributeValue) -> Item {
@@ -336,8 +349,11 @@ fn image_unchanged(version: Option<u64>) -> (&'static str, Item) {
     }
 }
 
-fn built<T, E: std::fmt::Display>(what: &str, res: Result<T, E>) -> StoreResult<T> {
-    res.map_err(|e| StoreError::Backend(format!("building {what}: {e}")))
+fn built<T, E>(what: &str, res: Result<T, E>) -> StoreResult<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    res.map_err(|e| StoreError::backend(format!("building {what}"), e))
 }
 
 /// Whether the item returned by a failed condition is the very item we tried to write: then an
@@ -408,7 +424,7 @@ impl DynamoMetadata {
                 Some(PutItemError::ConditionalCheckFailedException(ccf)) => {
                     Ok(same_doc(ccf.item(), &item))
                 }
-                _ => Err(sdk_failure(op, &e)),
+                _ => Err(sdk_failure(format!("{op} {}", key_text(&item)), e)),
             },
         }
     }
@@ -478,7 +494,7 @@ impl DynamoMetadata {
             _ => None,
         };
         let Some(reasons) = cancelled else {
-            return Err(Cancelled::Other(sdk_failure(op, &err)));
+            return Err(Cancelled::Other(sdk_failure(op, err)));
         };
         if let Some(i) = reasons
             .iter()
@@ -492,7 +508,7 @@ impl DynamoMetadata {
         {
             return Err(Cancelled::Contention);
         }
-        Err(Cancelled::Other(sdk_failure(op, &err)))
+        Err(Cancelled::Other(sdk_failure(op, err)))
     }
 
     fn put_upload_versioned(
@@ -509,7 +525,7 @@ impl DynamoMetadata {
             .set_expression_attribute_names(Some(cond.names))
             .set_expression_attribute_values(Some(cond.values))
             .build()
-            .map_err(|e| StoreError::Backend(format!("building a put: {e}")))?;
+            .map_err(|e| StoreError::backend("building a put", e))?;
         Ok(Some(TransactWriteItem::builder().put(put).build()))
     }
 
@@ -523,20 +539,21 @@ impl DynamoMetadata {
                 condition.map(|_| ReturnValuesOnConditionCheckFailure::AllOld),
             )
             .build()
-            .map_err(|e| StoreError::Backend(format!("building a put: {e}")))?;
+            .map_err(|e| StoreError::backend("building a put", e))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
     async fn get(&self, op: &str, key: Item) -> StoreResult<Option<Item>> {
+        let context = || format!("{op} {}", key_text(&key));
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key))
+            .set_key(Some(key.clone()))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| sdk_failure(op, &e))?;
+            .map_err(|e| sdk_failure(context(), e))?;
         Ok(out.item)
     }
 
@@ -610,7 +627,10 @@ impl DynamoMetadata {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| sdk_failure(op, &e))?;
+                .map_err(|e| {
+                    let pk = values.get(":pk").and_then(|v| v.as_s().ok());
+                    sdk_failure(format!("{op} query {}", pk.map_or("?", String::as_str)), e)
+                })?;
             start = out.last_evaluated_key.filter(|k| !k.is_empty());
             items.extend(out.items.unwrap_or_default());
             if start.is_none() {
@@ -627,7 +647,7 @@ impl DynamoMetadata {
             let del = DeleteRequest::builder()
                 .set_key(Some(k))
                 .build()
-                .map_err(|e| StoreError::Backend(format!("building a delete: {e}")))?;
+                .map_err(|e| StoreError::backend("building a delete", e))?;
             requests.push(WriteRequest::builder().delete_request(del).build());
         }
         for chunk in requests.chunks(BATCH_WRITE_MAX) {
@@ -635,7 +655,7 @@ impl DynamoMetadata {
             let mut round = 0;
             while !pending.is_empty() {
                 if round == BATCH_WRITE_ROUNDS {
-                    return Err(StoreError::Backend(format!(
+                    return Err(StoreError::failure(format!(
                         "{op}: {} deletes still unprocessed after {round} rounds",
                         pending.len()
                     )));
@@ -644,13 +664,21 @@ impl DynamoMetadata {
                     backoff(round).await;
                 }
                 round += 1;
+                let context = format!(
+                    "{op}: {} deletes from {}",
+                    pending.len(),
+                    pending
+                        .first()
+                        .and_then(|r| r.delete_request())
+                        .map_or_else(String::new, |d| key_text(d.key()))
+                );
                 let out = self
                     .client
                     .batch_write_item()
                     .request_items(&self.table, pending)
                     .send()
                     .await
-                    .map_err(|e| sdk_failure(op, &e))?;
+                    .map_err(|e| sdk_failure(context, e))?;
                 pending = out
                     .unprocessed_items
                     .and_then(|mut m| m.remove(&self.table))
@@ -662,6 +690,7 @@ impl DynamoMetadata {
 
     /// Whether the image item exists, and its `version` (0 for an item without one).
     async fn image_version(&self, op: &str, key: Item) -> StoreResult<Option<u64>> {
+        let context = format!("{op} {}", key_text(&key));
         let out = self
             .client
             .get_item()
@@ -672,7 +701,7 @@ impl DynamoMetadata {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| sdk_failure(op, &e))?;
+            .map_err(|e| sdk_failure(context, e))?;
         Ok(out
             .item
             .filter(|i| !i.is_empty())
@@ -706,7 +735,13 @@ impl DynamoMetadata {
                         PutImageOutcome::AlreadyExists
                     })
                 }
-                _ => Err(sdk_failure(op, &e)),
+                _ => Err(sdk_failure(
+                    format!(
+                        "{op} {}/{}@{}",
+                        image.registry_id, image.repository, image.digest
+                    ),
+                    e,
+                )),
             },
         }
     }
@@ -861,7 +896,7 @@ impl DynamoMetadata {
                 Err(Cancelled::Contention) => backoff(attempt).await,
             }
         }
-        Err(StoreError::Backend(format!(
+        Err(StoreError::failure(format!(
             "{op}: transaction kept conflicting with concurrent ones"
         )))
     }
@@ -913,7 +948,7 @@ impl MetadataStore for DynamoMetadata {
             .return_values(ReturnValue::AllOld)
             .send()
             .await
-            .map_err(|e| sdk_failure(op, &e))?;
+            .map_err(|e| sdk_failure(format!("{op} {registry_id}/{name}"), e))?;
         let existed = out.attributes.is_some_and(|a| !a.is_empty());
         // What the repository held goes even when its item was already gone: that is what an
         // earlier, interrupted delete left. Tags before images, so that an interruption never
@@ -1035,7 +1070,7 @@ impl MetadataStore for DynamoMetadata {
                 Err(Cancelled::Contention) => backoff(attempt).await,
             }
         }
-        Err(StoreError::Backend(format!(
+        Err(StoreError::failure(format!(
             "{op}: transaction kept conflicting with concurrent ones"
         )))
     }
@@ -1079,7 +1114,7 @@ impl MetadataStore for DynamoMetadata {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| sdk_failure(op, &e))?;
+                .map_err(|e| sdk_failure(op, e))?;
             for i in out.items.unwrap_or_default() {
                 found.push(from_item(&i)?);
                 if found.len() == limit {
@@ -1128,7 +1163,10 @@ impl MetadataStore for DynamoMetadata {
             Ok(_) => Ok(()),
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(()),
-                _ => Err(sdk_failure(op, &e)),
+                _ => Err(sdk_failure(
+                    format!("{op} {registry_id}/{repository}@{digest}"),
+                    e,
+                )),
             },
         }
     }
@@ -1186,7 +1224,7 @@ impl MetadataStore for DynamoMetadata {
                 Err(Cancelled::Contention) => backoff(attempt).await,
             }
         }
-        Err(StoreError::Backend(format!(
+        Err(StoreError::failure(format!(
             "{op}: the image and its tag kept changing under concurrent writes"
         )))
     }
@@ -1270,7 +1308,10 @@ impl MetadataStore for DynamoMetadata {
             Ok(_) => Ok(true),
             Err(e) => match e.as_service_error() {
                 Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(false),
-                _ => Err(sdk_failure(op, &e)),
+                _ => Err(sdk_failure(
+                    format!("{op} {registry_id}/{repository}:{tag}"),
+                    e,
+                )),
             },
         }
     }
@@ -1301,7 +1342,7 @@ impl MetadataStore for DynamoMetadata {
                 Err(Cancelled::Other(e)) => return Err(e),
             }
         }
-        Err(StoreError::Backend(format!(
+        Err(StoreError::failure(format!(
             "{op}: the image and its tags kept changing under concurrent writes"
         )))
     }

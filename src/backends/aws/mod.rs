@@ -7,8 +7,8 @@
 //!
 //! Errors: a lost condition is [`StoreError::Conflict`]; throttling, 5xx and timeouts (after the
 //! SDK's own retries) are [`StoreError::Backend`], which the service answers as a retryable
-//! `ServerException`. Messages carry the SDK's error context (code, message, request id), never
-//! bodies or credentials.
+//! `ServerException`. They name the operation and key, and keep the SDK error as their source,
+//! whose chain carries its code, message and request id (never bodies or credentials).
 
 mod dynamo;
 mod s3;
@@ -17,20 +17,21 @@ use std::error::Error;
 use std::fmt::Debug;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::SdkError;
 
 pub use dynamo::DynamoMetadata;
 pub use s3::S3Blobs;
 
 use crate::domain::error::StoreError;
 
-/// A failed SDK call as a backend failure, naming the operation.
-fn sdk_failure<E, R>(op: &str, err: &SdkError<E, R>) -> StoreError
+/// A failed SDK call as a backend failure: `context` names the operation and its key, the SDK
+/// error (code, message, request id in its chain of sources) is kept as the source.
+fn sdk_failure<E, R>(context: impl Into<String>, err: SdkError<E, R>) -> StoreError
 where
-    E: Error + 'static,
-    R: Debug,
+    E: Error + Send + Sync + 'static,
+    R: Debug + Send + Sync + 'static,
 {
-    StoreError::Backend(format!("{op}: {}", DisplayErrorContext(err)))
+    StoreError::backend(context, err)
 }
 
 /// Sleeps before attempt `attempt` (1-based) of a retry loop of our own: exponential from 20 ms,

@@ -67,12 +67,12 @@ impl S3Blobs {
     /// Signing is local: no request is made, and the key need not exist yet.
     pub async fn presign_get(&self, key: &str, expires: Duration) -> StoreResult<String> {
         if expires.is_zero() || expires > MAX_PRESIGN {
-            return Err(StoreError::Backend(format!(
-                "presign_get: validity {expires:?} is outside (0, 1 h]"
+            return Err(StoreError::failure(format!(
+                "presign_get {key}: validity {expires:?} is outside (0, 1 h]"
             )));
         }
         let config = PresigningConfig::expires_in(expires)
-            .map_err(|e| StoreError::Backend(format!("presign_get: {e}")))?;
+            .map_err(|e| StoreError::backend(format!("presign_get {key}"), e))?;
         let req = self
             .client
             .get_object()
@@ -80,7 +80,7 @@ impl S3Blobs {
             .key(key)
             .presigned(config)
             .await
-            .map_err(|e| sdk_failure("presign_get", &e))?;
+            .map_err(|e| sdk_failure(format!("presign_get {key}"), e))?;
         Ok(req.uri().to_owned())
     }
 }
@@ -99,10 +99,7 @@ fn into_port_stream(body: SdkByteStream, key: String) -> ByteStream {
             match body.try_next().await {
                 Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
                 Ok(None) => None,
-                Err(e) => Some((
-                    Err(StoreError::Backend(format!("reading {key}: {e}"))),
-                    None,
-                )),
+                Err(e) => Some((Err(StoreError::backend(format!("reading {key}"), e)), None)),
             }
         }
     });
@@ -128,7 +125,7 @@ impl S3Blobs {
             Ok(out) => Ok(out.body),
             Err(e) => match e.as_service_error() {
                 Some(GetObjectError::NoSuchKey(_)) => Err(StoreError::NotFound(key.to_owned())),
-                _ => Err(sdk_failure(op, &e)),
+                _ => Err(sdk_failure(format!("{op} {key}"), e)),
             },
         }
     }
@@ -143,7 +140,7 @@ impl BlobStore for S3Blobs {
             .body(SdkByteStream::from(data))
             .send()
             .await
-            .map_err(|e| sdk_failure("put_object", &e))?;
+            .map_err(|e| sdk_failure(format!("put_object {key}"), e))?;
         Ok(())
     }
 
@@ -153,7 +150,7 @@ impl BlobStore for S3Blobs {
         let data = body
             .collect()
             .await
-            .map_err(|e| StoreError::Backend(format!("get_object {key}: {e}")))?;
+            .map_err(|e| StoreError::backend(format!("get_object {key}"), e))?;
         Ok(data.into_bytes())
     }
 
@@ -174,12 +171,12 @@ impl BlobStore for S3Blobs {
             Ok(out) => {
                 let len = out.content_length().unwrap_or(0);
                 u64::try_from(len).map(Some).map_err(|_| {
-                    StoreError::Backend(format!("object_size {key}: negative length {len}"))
+                    StoreError::failure(format!("object_size {key}: negative length {len}"))
                 })
             }
             Err(e) => match e.as_service_error() {
                 Some(HeadObjectError::NotFound(_)) => Ok(None),
-                _ => Err(sdk_failure("object_size", &e)),
+                _ => Err(sdk_failure(format!("object_size {key}"), e)),
             },
         }
     }
@@ -192,7 +189,7 @@ impl BlobStore for S3Blobs {
                     ObjectIdentifier::builder()
                         .key(key)
                         .build()
-                        .map_err(|e| StoreError::Backend(format!("delete_objects: {e}")))?,
+                        .map_err(|e| StoreError::backend(format!("delete_objects {key}"), e))?,
                 );
             }
             let delete = Delete::builder()
@@ -200,7 +197,7 @@ impl BlobStore for S3Blobs {
                 // Quiet: only failures come back.
                 .quiet(true)
                 .build()
-                .map_err(|e| StoreError::Backend(format!("delete_objects: {e}")))?;
+                .map_err(|e| StoreError::backend("delete_objects", e))?;
             let out = self
                 .client
                 .delete_objects()
@@ -208,7 +205,13 @@ impl BlobStore for S3Blobs {
                 .delete(delete)
                 .send()
                 .await
-                .map_err(|e| sdk_failure("delete_objects", &e))?;
+                .map_err(|e| {
+                    let first = batch.first().map_or("", String::as_str);
+                    sdk_failure(
+                        format!("delete_objects of {} keys from {first}", batch.len()),
+                        e,
+                    )
+                })?;
             // S3 reports no error for an absent key, but some servers do: that is success too.
             let failed: Vec<String> = out
                 .errors()
@@ -223,7 +226,7 @@ impl BlobStore for S3Blobs {
                 })
                 .collect();
             if !failed.is_empty() {
-                return Err(StoreError::Backend(format!(
+                return Err(StoreError::failure(format!(
                     "delete_objects: {} of {} keys failed, first {}",
                     failed.len(),
                     batch.len(),
@@ -242,9 +245,11 @@ impl BlobStore for S3Blobs {
             .key(key)
             .send()
             .await
-            .map_err(|e| sdk_failure("create_multipart", &e))?;
+            .map_err(|e| sdk_failure(format!("create_multipart {key}"), e))?;
         out.upload_id().map(str::to_owned).ok_or_else(|| {
-            StoreError::Backend("create_multipart: answer without an upload id".into())
+            StoreError::failure(format!(
+                "create_multipart {key}: answer without an upload id"
+            ))
         })
     }
 
@@ -255,8 +260,9 @@ impl BlobStore for S3Blobs {
         number: u32,
         data: Bytes,
     ) -> StoreResult<String> {
-        let part_number = i32::try_from(number)
-            .map_err(|_| StoreError::Backend(format!("upload_part: part number {number}")))?;
+        let part_number = i32::try_from(number).map_err(|e| {
+            StoreError::backend(format!("upload_part {key}: part number {number}"), e)
+        })?;
         let res = self
             .client
             .upload_part()
@@ -268,15 +274,16 @@ impl BlobStore for S3Blobs {
             .send()
             .await;
         match res {
-            Ok(out) => out
-                .e_tag()
-                .map(str::to_owned)
-                .ok_or_else(|| StoreError::Backend("upload_part: answer without an ETag".into())),
+            Ok(out) => out.e_tag().map(str::to_owned).ok_or_else(|| {
+                StoreError::failure(format!(
+                    "upload_part {key} part {number}: answer without an ETag"
+                ))
+            }),
             Err(e) => match e.as_service_error() {
                 Some(se) if se.code() == Some("NoSuchUpload") => Err(StoreError::NotFound(
                     format!("multipart upload {multipart_id}"),
                 )),
-                _ => Err(sdk_failure("upload_part", &e)),
+                _ => Err(sdk_failure(format!("upload_part {key} part {number}"), e)),
             },
         }
     }
@@ -289,8 +296,11 @@ impl BlobStore for S3Blobs {
     ) -> StoreResult<()> {
         let mut completed = Vec::with_capacity(parts.len());
         for p in parts {
-            let number = i32::try_from(p.number).map_err(|_| {
-                StoreError::Backend(format!("complete_multipart: part number {}", p.number))
+            let number = i32::try_from(p.number).map_err(|e| {
+                StoreError::backend(
+                    format!("complete_multipart {key}: part number {}", p.number),
+                    e,
+                )
             })?;
             completed.push(
                 CompletedPart::builder()
@@ -331,7 +341,7 @@ impl BlobStore for S3Blobs {
                     _ => Err(StoreError::Conflict),
                 }
             }
-            _ => Err(sdk_failure("complete_multipart", &err)),
+            _ => Err(sdk_failure(format!("complete_multipart {key}"), err)),
         }
     }
 
@@ -348,7 +358,7 @@ impl BlobStore for S3Blobs {
             Ok(_) => Ok(()),
             Err(e) => match e.as_service_error() {
                 Some(AbortMultipartUploadError::NoSuchUpload(_)) => Ok(()),
-                _ => Err(sdk_failure("abort_multipart", &e)),
+                _ => Err(sdk_failure(format!("abort_multipart {key}"), e)),
             },
         }
     }

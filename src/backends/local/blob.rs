@@ -99,7 +99,7 @@ impl LocalBlobs {
         }
         let secret = load_or_create_secret(dir)?;
         let mac = <HmacSha256 as KeyInit>::new_from_slice(&secret)
-            .map_err(|e| StoreError::Backend(format!("download URL key: {e}")))?;
+            .map_err(|e| StoreError::backend("download URL key", e))?;
         let downloads = Downloads {
             base: String::new(),
             base_path: String::new(),
@@ -162,7 +162,7 @@ impl LocalBlobs {
 /// Accepted: `uploads/1f0c…`, `staging/abc/0`, `a.b/c-d_e`.
 /// Refused: `` (empty), `/abs`, `a//b`, `a/`, `../x`, `a/../b`, `./a`, `a/.tmp-1`, `a\b`, `a\0b`.
 pub(crate) fn object_path(root: &Path, key: &str) -> StoreResult<PathBuf> {
-    let invalid = |why: &str| StoreError::Backend(format!("invalid object key {key:?}: {why}"));
+    let invalid = |why: &str| StoreError::failure(format!("invalid object key {key:?}: {why}"));
     if key.is_empty() {
         return Err(invalid("empty"));
     }
@@ -185,7 +185,7 @@ pub(crate) fn object_path(root: &Path, key: &str) -> StoreResult<PathBuf> {
 }
 
 fn io_err(what: &str, path: &Path, e: io::Error) -> StoreError {
-    StoreError::Backend(format!("{what} {}: {e}", path.display()))
+    StoreError::backend(format!("{what} {}", path.display()), e)
 }
 
 /// Whether an error means "nothing at that path": the file is missing, a directory on the way
@@ -305,7 +305,7 @@ fn load_or_create_secret(dir: &Path) -> StoreResult<[u8; SECRET_LEN]> {
     let path = dir.join(SECRET_FILE);
     let parse = |bytes: Vec<u8>| {
         <[u8; SECRET_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
-            StoreError::Backend(format!(
+            StoreError::failure(format!(
                 "{} is not a {SECRET_LEN}-byte key; remove it to make a new one (download URLs \
                  issued with the old one stop working)",
                 path.display()
@@ -319,7 +319,7 @@ fn load_or_create_secret(dir: &Path) -> StoreResult<[u8; SECRET_LEN]> {
     }
     let mut secret = [0u8; SECRET_LEN];
     getrandom::fill(&mut secret)
-        .map_err(|e| StoreError::Backend(format!("no randomness for the download URL key: {e}")))?;
+        .map_err(|e| StoreError::backend("no randomness for the download URL key", e))?;
     let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
     let created = (|| {
         let mut options = OpenOptions::new();
@@ -507,7 +507,7 @@ impl BlobStore for LocalBlobs {
                     .await
                     .map_err(|e| io_err("cannot read", &path, e))?;
                 if n == 0 {
-                    return Err(StoreError::Backend(format!(
+                    return Err(StoreError::failure(format!(
                         "{} ended before the requested range",
                         path.display()
                     )));

@@ -53,18 +53,18 @@ trait OrBackend<T> {
 
 impl<T, E: Into<redb::Error>> OrBackend<T> for Result<T, E> {
     fn db(self) -> StoreResult<T> {
-        self.map_err(|e| StoreError::Backend(format!("state store: {}", e.into())))
+        self.map_err(|e| StoreError::backend("state store", e.into()))
     }
 }
 
 fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
     serde_json::to_vec(value)
-        .map_err(|e| StoreError::Backend(format!("state store: cannot encode record: {e}")))
+        .map_err(|e| StoreError::backend("state store: cannot encode record", e))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Backend(format!("state store: cannot decode record: {e}")))
+        .map_err(|e| StoreError::backend("state store: cannot decode record", e))
 }
 
 /// The embedded [`MetadataStore`]: a redb database at `<dir>/state.redb`. Clones share the
@@ -84,14 +84,11 @@ impl LocalMetadata {
     /// Opens (creating if needed) the database in `dir`. Fails if another process holds it open.
     pub fn open(dir: &Path) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
+            StoreError::backend(format!("cannot create data directory {}", dir.display()), e)
         })?;
         let path = dir.join("state.redb");
         let db = Database::create(&path).map_err(|e| {
-            StoreError::Backend(format!("cannot open state store {}: {e}", path.display()))
+            StoreError::backend(format!("cannot open state store {}", path.display()), e)
         })?;
         // Create every table up front: read transactions cannot create tables, and opening a
         // missing one there is an error rather than an empty table.
@@ -105,7 +102,7 @@ impl LocalMetadata {
                 }
                 Some(SCHEMA_VERSION) => {}
                 Some(other) => {
-                    return Err(StoreError::Backend(format!(
+                    return Err(StoreError::failure(format!(
                         "state store {} has schema version {other}, this build reads {SCHEMA_VERSION}",
                         path.display()
                     )));
@@ -133,10 +130,13 @@ impl LocalMetadata {
     {
         let db = Arc::clone(&self.db);
         blocking(what, move || {
-            let txn = db.begin_write().db()?;
-            let out = f(&txn)?;
-            txn.commit().db()?;
-            Ok(out)
+            let run = || {
+                let txn = db.begin_write().db()?;
+                let out = f(&txn)?;
+                txn.commit().db()?;
+                Ok(out)
+            };
+            run().map_err(|e: StoreError| e.during(what))
         })
         .await
     }
@@ -149,8 +149,11 @@ impl LocalMetadata {
     {
         let db = Arc::clone(&self.db);
         blocking(what, move || {
-            let txn = db.begin_read().db()?;
-            f(&txn)
+            let run = || {
+                let txn = db.begin_read().db()?;
+                f(&txn)
+            };
+            run().map_err(|e: StoreError| e.during(what))
         })
         .await
     }

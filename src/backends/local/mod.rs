@@ -30,5 +30,5 @@ where
 {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Backend(format!("{what}: blocking task failed: {e}")))?
+        .map_err(|e| StoreError::backend(format!("{what}: blocking task failed"), e))?
 }
