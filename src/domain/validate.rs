@@ -134,31 +134,6 @@ pub fn is_layer_digest(s: &str) -> bool {
         && hex.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
-pub fn layer_digest(member: &str, s: &str) -> Result<(), EcrError> {
-    if is_layer_digest(s) {
-        Ok(())
-    } else {
-        Err(invalid(
-            member,
-            format_args!("must satisfy regular expression pattern: {LAYER_DIGEST_PATTERN}"),
-        ))
-    }
-}
-
-/// A valid digest as records key it: `sha256` hex in lower case (registries compute it so),
-/// other algorithms as given.
-pub fn normalize_digest(digest: &str) -> String {
-    match digest.split_once(':') {
-        Some(("sha256", hex)) => format!("sha256:{}", hex.to_ascii_lowercase()),
-        _ => digest.to_string(),
-    }
-}
-
-/// `sha256:` followed by 64 lower-case hex digits.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
