@@ -577,14 +577,14 @@ async fn a_layer_is_downloadable_once_an_image_references_it() {
     let data = vec![7u8; 4096];
     let d = push_blob(&svc, &data).await;
     // Through the protocol's checks: one digest sent is not a digest at all.
-    let svc = &svc;
+    let shared = &svc;
     let url = |digest: &str| {
         let req = GetDownloadUrlForLayerRequest::try_from(wire::GetDownloadUrlForLayerRequest {
             repository_name: Some(REPO.into()),
             layer_digest: Some(digest.into()),
             ..Default::default()
         });
-        async move { svc.get_download_url_for_layer(req?).await }
+        async move { shared.get_download_url_for_layer(req?).await }
     };
     let check = |digest: &str| {
         let req = BatchCheckLayerAvailabilityRequest::try_from(
@@ -594,7 +594,7 @@ async fn a_layer_is_downloadable_once_an_image_references_it() {
                 ..Default::default()
             },
         );
-        async move { svc.batch_check_layer_availability(req?).await }
+        async move { shared.batch_check_layer_availability(req?).await }
     };
     assert_eq!(
         url(&d).await.unwrap_err().type_name(),

@@ -412,8 +412,18 @@ impl fmt::Display for PageToken {
 }
 
 /// A closed set of the model: an enum whose values display, serialize and parse as their wire
-/// strings (`ALL` lists them in the model's order, as the enum error message does).
+/// strings (`ALL` lists them in the model's order, as the enum error message does), with the
+/// value an absent member takes as its `Default` where the model has one.
 macro_rules! closed_set {
+    ($(#[$meta:meta])* $name:ident default $default:ident { $($body:tt)* }) => {
+        closed_set!($(#[$meta])* $name { $($body)* });
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::$default
+            }
+        }
+    };
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $wire:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -535,7 +545,7 @@ impl ImageFailureCode {
 
 closed_set!(
     /// `imageTagMutability` of a repository. Default `MUTABLE`.
-    TagMutability {
+    TagMutability default Mutable {
         Mutable = "MUTABLE",
         Immutable = "IMMUTABLE",
         MutableWithExclusion = "MUTABLE_WITH_EXCLUSION",
@@ -553,30 +563,18 @@ impl TagMutability {
     }
 }
 
-impl Default for TagMutability {
-    fn default() -> Self {
-        TagMutability::Mutable
-    }
-}
-
 closed_set!(
     /// `encryptionType` of a repository. Default `AES256`.
-    EncryptionType {
+    EncryptionType default Aes256 {
         Aes256 = "AES256",
         Kms = "KMS",
         KmsDsse = "KMS_DSSE",
     }
 );
 
-impl Default for EncryptionType {
-    fn default() -> Self {
-        EncryptionType::Aes256
-    }
-}
-
 closed_set!(
     /// `filter.tagStatus` of ListImages and DescribeImages: which images a listing keeps.
-    TagStatus {
+    TagStatus default Any {
         Tagged = "TAGGED",
         Untagged = "UNTAGGED",
         Any = "ANY",
@@ -594,15 +592,9 @@ impl TagStatus {
     }
 }
 
-impl Default for TagStatus {
-    fn default() -> Self {
-        TagStatus::Any
-    }
-}
-
 closed_set!(
     /// `filter.imageStatus` of ListImages and DescribeImages.
-    ImageStatusFilter {
+    ImageStatusFilter default Any {
         Active = "ACTIVE",
         Archived = "ARCHIVED",
         Activating = "ACTIVATING",
@@ -615,12 +607,6 @@ impl ImageStatusFilter {
     /// archived).
     pub fn keeps_active(self) -> bool {
         matches!(self, ImageStatusFilter::Active | ImageStatusFilter::Any)
-    }
-}
-
-impl Default for ImageStatusFilter {
-    fn default() -> Self {
-        ImageStatusFilter::Any
     }
 }
 
