@@ -1,7 +1,7 @@
-//! Values that have been validated once, at the edge, against the ECR model's rules.
+//! The ECR model's constraint checks and their wording: the rules behind the types of
+//! src/domain/model.rs, and the presence and length checks the protocol applies to members.
 //!
-//! Each constructor returns the modelled `InvalidParameterException` message on failure, so the
-//! rest of the code receives only valid values.
+//! Each check returns the modelled `InvalidParameterException` message on failure.
 
 use super::error::EcrError;
 
