@@ -105,20 +105,14 @@ fn repo_name(kind: &str) -> String {
 }
 
 async fn repo(svc: &Svc, name: &str) {
-    svc.create_repository(CreateRepositoryRequest {
-        repository_name: Some(name.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    svc.create_repository(CreateRepositoryRequest::new(name.parse().unwrap()))
+        .await
+        .unwrap();
 }
 
 async fn initiate(svc: &Svc, name: &str) -> String {
     let out = svc
-        .initiate_layer_upload(InitiateLayerUploadRequest {
-            registry_id: None,
-            repository_name: Some(name.into()),
-        })
+        .initiate_layer_upload(InitiateLayerUploadRequest::new(name.parse().unwrap()))
         .await
         .unwrap();
     assert_eq!(out.part_size, svc.settings().part_size);
@@ -132,14 +126,12 @@ async fn part(
     first: u64,
     bytes: &[u8],
 ) -> Result<UploadLayerPartResponse, EcrError> {
-    svc.upload_layer_part(UploadLayerPartRequest {
-        registry_id: None,
-        repository_name: Some(name.into()),
-        upload_id: Some(id.into()),
-        part_first_byte: Some(first as i64),
-        part_last_byte: Some((first + bytes.len() as u64) as i64 - 1),
-        layer_part_blob: Some(Bytes::copy_from_slice(bytes)),
-    })
+    svc.upload_layer_part(UploadLayerPartRequest::new(
+        name.parse().unwrap(),
+        id.parse().unwrap(),
+        first,
+        Bytes::copy_from_slice(bytes),
+    ))
     .await
 }
 
@@ -163,12 +155,11 @@ async fn complete(
     id: &str,
     digests: &[&str],
 ) -> Result<CompleteLayerUploadResponse, EcrError> {
-    svc.complete_layer_upload(CompleteLayerUploadRequest {
-        registry_id: None,
-        repository_name: Some(name.into()),
-        upload_id: Some(id.into()),
-        layer_digests: Some(digests.iter().map(|s| s.to_string()).collect()),
-    })
+    svc.complete_layer_upload(CompleteLayerUploadRequest::new(
+        name.parse().unwrap(),
+        id.parse().unwrap(),
+        digests.iter().map(|s| s.parse().unwrap()).collect(),
+    ))
     .await
 }
 
@@ -194,12 +185,9 @@ async fn upload_record(svc: &Svc, id: &str) -> UploadRecord {
 /// repository (with its layer items).
 async fn cleanup(svc: &Svc, name: &str, blob_keys: &[String]) {
     svc.blobs().delete_objects(blob_keys).await.unwrap();
-    svc.delete_repository(DeleteRepositoryRequest {
-        repository_name: Some(name.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    svc.delete_repository(DeleteRepositoryRequest::new(name.parse().unwrap()))
+        .await
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -892,10 +880,8 @@ async fn big_manifests_live_in_s3_and_layers_download_from_presigned_urls() {
     );
     let image_digest = digest(manifest.as_bytes());
     svc.put_image(PutImageRequest {
-        repository_name: Some(name.clone()),
-        image_manifest: Some(manifest.clone()),
-        image_tag: Some("big".into()),
-        ..Default::default()
+        image_tag: Some("big".parse().unwrap()),
+        ..PutImageRequest::new(name.parse().unwrap(), manifest.clone())
     })
     .await
     .unwrap();
@@ -918,14 +904,13 @@ async fn big_manifests_live_in_s3_and_layers_download_from_presigned_urls() {
     assert!(layer_key.starts_with("layers/"), "{layer_key}");
 
     let got = svc
-        .batch_get_image(BatchGetImageRequest {
-            repository_name: Some(name.clone()),
-            image_ids: Some(vec![ImageIdentifier {
+        .batch_get_image(BatchGetImageRequest::new(
+            name.parse().unwrap(),
+            vec![RequestedImage::new(ImageIdentifier {
                 image_digest: None,
                 image_tag: Some("big".into()),
-            }]),
-            ..Default::default()
-        })
+            })],
+        ))
         .await
         .unwrap();
     assert!(got.failures.is_empty());
@@ -937,11 +922,13 @@ async fn big_manifests_live_in_s3_and_layers_download_from_presigned_urls() {
 
     // The layer, by a URL any HTTP client can fetch without credentials.
     let url = svc
-        .get_download_url_for_layer(GetDownloadUrlForLayerRequest {
-            registry_id: None,
-            repository_name: Some(name.clone()),
-            layer_digest: Some(layer_digest.clone()),
-        })
+        .get_download_url_for_layer(GetDownloadUrlForLayerRequest::new(
+            name.parse().unwrap(),
+            layer_digest
+                .parse::<ecr_layer_upload::domain::model::Digest>()
+                .unwrap()
+                .into(),
+        ))
         .await
         .unwrap()
         .download_url;
@@ -954,14 +941,13 @@ async fn big_manifests_live_in_s3_and_layers_download_from_presigned_urls() {
     assert!(body == layer[5 * MIB as usize - 7..=5 * MIB as usize + 7]);
 
     let deleted = svc
-        .batch_delete_image(BatchDeleteImageRequest {
-            repository_name: Some(name.clone()),
-            image_ids: Some(vec![ImageIdentifier {
+        .batch_delete_image(BatchDeleteImageRequest::new(
+            name.parse().unwrap(),
+            vec![RequestedImage::new(ImageIdentifier {
                 image_digest: Some(image_digest.clone()),
                 image_tag: None,
-            }]),
-            ..Default::default()
-        })
+            })],
+        ))
         .await
         .unwrap();
     assert!(deleted.failures.is_empty());

@@ -684,7 +684,7 @@ fn image(repo: &str, seed: &str, manifest: String) -> ImageRecord {
         digest: fake_digest(seed),
         manifest: Some(manifest),
         manifest_key: None,
-        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        media_type: ecr_layer_upload::domain::model::ManifestMediaType::OciManifest,
         artifact_media_type: Some("application/vnd.oci.image.config.v1+json".into()),
         size: 1234,
         pushed_at_ms: 1_700_000_000_000,

@@ -102,9 +102,9 @@ async fn local_state_survives_reopening_the_directory() {
         registry_id: "123456789012".into(),
         name: "app".into(),
         created_at_ms: 1,
-        image_tag_mutability: "MUTABLE".into(),
+        image_tag_mutability: ecr_layer_upload::domain::model::TagMutability::Mutable,
         scan_on_push: false,
-        encryption_type: "AES256".into(),
+        encryption_type: ecr_layer_upload::domain::model::EncryptionType::Aes256,
         kms_key: None,
     };
     let part_data = suite::pattern(7, suite::MIN_PART);
@@ -443,7 +443,7 @@ fn local_image(digest: &str) -> ImageRecord {
         digest: digest.to_owned(),
         manifest: Some(r#"{"schemaVersion":2}"#.into()),
         manifest_key: None,
-        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        media_type: ecr_layer_upload::domain::model::ManifestMediaType::OciManifest,
         artifact_media_type: None,
         size: 3,
         pushed_at_ms: 5,
@@ -490,9 +490,9 @@ async fn local_metadata_opens_a_directory_from_before_images() {
         registry_id: "123456789012".into(),
         name: "app".into(),
         created_at_ms: 1,
-        image_tag_mutability: "MUTABLE".into(),
+        image_tag_mutability: ecr_layer_upload::domain::model::TagMutability::Mutable,
         scan_on_push: false,
-        encryption_type: "AES256".into(),
+        encryption_type: ecr_layer_upload::domain::model::EncryptionType::Aes256,
         kms_key: None,
     };
     {

@@ -5,6 +5,10 @@ use bytes::Bytes;
 use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
 use ecr_layer_upload::domain::error::EcrError;
 use ecr_layer_upload::domain::manifest::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use ecr_layer_upload::domain::model::{
+    ImageStatusFilter, Page, PageToken, RepositoryName, TagMutability, TagStatus,
+};
+use ecr_layer_upload::protocols::ecr::wire;
 use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{INLINE_MANIFEST_MAX, ResponseLimit, Service, Settings};
 use sha2::{Digest, Sha256};
@@ -13,6 +17,15 @@ type Svc = Service<MemoryMetadata, MemoryBlobs>;
 const REPO: &str = "team/app";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+fn repo() -> RepositoryName {
+    REPO.parse().unwrap()
+}
+
+/// Image identifiers as a request sends them.
+fn requested(ids: Vec<ImageIdentifier>) -> Vec<RequestedImage> {
+    ids.into_iter().map(RequestedImage::new).collect()
+}
 
 fn digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
@@ -28,9 +41,8 @@ async fn service_with(mutability: &str) -> Svc {
         },
     );
     svc.create_repository(CreateRepositoryRequest {
-        repository_name: Some(REPO.into()),
-        image_tag_mutability: Some(mutability.into()),
-        ..Default::default()
+        image_tag_mutability: TagMutability::from_wire(mutability).unwrap(),
+        ..CreateRepositoryRequest::new(repo())
     })
     .await
     .unwrap();
@@ -44,30 +56,24 @@ async fn service() -> Svc {
 /// Uploads `data` as a layer of `REPO` in one part; returns its digest.
 async fn push_blob(svc: &Svc, data: &[u8]) -> String {
     let id = svc
-        .initiate_layer_upload(InitiateLayerUploadRequest {
-            registry_id: None,
-            repository_name: Some(REPO.into()),
-        })
+        .initiate_layer_upload(InitiateLayerUploadRequest::new(repo()))
         .await
         .unwrap()
         .upload_id;
-    svc.upload_layer_part(UploadLayerPartRequest {
-        registry_id: None,
-        repository_name: Some(REPO.into()),
-        upload_id: Some(id.clone()),
-        part_first_byte: Some(0),
-        part_last_byte: Some(data.len() as i64 - 1),
-        layer_part_blob: Some(Bytes::copy_from_slice(data)),
-    })
+    svc.upload_layer_part(UploadLayerPartRequest::new(
+        repo(),
+        id.parse().unwrap(),
+        0,
+        Bytes::copy_from_slice(data),
+    ))
     .await
     .unwrap();
     let done = svc
-        .complete_layer_upload(CompleteLayerUploadRequest {
-            registry_id: None,
-            repository_name: Some(REPO.into()),
-            upload_id: Some(id),
-            layer_digests: Some(vec![digest(data)]),
-        })
+        .complete_layer_upload(CompleteLayerUploadRequest::new(
+            repo(),
+            id.parse().unwrap(),
+            vec![digest(data).parse().unwrap()],
+        ))
         .await;
     match done {
         Ok(out) => out.layer_digest,
@@ -111,12 +117,15 @@ async fn image(svc: &Svc, note: &str) -> String {
 
 async fn put(svc: &Svc, manifest: &str, tag: Option<&str>) -> Result<PutImageResponse, EcrError> {
     svc.put_image(PutImageRequest {
-        repository_name: Some(REPO.into()),
-        image_manifest: Some(manifest.into()),
-        image_tag: tag.map(String::from),
-        ..Default::default()
+        image_tag: tag.map(|t| t.parse().unwrap()),
+        ..PutImageRequest::new(repo(), manifest.into())
     })
     .await
+}
+
+/// PutImage as the wire carries it, through the protocol's checks.
+async fn put_sent(svc: &Svc, req: wire::PutImageRequest) -> Result<PutImageResponse, EcrError> {
+    svc.put_image(req.try_into()?).await
 }
 
 fn by_tag(tag: &str) -> ImageIdentifier {
@@ -134,21 +143,18 @@ fn by_digest(digest: &str) -> ImageIdentifier {
 }
 
 async fn get(svc: &Svc, ids: Vec<ImageIdentifier>) -> BatchGetImageResponse {
-    svc.batch_get_image(BatchGetImageRequest {
-        repository_name: Some(REPO.into()),
-        image_ids: Some(ids),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    svc.batch_get_image(BatchGetImageRequest::new(repo(), requested(ids)))
+        .await
+        .unwrap()
 }
 
-async fn list(svc: &Svc, max: Option<i64>, token: Option<String>) -> ListImagesResponse {
+async fn list(svc: &Svc, max: Option<usize>, token: Option<PageToken>) -> ListImagesResponse {
     svc.list_images(ListImagesRequest {
-        repository_name: Some(REPO.into()),
-        max_results: max,
-        next_token: token,
-        ..Default::default()
+        page: Page {
+            max_results: max.unwrap_or(100),
+            after: token,
+        },
+        ..ListImagesRequest::new(repo())
     })
     .await
     .unwrap()
@@ -242,18 +248,21 @@ async fn put_image_needs_every_blob_in_the_repository_with_its_size() {
 async fn put_image_checks_the_given_digest_the_tag_and_the_manifest() {
     let svc = service().await;
     let m = image(&svc, "a").await;
-    let err = svc
-        .put_image(PutImageRequest {
+    let err = put_sent(
+        &svc,
+        wire::PutImageRequest {
             repository_name: Some(REPO.into()),
             image_manifest: Some(m.clone()),
             image_digest: Some(digest(b"other")),
             ..Default::default()
-        })
-        .await
-        .unwrap_err();
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.type_name(), "ImageDigestDoesNotMatchException");
-    let ok = svc
-        .put_image(PutImageRequest {
+    let ok = put_sent(
+        &svc,
+        wire::PutImageRequest {
             repository_name: Some(REPO.into()),
             image_manifest: Some(m.clone()),
             image_digest: Some(
@@ -263,23 +272,26 @@ async fn put_image_checks_the_given_digest_the_tag_and_the_manifest() {
             ),
             image_manifest_media_type: Some(OCI_MANIFEST.into()),
             ..Default::default()
-        })
-        .await;
+        },
+    )
+    .await;
     assert!(ok.is_ok(), "{ok:?}");
     for (manifest, tag, member) in [
         (m.as_str(), Some("x".repeat(301)), "imageTag"),
         ("", None, "imageManifest"),
         ("{not json", None, "ImageManifest"),
     ] {
-        let err = svc
-            .put_image(PutImageRequest {
+        let err = put_sent(
+            &svc,
+            wire::PutImageRequest {
                 repository_name: Some(REPO.into()),
                 image_manifest: Some(manifest.into()),
                 image_tag: tag,
                 ..Default::default()
-            })
-            .await
-            .unwrap_err();
+            },
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.type_name(), "InvalidParameterException");
         assert!(
             err.message().contains(&format!("'{member}'")),
@@ -287,15 +299,17 @@ async fn put_image_checks_the_given_digest_the_tag_and_the_manifest() {
             err.message()
         );
     }
-    let err = svc
-        .put_image(PutImageRequest {
+    let err = put_sent(
+        &svc,
+        wire::PutImageRequest {
             repository_name: Some(REPO.into()),
             image_manifest: Some(m),
             image_manifest_media_type: Some(DOCKER_MANIFEST.into()),
             ..Default::default()
-        })
-        .await
-        .unwrap_err();
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.type_name(), "InvalidParameterException");
 }
 
@@ -319,11 +333,10 @@ async fn an_index_needs_its_manifests_in_the_repository() {
 
     // A listed manifest cannot be deleted while the index stands.
     let del = svc
-        .batch_delete_image(BatchDeleteImageRequest {
-            repository_name: Some(REPO.into()),
-            image_ids: Some(vec![by_digest(&digest(a.as_bytes()))]),
-            ..Default::default()
-        })
+        .batch_delete_image(BatchDeleteImageRequest::new(
+            repo(),
+            requested(vec![by_digest(&digest(a.as_bytes()))]),
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -331,11 +344,10 @@ async fn an_index_needs_its_manifests_in_the_repository() {
         "ImageReferencedByManifestList"
     );
     let details = svc
-        .describe_images(DescribeImagesRequest {
-            repository_name: Some(REPO.into()),
-            image_ids: Some(vec![by_tag("multi")]),
-            ..Default::default()
-        })
+        .describe_images(DescribeImagesRequest::new(
+            repo(),
+            ImageSelection::Ids(requested(vec![by_tag("multi")])),
+        ))
         .await
         .unwrap();
     // An index is as large as its largest image: the layers of `b` (3000 + 5000 bytes).
@@ -387,14 +399,12 @@ async fn batch_get_image_reports_each_failure_with_ecrs_codes() {
             "ImageTagDoesNotMatchDigest"
         ]
     );
-    let err = svc
-        .batch_get_image(BatchGetImageRequest {
-            repository_name: Some(REPO.into()),
-            image_ids: Some(vec![]),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = BatchGetImageRequest::try_from(wire::BatchGetImageRequest {
+        repository_name: Some(REPO.into()),
+        image_ids: Some(vec![]),
+        ..Default::default()
+    })
+    .unwrap_err();
     assert_eq!(err.type_name(), "InvalidParameterException");
 }
 
@@ -438,26 +448,23 @@ async fn list_images_pages_through_every_tag_and_untagged_image() {
 
     let untagged = svc
         .list_images(ListImagesRequest {
-            repository_name: Some(REPO.into()),
-            filter: Some(ImageFilter {
-                tag_status: Some("UNTAGGED".into()),
-                image_status: None,
-            }),
-            ..Default::default()
+            filter: ImageFilter {
+                tag_status: TagStatus::Untagged,
+                image_status: ImageStatusFilter::Any,
+            },
+            ..ListImagesRequest::new(repo())
         })
         .await
         .unwrap();
     assert_eq!(untagged.image_ids.len(), 1);
     assert_eq!(untagged.image_ids[0].image_tag, None);
     for bad in [Some(0), Some(1001)] {
-        let err = svc
-            .list_images(ListImagesRequest {
-                repository_name: Some(REPO.into()),
-                max_results: bad,
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
+        let err = ListImagesRequest::try_from(wire::ListImagesRequest {
+            repository_name: Some(REPO.into()),
+            max_results: bad,
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(err.type_name(), "InvalidParameterException");
     }
 }
@@ -471,10 +478,10 @@ async fn describe_images_gives_details_and_missing_ids_fail_the_request() {
     let b = image(&svc, "b").await;
     put(&svc, &b, None).await.unwrap();
     let all = svc
-        .describe_images(DescribeImagesRequest {
-            repository_name: Some(REPO.into()),
-            ..Default::default()
-        })
+        .describe_images(DescribeImagesRequest::new(
+            repo(),
+            ImageSelection::Page(Page::first(100)),
+        ))
         .await
         .unwrap();
     assert_eq!(all.image_details.len(), 2);
@@ -491,20 +498,21 @@ async fn describe_images_gives_details_and_missing_ids_fail_the_request() {
     assert!(da.image_pushed_at > 1.6e9);
 
     let page = svc
-        .describe_images(DescribeImagesRequest {
-            repository_name: Some(REPO.into()),
-            max_results: Some(1),
-            ..Default::default()
-        })
+        .describe_images(DescribeImagesRequest::new(
+            repo(),
+            ImageSelection::Page(Page::first(1)),
+        ))
         .await
         .unwrap();
     assert_eq!(page.image_details.len(), 1);
     let rest = svc
-        .describe_images(DescribeImagesRequest {
-            repository_name: Some(REPO.into()),
-            next_token: page.next_token,
-            ..Default::default()
-        })
+        .describe_images(DescribeImagesRequest::new(
+            repo(),
+            ImageSelection::Page(Page {
+                max_results: 100,
+                after: page.next_token,
+            }),
+        ))
         .await
         .unwrap();
     assert_eq!(rest.image_details.len(), 1);
@@ -515,11 +523,10 @@ async fn describe_images_gives_details_and_missing_ids_fail_the_request() {
     assert_eq!(rest.next_token, None);
 
     let err = svc
-        .describe_images(DescribeImagesRequest {
-            repository_name: Some(REPO.into()),
-            image_ids: Some(vec![by_tag("one"), by_tag("nope")]),
-            ..Default::default()
-        })
+        .describe_images(DescribeImagesRequest::new(
+            repo(),
+            ImageSelection::Ids(requested(vec![by_tag("one"), by_tag("nope")])),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.type_name(), "ImageNotFoundException");
@@ -537,13 +544,7 @@ async fn batch_delete_image_by_tag_keeps_the_image_until_its_last_tag_goes() {
     let da = digest(a.as_bytes());
     put(&svc, &a, Some("one")).await.unwrap();
     put(&svc, &a, Some("two")).await.unwrap();
-    let del = |ids| {
-        svc.batch_delete_image(BatchDeleteImageRequest {
-            repository_name: Some(REPO.into()),
-            image_ids: Some(ids),
-            ..Default::default()
-        })
-    };
+    let del = |ids| svc.batch_delete_image(BatchDeleteImageRequest::new(repo(), requested(ids)));
     let out = del(vec![by_tag("one")]).await.unwrap();
     assert_eq!(
         out.image_ids,
@@ -575,19 +576,25 @@ async fn a_layer_is_downloadable_once_an_image_references_it() {
     let svc = service().await;
     let data = vec![7u8; 4096];
     let d = push_blob(&svc, &data).await;
+    // Through the protocol's checks: one digest sent is not a digest at all.
+    let shared = &svc;
     let url = |digest: &str| {
-        svc.get_download_url_for_layer(GetDownloadUrlForLayerRequest {
+        let req = GetDownloadUrlForLayerRequest::try_from(wire::GetDownloadUrlForLayerRequest {
             repository_name: Some(REPO.into()),
             layer_digest: Some(digest.into()),
             ..Default::default()
-        })
+        });
+        async move { shared.get_download_url_for_layer(req?).await }
     };
     let check = |digest: &str| {
-        svc.batch_check_layer_availability(BatchCheckLayerAvailabilityRequest {
-            repository_name: Some(REPO.into()),
-            layer_digests: Some(vec![digest.into()]),
-            ..Default::default()
-        })
+        let req = BatchCheckLayerAvailabilityRequest::try_from(
+            wire::BatchCheckLayerAvailabilityRequest {
+                repository_name: Some(REPO.into()),
+                layer_digests: Some(vec![digest.into()]),
+                ..Default::default()
+            },
+        );
+        async move { shared.batch_check_layer_availability(req?).await }
     };
     assert_eq!(
         url(&d).await.unwrap_err().type_name(),
@@ -639,11 +646,10 @@ async fn a_large_manifest_is_kept_outside_the_record_and_read_back_exactly() {
     put(&svc, &m, Some("big")).await.unwrap();
     let got = get(&svc, vec![by_tag("big")]).await;
     assert_eq!(got.images[0].image_manifest, m);
-    svc.batch_delete_image(BatchDeleteImageRequest {
-        repository_name: Some(REPO.into()),
-        image_ids: Some(vec![by_tag("big")]),
-        ..Default::default()
-    })
+    svc.batch_delete_image(BatchDeleteImageRequest::new(
+        repo(),
+        requested(vec![by_tag("big")]),
+    ))
     .await
     .unwrap();
     assert_eq!(get(&svc, vec![by_tag("big")]).await.failures.len(), 1);
@@ -654,22 +660,18 @@ async fn delete_repository_with_images_needs_force() {
     let svc = service().await;
     let m = image(&svc, "a").await;
     put(&svc, &m, Some("v1")).await.unwrap();
-    let delete = |force| {
+    let delete = |force: Option<bool>| {
         svc.delete_repository(DeleteRepositoryRequest {
-            repository_name: Some(REPO.into()),
-            force,
-            ..Default::default()
+            force: force.unwrap_or(false),
+            ..DeleteRepositoryRequest::new(repo())
         })
     };
     let err = delete(None).await.unwrap_err();
     assert_eq!(err.type_name(), "RepositoryNotEmptyException");
     delete(Some(true)).await.unwrap();
-    svc.create_repository(CreateRepositoryRequest {
-        repository_name: Some(REPO.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    svc.create_repository(CreateRepositoryRequest::new(repo()))
+        .await
+        .unwrap();
     // The new repository of the same name starts empty.
     assert!(list(&svc, None, None).await.image_ids.is_empty());
     assert_eq!(
@@ -692,12 +694,9 @@ async fn batch_get_image_refuses_a_response_larger_than_the_front_door_returns()
             ..Settings::default()
         },
     );
-    svc.create_repository(CreateRepositoryRequest {
-        repository_name: Some(REPO.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    svc.create_repository(CreateRepositoryRequest::new(repo()))
+        .await
+        .unwrap();
     let config = b"{}";
     let c = push_blob(&svc, config).await;
     // 20,000 bytes of text, each escaped twice on its way out: about 20 KB in the response.
@@ -707,11 +706,10 @@ async fn batch_get_image_refuses_a_response_larger_than_the_front_door_returns()
     let two = get(&svc, vec![by_tag("a"), by_tag("b")]).await;
     assert_eq!(two.images.len(), 2);
     let err = svc
-        .batch_get_image(BatchGetImageRequest {
-            repository_name: Some(REPO.into()),
-            image_ids: Some(vec![by_tag("a"), by_tag("b"), by_tag("a"), by_tag("b")]),
-            ..Default::default()
-        })
+        .batch_get_image(BatchGetImageRequest::new(
+            repo(),
+            requested(vec![by_tag("a"), by_tag("b"), by_tag("a"), by_tag("b")]),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.type_name(), "LimitExceededException");

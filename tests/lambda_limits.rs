@@ -126,17 +126,11 @@ async fn the_largest_event_is_accepted_by_the_handler() {
         },
     );
     let repo = "a".repeat(LONGEST_REPO);
-    svc.create_repository(CreateRepositoryRequest {
-        repository_name: Some(repo.clone()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    svc.create_repository(CreateRepositoryRequest::new(repo.parse().unwrap()))
+        .await
+        .unwrap();
     let init = svc
-        .initiate_layer_upload(InitiateLayerUploadRequest {
-            registry_id: None,
-            repository_name: Some(repo.clone()),
-        })
+        .initiate_layer_upload(InitiateLayerUploadRequest::new(repo.parse().unwrap()))
         .await
         .unwrap();
     let len = init.part_size as usize;
@@ -196,38 +190,29 @@ async fn a_batch_get_image_answer_fits_the_lambda_response_limit_or_is_refused()
         },
     );
     let repo = "a".repeat(LONGEST_REPO);
-    svc.create_repository(CreateRepositoryRequest {
-        repository_name: Some(repo.clone()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    svc.create_repository(CreateRepositoryRequest::new(repo.parse().unwrap()))
+        .await
+        .unwrap();
     let config = b"{}";
     let id = svc
-        .initiate_layer_upload(InitiateLayerUploadRequest {
-            registry_id: None,
-            repository_name: Some(repo.clone()),
-        })
+        .initiate_layer_upload(InitiateLayerUploadRequest::new(repo.parse().unwrap()))
         .await
         .unwrap()
         .upload_id;
-    svc.upload_layer_part(UploadLayerPartRequest {
-        repository_name: Some(repo.clone()),
-        upload_id: Some(id.clone()),
-        part_first_byte: Some(0),
-        part_last_byte: Some(1),
-        layer_part_blob: Some(bytes::Bytes::from_static(config)),
-        ..Default::default()
-    })
+    svc.upload_layer_part(UploadLayerPartRequest::new(
+        repo.parse().unwrap(),
+        id.parse().unwrap(),
+        0,
+        bytes::Bytes::from_static(config),
+    ))
     .await
     .unwrap();
     let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(config)));
-    svc.complete_layer_upload(CompleteLayerUploadRequest {
-        repository_name: Some(repo.clone()),
-        upload_id: Some(id),
-        layer_digests: Some(vec![config_digest.clone()]),
-        ..Default::default()
-    })
+    svc.complete_layer_upload(CompleteLayerUploadRequest::new(
+        repo.parse().unwrap(),
+        id.parse().unwrap(),
+        vec![config_digest.parse().unwrap()],
+    ))
     .await
     .unwrap();
     // Escaped quotes are the worst case: each `\"` of the manifest takes 8 bytes in the payload.
@@ -236,10 +221,8 @@ async fn a_batch_get_image_answer_fits_the_lambda_response_limit_or_is_refused()
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[],"annotations":{{"note":"{note}"}}}}"#
     );
     svc.put_image(PutImageRequest {
-        repository_name: Some(repo.clone()),
-        image_manifest: Some(manifest.clone()),
-        image_tag: Some("t".repeat(300)),
-        ..Default::default()
+        image_tag: Some("t".repeat(300).parse().unwrap()),
+        ..PutImageRequest::new(repo.parse().unwrap(), manifest.clone())
     })
     .await
     .unwrap();

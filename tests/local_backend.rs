@@ -47,14 +47,12 @@ async fn send(
     first: usize,
     bytes: &[u8],
 ) -> UploadLayerPartResponse {
-    svc.upload_layer_part(UploadLayerPartRequest {
-        repository_name: Some("local/app".into()),
-        upload_id: Some(id.into()),
-        part_first_byte: Some(first as i64),
-        part_last_byte: Some((first + bytes.len()) as i64 - 1),
-        layer_part_blob: Some(Bytes::copy_from_slice(bytes)),
-        ..Default::default()
-    })
+    svc.upload_layer_part(UploadLayerPartRequest::new(
+        "local/app".parse().unwrap(),
+        id.parse().unwrap(),
+        first as u64,
+        Bytes::copy_from_slice(bytes),
+    ))
     .await
     .unwrap()
 }
@@ -67,17 +65,13 @@ async fn small_parts_and_a_restart_mid_upload() {
     let mut sizes = sizes.iter().cycle();
     let (id, mut sent) = {
         let svc = open(dir.path());
-        svc.create_repository(CreateRepositoryRequest {
-            repository_name: Some("local/app".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        svc.create_repository(CreateRepositoryRequest::new("local/app".parse().unwrap()))
+            .await
+            .unwrap();
         let id = svc
-            .initiate_layer_upload(InitiateLayerUploadRequest {
-                registry_id: None,
-                repository_name: Some("local/app".into()),
-            })
+            .initiate_layer_upload(InitiateLayerUploadRequest::new(
+                "local/app".parse().unwrap(),
+            ))
             .await
             .unwrap()
             .upload_id;
@@ -104,12 +98,11 @@ async fn small_parts_and_a_restart_mid_upload() {
     }
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
     let done = svc
-        .complete_layer_upload(CompleteLayerUploadRequest {
-            registry_id: None,
-            repository_name: Some("local/app".into()),
-            upload_id: Some(id),
-            layer_digests: Some(vec![digest.clone()]),
-        })
+        .complete_layer_upload(CompleteLayerUploadRequest::new(
+            "local/app".parse().unwrap(),
+            id.parse().unwrap(),
+            vec![digest.parse().unwrap()],
+        ))
         .await
         .unwrap();
     assert_eq!(done.layer_digest, digest);

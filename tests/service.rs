@@ -6,7 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
 use ecr_layer_upload::domain::error::EcrError;
+use ecr_layer_upload::domain::model::Page;
 use ecr_layer_upload::ports::{BlobStore, MetadataStore};
+use ecr_layer_upload::protocols::ecr::wire;
 use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{Service, Settings};
 use futures_util::TryStreamExt;
@@ -43,22 +45,16 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
 }
 
 async fn repo(svc: &Svc, name: &str) {
-    svc.create_repository(CreateRepositoryRequest {
-        repository_name: Some(name.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    svc.create_repository(CreateRepositoryRequest::new(name.parse().unwrap()))
+        .await
+        .unwrap();
 }
 
 async fn initiate(svc: &Svc, name: &str) -> String {
-    svc.initiate_layer_upload(InitiateLayerUploadRequest {
-        registry_id: None,
-        repository_name: Some(name.into()),
-    })
-    .await
-    .unwrap()
-    .upload_id
+    svc.initiate_layer_upload(InitiateLayerUploadRequest::new(name.parse().unwrap()))
+        .await
+        .unwrap()
+        .upload_id
 }
 
 async fn part(
@@ -68,14 +64,12 @@ async fn part(
     first: u64,
     bytes: &[u8],
 ) -> Result<UploadLayerPartResponse, EcrError> {
-    svc.upload_layer_part(UploadLayerPartRequest {
-        registry_id: None,
-        repository_name: Some(name.into()),
-        upload_id: Some(id.into()),
-        part_first_byte: Some(first as i64),
-        part_last_byte: Some((first + bytes.len() as u64) as i64 - 1),
-        layer_part_blob: Some(Bytes::copy_from_slice(bytes)),
-    })
+    svc.upload_layer_part(UploadLayerPartRequest::new(
+        name.parse().unwrap(),
+        id.parse().unwrap(),
+        first,
+        Bytes::copy_from_slice(bytes),
+    ))
     .await
 }
 
@@ -85,13 +79,14 @@ async fn complete(
     id: &str,
     digests: &[&str],
 ) -> Result<CompleteLayerUploadResponse, EcrError> {
-    svc.complete_layer_upload(CompleteLayerUploadRequest {
+    // Through the protocol's checks: some tests send digests the model refuses.
+    let req = wire::CompleteLayerUploadRequest {
         registry_id: None,
         repository_name: Some(name.into()),
         upload_id: Some(id.into()),
         layer_digests: Some(digests.iter().map(|s| s.to_string()).collect()),
-    })
-    .await
+    };
+    svc.complete_layer_upload(req.try_into()?).await
 }
 
 async fn push(svc: &Svc, name: &str, layer: &[u8], part_size: usize) -> Result<String, EcrError> {
@@ -165,24 +160,26 @@ async fn upload_part_rejects_length_mismatch() {
     let id = initiate(&svc, "app").await;
     let err = svc
         .upload_layer_part(UploadLayerPartRequest {
-            repository_name: Some("app".into()),
-            upload_id: Some(id.clone()),
-            part_first_byte: Some(0),
-            part_last_byte: Some(9),
-            layer_part_blob: Some(Bytes::from_static(b"short")),
-            ..Default::default()
+            part_last_byte: 9,
+            ..UploadLayerPartRequest::new(
+                "app".parse().unwrap(),
+                id.parse().unwrap(),
+                0,
+                Bytes::from_static(b"short"),
+            )
         })
         .await
         .unwrap_err();
     assert_eq!(err.type_name(), "InvalidLayerPartException");
     let err = svc
         .upload_layer_part(UploadLayerPartRequest {
-            repository_name: Some("app".into()),
-            upload_id: Some(id),
-            part_first_byte: Some(5),
-            part_last_byte: Some(4),
-            layer_part_blob: Some(Bytes::new()),
-            ..Default::default()
+            part_last_byte: 4,
+            ..UploadLayerPartRequest::new(
+                "app".parse().unwrap(),
+                id.parse().unwrap(),
+                5,
+                Bytes::new(),
+            )
         })
         .await
         .unwrap_err();
@@ -407,8 +404,8 @@ async fn uploads_are_bound_to_their_repository_and_registry() {
     );
     let err = svc
         .initiate_layer_upload(InitiateLayerUploadRequest {
-            registry_id: Some("210987654321".into()),
-            repository_name: Some("one".into()),
+            registry_id: Some("210987654321".parse().unwrap()),
+            ..InitiateLayerUploadRequest::new("one".parse().unwrap())
         })
         .await
         .unwrap_err();
@@ -428,9 +425,10 @@ async fn bad_input_gets_invalid_parameter() {
     let svc = service(small_parts());
     repo(&svc, "app").await;
     let id = initiate(&svc, "app").await;
-    let cases: Vec<(UploadLayerPartRequest, &str)> = vec![
+    // Constraints are checked where a request arrives: these go through the protocol's checks.
+    let cases: Vec<(wire::UploadLayerPartRequest, &str)> = vec![
         (
-            UploadLayerPartRequest {
+            wire::UploadLayerPartRequest {
                 repository_name: Some("app".into()),
                 upload_id: Some(id.clone()),
                 part_first_byte: Some(-1),
@@ -441,7 +439,7 @@ async fn bad_input_gets_invalid_parameter() {
             "Invalid parameter at 'partFirstByte' failed to satisfy constraint: 'must have value greater than or equal to 0'",
         ),
         (
-            UploadLayerPartRequest {
+            wire::UploadLayerPartRequest {
                 repository_name: Some("app".into()),
                 upload_id: Some(id.clone()),
                 part_first_byte: Some(0),
@@ -451,7 +449,7 @@ async fn bad_input_gets_invalid_parameter() {
             "Invalid parameter at 'layerPartBlob' failed to satisfy constraint: 'must not be null'",
         ),
         (
-            UploadLayerPartRequest {
+            wire::UploadLayerPartRequest {
                 repository_name: Some("app".into()),
                 upload_id: Some("not-a-uuid".into()),
                 part_first_byte: Some(0),
@@ -462,7 +460,7 @@ async fn bad_input_gets_invalid_parameter() {
             "Invalid parameter at 'uploadId' failed to satisfy constraint: 'must satisfy regular expression pattern: [0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}'",
         ),
         (
-            UploadLayerPartRequest {
+            wire::UploadLayerPartRequest {
                 repository_name: Some("app".into()),
                 upload_id: Some(id.clone()),
                 part_first_byte: Some(0),
@@ -473,7 +471,7 @@ async fn bad_input_gets_invalid_parameter() {
             "Invalid parameter at 'layerPartBlob' failed to satisfy constraint: 'must have length less than or equal to 20971520'",
         ),
         (
-            UploadLayerPartRequest {
+            wire::UploadLayerPartRequest {
                 registry_id: Some("12".into()),
                 repository_name: Some("app".into()),
                 ..Default::default()
@@ -482,7 +480,10 @@ async fn bad_input_gets_invalid_parameter() {
         ),
     ];
     for (req, message) in cases {
-        let err = svc.upload_layer_part(req).await.unwrap_err();
+        let err = match UploadLayerPartRequest::try_from(req) {
+            Err(e) => e,
+            Ok(req) => svc.upload_layer_part(req).await.unwrap_err(),
+        };
         assert_eq!(err.type_name(), "InvalidParameterException");
         assert_eq!(err.message(), message);
     }
@@ -515,10 +516,9 @@ async fn repositories_page_and_delete() {
         repo(&svc, name).await;
     }
     let page = svc
-        .describe_repositories(DescribeRepositoriesRequest {
-            max_results: Some(2),
-            ..Default::default()
-        })
+        .describe_repositories(DescribeRepositoriesRequest::new(RepositorySelection::Page(
+            Page::first(2),
+        )))
         .await
         .unwrap();
     let names: Vec<_> = page
@@ -528,26 +528,21 @@ async fn repositories_page_and_delete() {
         .collect();
     assert_eq!(names, ["a-repo", "b-repo"]);
     let page = svc
-        .describe_repositories(DescribeRepositoriesRequest {
-            next_token: page.next_token,
-            max_results: Some(2),
-            ..Default::default()
-        })
+        .describe_repositories(DescribeRepositoriesRequest::new(RepositorySelection::Page(
+            Page {
+                max_results: 2,
+                after: page.next_token,
+            },
+        )))
         .await
         .unwrap();
     assert_eq!(page.repositories.len(), 1);
     assert!(page.next_token.is_none());
-    svc.delete_repository(DeleteRepositoryRequest {
-        repository_name: Some("a-repo".into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    svc.delete_repository(DeleteRepositoryRequest::new("a-repo".parse().unwrap()))
+        .await
+        .unwrap();
     let err = svc
-        .delete_repository(DeleteRepositoryRequest {
-            repository_name: Some("a-repo".into()),
-            ..Default::default()
-        })
+        .delete_repository(DeleteRepositoryRequest::new("a-repo".parse().unwrap()))
         .await
         .unwrap_err();
     assert_eq!(err.type_name(), "RepositoryNotFoundException");
@@ -572,16 +567,20 @@ async fn batch_check_reports_available_unavailable_and_failures() {
     let d = push(&svc, "app", layer, 4).await.unwrap();
     let absent = format!("sha256:{}", "1".repeat(64));
     let out = svc
-        .batch_check_layer_availability(BatchCheckLayerAvailabilityRequest {
-            registry_id: None,
-            repository_name: Some("app".into()),
-            layer_digests: Some(vec![
-                d.clone(),
-                absent.clone(),
-                "nope".into(),
-                String::new(),
-            ]),
-        })
+        .batch_check_layer_availability(
+            wire::BatchCheckLayerAvailabilityRequest {
+                registry_id: None,
+                repository_name: Some("app".into()),
+                layer_digests: Some(vec![
+                    d.clone(),
+                    absent.clone(),
+                    "nope".into(),
+                    String::new(),
+                ]),
+            }
+            .try_into()
+            .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(out.layers.len(), 2);
@@ -597,13 +596,12 @@ async fn batch_check_reports_available_unavailable_and_failures() {
         .map(|f| f.failure_code.as_str())
         .collect();
     assert_eq!(codes, ["InvalidLayerDigest", "MissingLayerDigest"]);
-    let err = svc
-        .batch_check_layer_availability(BatchCheckLayerAvailabilityRequest {
+    let err =
+        BatchCheckLayerAvailabilityRequest::try_from(wire::BatchCheckLayerAvailabilityRequest {
             registry_id: None,
             repository_name: Some("app".into()),
             layer_digests: Some(vec![]),
         })
-        .await
         .unwrap_err();
     assert_eq!(err.type_name(), "InvalidParameterException");
 }

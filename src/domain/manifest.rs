@@ -8,6 +8,7 @@
 use serde::Deserialize;
 
 use super::error::EcrError;
+use super::model::{Digest, ManifestMediaType};
 use super::validate as domain;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -24,33 +25,26 @@ const DOCKER_SCHEMA1: [&str; 2] = [
 /// an image record far below DynamoDB's 400 KB item limit.
 pub const MAX_REFERENCES: usize = 1000;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    /// An image manifest: config and layers are blobs.
-    Manifest,
-    /// An index (manifest list): its entries are manifests.
-    Index,
-}
+pub use super::model::ManifestKind as Kind;
 
 /// A content descriptor: what a manifest says about one thing it references.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     pub media_type: Option<String>,
-    /// A valid digest (`algorithm:hex`); `sha256` hex in lower case.
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
-    pub media_type: String,
+    pub media_type: ManifestMediaType,
     pub kind: Kind,
     pub config: Option<Descriptor>,
     /// Layers the registry must hold (foreign and non-distributable layers are left out: clients
     /// fetch those from their `urls`, registries never store them).
     pub layers: Vec<Descriptor>,
     pub manifests: Vec<Descriptor>,
-    pub subject: Option<String>,
+    pub subject: Option<Digest>,
     /// `artifactType`, or else the config's media type.
     pub artifact_media_type: Option<String>,
 }
@@ -84,16 +78,16 @@ fn descriptor(raw: RawDescriptor, at: &str) -> Result<Descriptor, EcrError> {
     let digest = raw
         .digest
         .ok_or_else(|| bad(format_args!("{at} has no digest")))?;
-    if !domain::is_layer_digest(&digest) {
+    let Some(parsed) = Digest::try_parse(&digest) else {
         return Err(bad(format_args!("{at} has an invalid digest '{digest}'")));
-    }
+    };
     let size = raw
         .size
         .and_then(|s| u64::try_from(s).ok())
         .ok_or_else(|| bad(format_args!("{at} needs a size of 0 or more")))?;
     Ok(Descriptor {
         media_type: raw.media_type,
-        digest: domain::normalize_digest(&digest),
+        digest: parsed,
         size,
     })
 }
@@ -128,18 +122,15 @@ pub fn parse(text: &str, declared: Option<&str>) -> Result<Manifest, EcrError> {
             "Docker image manifest schema 1 is not supported; push a schema 2 or OCI manifest",
         ));
     }
-    let kind = match media_type.as_str() {
-        OCI_MANIFEST | DOCKER_MANIFEST => Kind::Manifest,
-        OCI_INDEX | DOCKER_MANIFEST_LIST => Kind::Index,
-        other => {
-            return Err(domain::invalid(
-                "imageManifestMediaType",
-                format_args!(
-                    "must be one of {OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}; not '{other}'"
-                ),
-            ));
-        }
+    let Some(media_type) = ManifestMediaType::from_wire(&media_type) else {
+        return Err(domain::invalid(
+            "imageManifestMediaType",
+            format_args!(
+                "must be one of {OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}; not '{media_type}'"
+            ),
+        ));
     };
+    let kind = media_type.kind();
     if raw.schema_version != Some(2) {
         return Err(bad("schemaVersion must be 2"));
     }
@@ -150,7 +141,7 @@ pub fn parse(text: &str, declared: Option<&str>) -> Result<Manifest, EcrError> {
         .map(|d| d.digest);
     let mut out = Manifest {
         media_type,
-        kind: kind.clone(),
+        kind,
         config: None,
         layers: Vec::new(),
         manifests: Vec::new(),
@@ -211,7 +202,7 @@ impl Manifest {
         self.config
             .iter()
             .chain(self.layers.iter())
-            .filter(|d| seen.insert(d.digest.as_str()))
+            .filter(|d| seen.insert(&d.digest))
             .collect()
     }
 }
@@ -240,7 +231,7 @@ mod tests {
             m.artifact_media_type.as_deref(),
             Some("application/vnd.oci.image.config.v1+json")
         );
-        let blobs: Vec<&str> = m.blobs().iter().map(|d| d.digest.as_str()).collect();
+        let blobs: Vec<String> = m.blobs().iter().map(|d| d.digest.to_string()).collect();
         assert_eq!(blobs, [D1, D2]);
     }
 

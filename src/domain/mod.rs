@@ -7,7 +7,9 @@ pub mod clock;
 pub mod error;
 pub mod limits;
 pub mod manifest;
+pub mod model;
 mod validate;
 
 pub use error::{EcrError, StoreError};
+pub use model::*;
 pub use validate::*;

@@ -1,7 +1,7 @@
-//! Values that have been validated once, at the edge, against the ECR model's rules.
+//! The ECR model's constraint checks and their wording: the rules behind the types of
+//! src/domain/model.rs, and the presence and length checks the protocol applies to members.
 //!
-//! Each constructor returns the modelled `InvalidParameterException` message on failure, so the
-//! rest of the code receives only valid values.
+//! Each check returns the modelled `InvalidParameterException` message on failure.
 
 use super::error::EcrError;
 
@@ -132,31 +132,6 @@ pub fn is_layer_digest(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"-_+.".contains(&c))
         && !hex.is_empty()
         && hex.bytes().all(|c| c.is_ascii_hexdigit())
-}
-
-pub fn layer_digest(member: &str, s: &str) -> Result<(), EcrError> {
-    if is_layer_digest(s) {
-        Ok(())
-    } else {
-        Err(invalid(
-            member,
-            format_args!("must satisfy regular expression pattern: {LAYER_DIGEST_PATTERN}"),
-        ))
-    }
-}
-
-/// A valid digest as records key it: `sha256` hex in lower case (registries compute it so),
-/// other algorithms as given.
-pub fn normalize_digest(digest: &str) -> String {
-    match digest.split_once(':') {
-        Some(("sha256", hex)) => format!("sha256:{}", hex.to_ascii_lowercase()),
-        _ => digest.to_string(),
-    }
-}
-
-/// `sha256:` followed by 64 lower-case hex digits.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(bytes))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::error::StoreError;
+use crate::domain::model::{EncryptionType, ManifestMediaType, TagMutability};
 
 pub mod multipart;
 
@@ -29,11 +30,11 @@ pub struct RepositoryRecord {
     pub name: String,
     /// Milliseconds since the epoch.
     pub created_at_ms: u64,
-    /// `MUTABLE` or `IMMUTABLE`.
-    pub image_tag_mutability: String,
+    /// Stored as its wire string (`MUTABLE`, `IMMUTABLE`, ...).
+    pub image_tag_mutability: TagMutability,
     pub scan_on_push: bool,
-    /// `AES256`, `KMS` or `KMS_DSSE`.
-    pub encryption_type: String,
+    /// Stored as its wire string (`AES256`, `KMS` or `KMS_DSSE`).
+    pub encryption_type: EncryptionType,
     pub kms_key: Option<String>,
 }
 
@@ -129,8 +130,9 @@ pub struct ImageRecord {
     /// are at most 400 KB); otherwise `None` and the text is the blob at `manifest_key`.
     pub manifest: Option<String>,
     pub manifest_key: Option<String>,
-    /// The manifest's media type (OCI or Docker v2, manifest or index).
-    pub media_type: String,
+    /// The manifest's media type (OCI or Docker v2, manifest or index), stored as its wire
+    /// string.
+    pub media_type: ManifestMediaType,
     /// The config blob's media type, for manifests that have one.
     pub artifact_media_type: Option<String>,
     /// Sum of the referenced blobs' sizes; for an index, the largest of its manifests' sizes.

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::error::EcrError;
 use crate::ports::{BlobStore, MetadataStore};
 use crate::service::Service;
-use crate::service::types::UploadLayerPartRequest;
+
+pub mod wire;
 
 pub const TARGET_PREFIX: &str = "AmazonEC2ContainerRegistry_V20150921.";
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -258,7 +259,16 @@ struct RawUploadLayerPart<'a> {
     layer_part_blob: Option<Cow<'a, str>>,
 }
 
-fn decode_upload_part(body: &[u8]) -> Result<UploadLayerPartRequest, EcrError> {
+/// A request of the wire shape `W`, checked into the service's typed request `T`.
+fn request<'a, W, T>(body: &'a [u8]) -> Result<T, EcrError>
+where
+    W: Deserialize<'a>,
+    T: TryFrom<W, Error = EcrError>,
+{
+    T::try_from(decode::<W>(body)?)
+}
+
+fn decode_upload_part(body: &[u8]) -> Result<wire::UploadLayerPartRequest, EcrError> {
     let raw: RawUploadLayerPart = decode(body)?;
     let blob = match raw.layer_part_blob {
         None => None,
@@ -279,7 +289,7 @@ fn decode_upload_part(body: &[u8]) -> Result<UploadLayerPartRequest, EcrError> {
             Some(Bytes::from(bytes))
         }
     };
-    Ok(UploadLayerPartRequest {
+    Ok(wire::UploadLayerPartRequest {
         registry_id: raw.registry_id,
         repository_name: raw.repository_name,
         upload_id: raw.upload_id,
@@ -294,26 +304,58 @@ async fn dispatch<M: MetadataStore, B: BlobStore>(
     op: Operation,
     body: &[u8],
 ) -> Result<String, EcrError> {
+    use wire::*;
     match op {
-        Operation::InitiateLayerUpload => encode(svc.initiate_layer_upload(decode(body)?).await),
+        Operation::InitiateLayerUpload => encode(
+            svc.initiate_layer_upload(request::<InitiateLayerUploadRequest, _>(body)?)
+                .await,
+        ),
         Operation::UploadLayerPart => {
-            let req = decode_upload_part(body)?;
+            let req = decode_upload_part(body)?.try_into()?;
             encode(svc.upload_layer_part(req).await)
         }
-        Operation::CompleteLayerUpload => encode(svc.complete_layer_upload(decode(body)?).await),
-        Operation::CreateRepository => encode(svc.create_repository(decode(body)?).await),
-        Operation::DescribeRepositories => encode(svc.describe_repositories(decode(body)?).await),
-        Operation::DeleteRepository => encode(svc.delete_repository(decode(body)?).await),
-        Operation::BatchCheckLayerAvailability => {
-            encode(svc.batch_check_layer_availability(decode(body)?).await)
-        }
-        Operation::PutImage => encode(svc.put_image(decode(body)?).await),
-        Operation::BatchGetImage => encode(svc.batch_get_image(decode(body)?).await),
-        Operation::ListImages => encode(svc.list_images(decode(body)?).await),
-        Operation::DescribeImages => encode(svc.describe_images(decode(body)?).await),
-        Operation::BatchDeleteImage => encode(svc.batch_delete_image(decode(body)?).await),
-        Operation::GetDownloadUrlForLayer => {
-            encode(svc.get_download_url_for_layer(decode(body)?).await)
-        }
+        Operation::CompleteLayerUpload => encode(
+            svc.complete_layer_upload(request::<CompleteLayerUploadRequest, _>(body)?)
+                .await,
+        ),
+        Operation::CreateRepository => encode(
+            svc.create_repository(request::<CreateRepositoryRequest, _>(body)?)
+                .await,
+        ),
+        Operation::DescribeRepositories => encode(
+            svc.describe_repositories(request::<DescribeRepositoriesRequest, _>(body)?)
+                .await,
+        ),
+        Operation::DeleteRepository => encode(
+            svc.delete_repository(request::<DeleteRepositoryRequest, _>(body)?)
+                .await,
+        ),
+        Operation::BatchCheckLayerAvailability => encode(
+            svc.batch_check_layer_availability(request::<BatchCheckLayerAvailabilityRequest, _>(
+                body,
+            )?)
+            .await,
+        ),
+        Operation::PutImage => encode(svc.put_image(request::<PutImageRequest, _>(body)?).await),
+        Operation::BatchGetImage => encode(
+            svc.batch_get_image(request::<BatchGetImageRequest, _>(body)?)
+                .await,
+        ),
+        Operation::ListImages => encode(
+            svc.list_images(request::<ListImagesRequest, _>(body)?)
+                .await,
+        ),
+        Operation::DescribeImages => encode(
+            svc.describe_images(request::<DescribeImagesRequest, _>(body)?)
+                .await,
+        ),
+        Operation::BatchDeleteImage => encode(
+            svc.batch_delete_image(request::<BatchDeleteImageRequest, _>(body)?)
+                .await,
+        ),
+        Operation::GetDownloadUrlForLayer => encode(
+            svc.get_download_url_for_layer(request::<GetDownloadUrlForLayerRequest, _>(body)?)
+                .await,
+        ),
     }
 }

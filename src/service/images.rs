@@ -14,6 +14,7 @@ use super::{Service, now_ms};
 use crate::domain;
 use crate::domain::error::EcrError;
 use crate::domain::manifest::{self, Kind};
+use crate::domain::model::{Digest as ContentDigest, ImageFailureCode, ImageId, ImageStatus};
 use crate::ports::{
     BlobStore, ImageRecord, MetadataStore, PutImageOutcome, RepositoryRecord, TagRecord,
 };
@@ -21,8 +22,6 @@ use crate::ports::{
 /// Manifests longer than this are kept in the blob store rather than in the image record
 /// (DynamoDB items are at most 400 KB; ECR allows 4 MiB manifests).
 pub const INLINE_MANIFEST_MAX: usize = 256 * 1024;
-/// `imageManifest` length bounds of the model.
-const MANIFEST_MAX: usize = 4_194_304;
 /// How long a download URL works: S3 presigned URLs of ECR last one hour.
 pub const DOWNLOAD_URL_SECS: u64 = 3600;
 /// The media type recorded for a referenced blob whose descriptor names none.
@@ -32,66 +31,11 @@ fn manifest_key(registry: &str, repo: &str, digest: &str) -> String {
     format!("manifests/{registry}/{repo}/{digest}")
 }
 
-fn failure(id: &ImageIdentifier, code: &str, reason: &str) -> ImageFailure {
+fn failure(id: &ImageIdentifier, code: ImageFailureCode) -> ImageFailure {
     ImageFailure {
         image_id: id.clone(),
-        failure_code: code.into(),
-        failure_reason: reason.into(),
-    }
-}
-
-fn image_ids(
-    member: &str,
-    ids: Option<Vec<ImageIdentifier>>,
-) -> Result<Vec<ImageIdentifier>, EcrError> {
-    let ids = domain::required(member, ids)?;
-    domain::check_len(member, ids.len(), 1, 100)?;
-    Ok(ids)
-}
-
-/// `tagStatus` of a filter: which images a listing keeps.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum TagStatus {
-    Tagged,
-    Untagged,
-    Any,
-}
-
-/// Validates a ListImages / DescribeImages `filter`. Every image here is `ACTIVE` (nothing is
-/// archived), so an `imageStatus` of `ARCHIVED` or `ACTIVATING` matches none.
-fn filter(f: Option<ImageFilter>) -> Result<(TagStatus, bool), EcrError> {
-    let f = f.unwrap_or_default();
-    let tag_status = match f.tag_status.as_deref() {
-        None | Some("ANY") => TagStatus::Any,
-        Some("TAGGED") => TagStatus::Tagged,
-        Some("UNTAGGED") => TagStatus::Untagged,
-        Some(_) => {
-            return Err(domain::invalid(
-                "filter.tagStatus",
-                "Member must satisfy enum value set: [TAGGED, UNTAGGED, ANY]",
-            ));
-        }
-    };
-    let active = match f.image_status.as_deref() {
-        None | Some("ACTIVE") | Some("ANY") => true,
-        Some("ARCHIVED") | Some("ACTIVATING") => false,
-        Some(_) => {
-            return Err(domain::invalid(
-                "filter.imageStatus",
-                "Member must satisfy enum value set: [ACTIVE, ARCHIVED, ACTIVATING, ANY]",
-            ));
-        }
-    };
-    Ok((tag_status, active))
-}
-
-impl TagStatus {
-    fn keeps(self, tagged: bool) -> bool {
-        match self {
-            TagStatus::Any => true,
-            TagStatus::Tagged => tagged,
-            TagStatus::Untagged => !tagged,
-        }
+        failure_code: code,
+        failure_reason: code.reason().into(),
     }
 }
 
@@ -108,22 +52,20 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     /// holds, and points the tag at it.
     pub async fn put_image(&self, req: PutImageRequest) -> Result<PutImageResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let text = domain::required("imageManifest", req.image_manifest)?;
-        domain::check_len("imageManifest", text.chars().count(), 1, MANIFEST_MAX)?;
-        if let Some(tag) = &req.image_tag {
-            domain::check_len("imageTag", tag.chars().count(), 1, 300)?;
-        }
+        let text = req.image_manifest;
         let parsed = manifest::parse(&text, req.image_manifest_media_type.as_deref())?;
-        let digest = domain::sha256_digest(&Sha256::digest(text.as_bytes()));
+        let computed = ContentDigest::sha256(&Sha256::digest(text.as_bytes()));
         if let Some(given) = &req.image_digest
-            && domain::normalize_digest(given) != digest
+            && given.value.as_ref() != Some(&computed)
         {
             return Err(EcrError::ImageDigestDoesNotMatch(format!(
-                "The provided image digest '{given}' does not match the digest of the manifest, '{digest}'"
+                "The provided image digest '{}' does not match the digest of the manifest, '{computed}'",
+                given.text
             )));
         }
+        let digest = computed.to_string();
         let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
 
         let size = match parsed.kind {
@@ -145,45 +87,48 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             digest: digest.clone(),
             manifest: inline.then(|| text.clone()),
             manifest_key,
-            media_type: parsed.media_type.clone(),
+            media_type: parsed.media_type,
             artifact_media_type: parsed.artifact_media_type.clone(),
             size,
             pushed_at_ms: now_ms(),
-            blobs: parsed.blobs().iter().map(|d| d.digest.clone()).collect(),
-            manifests: parsed.manifests.iter().map(|d| d.digest.clone()).collect(),
-            subject: parsed.subject.clone(),
+            blobs: parsed
+                .blobs()
+                .iter()
+                .map(|d| d.digest.to_string())
+                .collect(),
+            manifests: parsed
+                .manifests
+                .iter()
+                .map(|d| d.digest.to_string())
+                .collect(),
+            subject: parsed.subject.as_ref().map(ContentDigest::to_string),
         };
-        let immutable = repo.image_tag_mutability.starts_with("IMMUTABLE");
-        match self
-            .meta
-            .put_image(&record, req.image_tag.as_deref(), immutable)
-            .await?
-        {
+        let immutable = repo.image_tag_mutability.is_immutable();
+        let tag = req.image_tag.as_ref().map(|t| t.as_str());
+        match self.meta.put_image(&record, tag, immutable).await? {
             PutImageOutcome::Stored => Ok(PutImageResponse {
                 image: Image {
                     registry_id: registry.to_string(),
                     repository_name: name.to_string(),
                     image_id: ImageIdentifier {
                         image_digest: Some(digest),
-                        image_tag: req.image_tag,
+                        image_tag: tag.map(String::from),
                     },
                     image_manifest: text,
                     image_manifest_media_type: parsed.media_type,
                 },
             }),
-            PutImageOutcome::AlreadyExists => {
-                Err(EcrError::ImageAlreadyExists(match &req.image_tag {
-                    Some(tag) => format!(
-                        "Image with digest '{digest}' and tag '{tag}' already exists in the repository with name '{name}' in registry with id '{registry}'"
-                    ),
-                    None => format!(
-                        "Image with digest '{digest}' already exists in the repository with name '{name}' in registry with id '{registry}'"
-                    ),
-                }))
-            }
+            PutImageOutcome::AlreadyExists => Err(EcrError::ImageAlreadyExists(match tag {
+                Some(tag) => format!(
+                    "Image with digest '{digest}' and tag '{tag}' already exists in the repository with name '{name}' in registry with id '{registry}'"
+                ),
+                None => format!(
+                    "Image with digest '{digest}' already exists in the repository with name '{name}' in registry with id '{registry}'"
+                ),
+            })),
             PutImageOutcome::TagImmutable { .. } => Err(EcrError::ImageTagAlreadyExists(format!(
                 "The image tag '{}' already exists in the '{name}' repository and cannot be overwritten because the repository is immutable.",
-                req.image_tag.unwrap_or_default()
+                tag.unwrap_or_default()
             ))),
         }
     }
@@ -199,8 +144,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let mut missing = Vec::new();
         let mut found = Vec::new();
         for blob in parsed.blobs() {
-            match self.meta.get_layer(registry, name, &blob.digest).await? {
-                None => missing.push(blob.digest.as_str()),
+            let digest = blob.digest.to_string();
+            match self.meta.get_layer(registry, name, &digest).await? {
+                None => missing.push(digest),
                 Some(layer) if layer.size != blob.size => {
                     return Err(domain::invalid(
                         "imageManifest",
@@ -244,9 +190,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let mut missing = Vec::new();
         let mut size = 0;
         for m in &parsed.manifests {
-            match self.meta.get_image(registry, name, &m.digest).await? {
+            let digest = m.digest.to_string();
+            match self.meta.get_image(registry, name, &digest).await? {
                 Some(image) => size = size.max(image.size),
-                None => missing.push(m.digest.as_str()),
+                None => missing.push(digest),
             }
         }
         if !missing.is_empty() {
@@ -278,60 +225,35 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     async fn find_image(
         &self,
         repo: &RepositoryRecord,
-        id: &ImageIdentifier,
+        requested: &RequestedImage,
     ) -> Result<Result<ImageRecord, ImageFailure>, EcrError> {
         let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
-        let digest = match (&id.image_digest, &id.image_tag) {
-            (None, None) => {
-                return Ok(Err(failure(
-                    id,
-                    "MissingDigestAndTag",
-                    "Invalid request parameters: both tag and digest cannot be null",
-                )));
-            }
-            (Some(d), _) if !domain::is_layer_digest(d) => {
-                return Ok(Err(failure(
-                    id,
-                    "InvalidImageDigest",
-                    "Invalid request parameters: image digest should satisfy the regex '[a-zA-Z0-9-_+.]+:[a-fA-F0-9]+'",
-                )));
-            }
-            (_, Some(t)) if t.is_empty() || t.chars().count() > 300 => {
-                return Ok(Err(failure(
-                    id,
-                    "InvalidImageTag",
-                    "Invalid request parameters: image tag should have a length between 1 and 300",
-                )));
-            }
-            (digest, Some(tag)) => match self.meta.get_tag(registry, name, tag).await? {
-                None => {
-                    return Ok(Err(failure(
-                        id,
-                        "ImageNotFound",
-                        "Requested image not found",
-                    )));
-                }
+        let sent = &requested.sent;
+        let id = match &requested.id {
+            Err(code) => return Ok(Err(failure(sent, *code))),
+            Ok(id) => id,
+        };
+        let digest = match (id.digest(), id.tag()) {
+            (digest, Some(tag)) => match self.meta.get_tag(registry, name, tag.as_str()).await? {
+                None => return Ok(Err(failure(sent, ImageFailureCode::ImageNotFound))),
                 Some(t) => {
-                    if digest
-                        .as_deref()
-                        .is_some_and(|d| domain::normalize_digest(d) != t.digest)
-                    {
+                    if digest.is_some_and(|d| *d != t.digest) {
                         return Ok(Err(failure(
-                            id,
-                            "ImageTagDoesNotMatchDigest",
-                            "Invalid request parameters: given tag and digest do not point to the same image",
+                            sent,
+                            ImageFailureCode::ImageTagDoesNotMatchDigest,
                         )));
                     }
                     t.digest
                 }
             },
-            (Some(d), None) => domain::normalize_digest(d),
+            (Some(d), None) => d.to_string(),
+            (None, None) => return Ok(Err(failure(sent, ImageFailureCode::MissingDigestAndTag))),
         };
         Ok(self
             .meta
             .get_image(registry, name, &digest)
             .await?
-            .ok_or_else(|| failure(id, "ImageNotFound", "Requested image not found")))
+            .ok_or_else(|| failure(sent, ImageFailureCode::ImageNotFound)))
     }
 
     /// BatchGetImage: manifests by tag or digest. A stored manifest is answered as it is, even
@@ -342,12 +264,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: BatchGetImageRequest,
     ) -> Result<BatchGetImageResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let ids = image_ids("imageIds", req.image_ids)?;
-        if let Some(types) = &req.accepted_media_types {
-            domain::check_len("acceptedMediaTypes", types.len(), 1, 100)?;
-        }
+        let ids = req.image_ids;
         let mut out = BatchGetImageResponse {
             images: Vec::new(),
             failures: Vec::new(),
@@ -375,7 +294,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                         repository_name: repo.name.clone(),
                         image_id: ImageIdentifier {
                             image_digest: Some(image.digest),
-                            image_tag: id.image_tag.clone(),
+                            image_tag: id.sent.image_tag.clone(),
                         },
                         image_manifest: manifest,
                         image_manifest_media_type: image.media_type,
@@ -393,11 +312,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: ListImagesRequest,
     ) -> Result<ListImagesResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let max = super::page_size(req.max_results, 100)?;
-        let after = super::page_after(req.next_token.as_deref())?;
-        let (tag_status, active) = filter(req.filter)?;
+        let tag_status = req.filter.tag_status;
+        let active = req.filter.image_status.keeps_active();
         let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
         let images = self.meta.list_images(registry, name).await?;
         let tags = self.meta.list_tags(registry, name).await?;
@@ -426,7 +344,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 ));
             }
         }
-        let (page, next_token) = super::paginate(entries, after.as_deref(), max);
+        let (page, next_token) = super::paginate(entries, &req.page);
         Ok(ListImagesResponse {
             image_ids: page,
             next_token,
@@ -441,10 +359,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             image_tags: tags,
             image_size_in_bytes: image.size,
             image_pushed_at: image.pushed_at_ms as f64 / 1000.0,
-            image_manifest_media_type: image.media_type.clone(),
+            image_manifest_media_type: image.media_type,
             artifact_media_type: image.artifact_media_type.clone(),
             subject_manifest_digest: image.subject.clone(),
-            image_status: "ACTIVE".into(),
+            image_status: ImageStatus::Active,
         }
     }
 
@@ -455,50 +373,46 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: DescribeImagesRequest,
     ) -> Result<DescribeImagesResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let (tag_status, active) = filter(req.filter)?;
+        let tag_status = req.filter.tag_status;
+        let active = req.filter.image_status.keeps_active();
         let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
-        if let Some(ids) = req.image_ids {
-            let ids = image_ids("imageIds", Some(ids))?;
-            if req.next_token.is_some() || req.max_results.is_some() {
-                return Err(domain::invalid(
-                    "imageIds",
-                    "cannot be combined with nextToken or maxResults",
-                ));
-            }
-            let tags = self.meta.list_tags(registry, name).await?;
-            let mut details: Vec<ImageDetail> = Vec::new();
-            for id in &ids {
-                match self.find_image(&repo, id).await? {
-                    Ok(image) => {
-                        if details.iter().any(|d| d.image_digest == image.digest) {
-                            continue;
+        let page = match req.selection {
+            ImageSelection::Page(page) => page,
+            ImageSelection::Ids(ids) => {
+                let tags = self.meta.list_tags(registry, name).await?;
+                let mut details: Vec<ImageDetail> = Vec::new();
+                for id in &ids {
+                    match self.find_image(&repo, id).await? {
+                        Ok(image) => {
+                            if details.iter().any(|d| d.image_digest == image.digest) {
+                                continue;
+                            }
+                            let image_tags = tags_of(&tags, &image.digest);
+                            details.push(self.detail(
+                                &image,
+                                image_tags.into_iter().map(String::from).collect(),
+                            ));
                         }
-                        let image_tags = tags_of(&tags, &image.digest);
-                        details.push(
-                            self.detail(&image, image_tags.into_iter().map(String::from).collect()),
-                        );
-                    }
-                    Err(f) if f.failure_code == "ImageNotFound" => {
-                        return Err(EcrError::ImageNotFound(format!(
-                            "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{registry}'",
-                            id.image_digest.as_deref().unwrap_or("null"),
-                            id.image_tag.as_deref().unwrap_or("null"),
-                        )));
-                    }
-                    Err(f) => {
-                        return Err(EcrError::InvalidParameter(f.failure_reason));
+                        Err(f) if f.failure_code == ImageFailureCode::ImageNotFound => {
+                            return Err(EcrError::ImageNotFound(format!(
+                                "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{registry}'",
+                                id.sent.image_digest.as_deref().unwrap_or("null"),
+                                id.sent.image_tag.as_deref().unwrap_or("null"),
+                            )));
+                        }
+                        Err(f) => {
+                            return Err(EcrError::InvalidParameter(f.failure_reason));
+                        }
                     }
                 }
+                return Ok(DescribeImagesResponse {
+                    image_details: details,
+                    next_token: None,
+                });
             }
-            return Ok(DescribeImagesResponse {
-                image_details: details,
-                next_token: None,
-            });
-        }
-        let max = super::page_size(req.max_results, 100)?;
-        let after = super::page_after(req.next_token.as_deref())?;
+        };
         let images = self.meta.list_images(registry, name).await?;
         let tags = self.meta.list_tags(registry, name).await?;
         let entries: Vec<(String, ImageDetail)> = images
@@ -514,7 +428,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 })
             })
             .collect();
-        let (page, next_token) = super::paginate(entries, after.as_deref(), max);
+        let (page, next_token) = super::paginate(entries, &page);
         Ok(DescribeImagesResponse {
             image_details: page,
             next_token,
@@ -529,9 +443,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: BatchDeleteImageRequest,
     ) -> Result<BatchDeleteImageResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let ids = image_ids("imageIds", req.image_ids)?;
+        let ids = req.image_ids;
         let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
         let mut out = BatchDeleteImageResponse {
             image_ids: Vec::new(),
@@ -550,26 +464,24 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 .into_iter()
                 .map(String::from)
                 .collect();
-            let remove_image = match &id.image_tag {
+            let tag = id.id.as_ref().ok().and_then(ImageId::tag);
+            let remove_image = match tag {
                 Some(tag) => {
                     if !self
                         .meta
-                        .delete_tag(registry, name, tag, &image.digest)
+                        .delete_tag(registry, name, tag.as_str(), &image.digest)
                         .await?
                     {
                         // The tag moved or went between the lookup and the delete.
-                        out.failures.push(failure(
-                            id,
-                            "ImageNotFound",
-                            "Requested image not found",
-                        ));
+                        out.failures
+                            .push(failure(&id.sent, ImageFailureCode::ImageNotFound));
                         continue;
                     }
                     out.image_ids.push(ImageIdentifier {
                         image_digest: Some(image.digest.clone()),
-                        image_tag: Some(tag.clone()),
+                        image_tag: Some(tag.to_string()),
                     });
-                    image_tags.iter().all(|t| t == tag)
+                    image_tags.iter().all(|t| t == tag.as_str())
                 }
                 None => true,
             };
@@ -577,11 +489,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 continue;
             }
             if self.listed_by_an_index(&repo, &image.digest).await? {
-                if id.image_tag.is_none() {
+                if tag.is_none() {
                     out.failures.push(failure(
-                        id,
-                        "ImageReferencedByManifestList",
-                        "Requested image is referenced by an image index in the repository",
+                        &id.sent,
+                        ImageFailureCode::ImageReferencedByManifestList,
                     ));
                 }
                 continue;
@@ -590,7 +501,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 .meta
                 .delete_image(registry, name, &image.digest)
                 .await?
-                && id.image_tag.is_none()
+                && tag.is_none()
             {
                 if image_tags.is_empty() {
                     out.image_ids.push(ImageIdentifier {
@@ -631,14 +542,13 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: GetDownloadUrlForLayerRequest,
     ) -> Result<GetDownloadUrlForLayerResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let digest = domain::required("layerDigest", req.layer_digest)?;
-        domain::layer_digest("layerDigest", &digest)?;
+        let digest = &req.layer_digest.text;
         let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
         let layer = self
             .meta
-            .get_layer(registry, name, &domain::normalize_digest(&digest))
+            .get_layer(registry, name, &req.layer_digest.value.to_string())
             .await?
             .ok_or_else(|| {
                 EcrError::LayersNotFound(format!(

@@ -5,9 +5,9 @@ mod repository;
 pub mod types;
 mod upload;
 
-use crate::domain;
 pub(crate) use crate::domain::clock::now_ms;
 use crate::domain::error::EcrError;
+use crate::domain::model::{Page, PageToken, RegistryId, RepositoryName};
 use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 
 pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
@@ -74,46 +74,10 @@ pub struct Service<M, B> {
     settings: Settings,
 }
 
-/// `maxResults` of a paged listing: 1..=1000, `default` when absent.
-fn page_size(max_results: Option<i64>, default: i64) -> Result<usize, EcrError> {
-    let max = max_results.unwrap_or(default);
-    if max < 1 {
-        return Err(domain::invalid(
-            "maxResults",
-            "must have value greater than or equal to 1",
-        ));
-    }
-    if max > 1000 {
-        return Err(domain::invalid(
-            "maxResults",
-            "must have value less than or equal to 1000",
-        ));
-    }
-    Ok(max as usize)
-}
-
-/// The sort key a `nextToken` continues after. Tokens are opaque to clients: the last key of the
-/// page, hex-encoded.
-fn page_after(next_token: Option<&str>) -> Result<Option<String>, EcrError> {
-    next_token
-        .map(|token| {
-            hex::decode(token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    domain::invalid("nextToken", "must be a token from an earlier response")
-                })
-        })
-        .transpose()
-}
-
 /// One page of `entries` (sorted by their keys): those after `after`, at most `max`, and the
 /// token of the next page if there is one.
-fn paginate<T>(
-    entries: Vec<(String, T)>,
-    after: Option<&str>,
-    max: usize,
-) -> (Vec<T>, Option<String>) {
+fn paginate<T>(entries: Vec<(String, T)>, page: &Page) -> (Vec<T>, Option<PageToken>) {
+    let (after, max) = (page.after.as_ref().map(PageToken::key), page.max_results);
     let mut page: Vec<(String, T)> = entries
         .into_iter()
         .filter(|(key, _)| after.is_none_or(|a| key.as_str() > a))
@@ -121,7 +85,7 @@ fn paginate<T>(
         .collect();
     let next = if page.len() > max {
         page.truncate(max);
-        page.last().map(|(key, _)| hex::encode(key))
+        page.last().map(|(key, _)| PageToken::after(key))
     } else {
         None
     };
@@ -149,27 +113,23 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         &self.blobs
     }
 
-    /// The registry a request addresses: its `registryId` when given (validated), else ours.
-    fn registry(&self, given: Option<&str>) -> Result<String, EcrError> {
+    /// The registry a request addresses: its `registryId` when given, else ours.
+    fn registry(&self, given: Option<&RegistryId>) -> String {
         match given {
-            None => Ok(self.settings.registry_id.clone()),
-            Some(id) => {
-                domain::registry_id("registryId", id)?;
-                Ok(id.to_string())
-            }
+            None => self.settings.registry_id.clone(),
+            Some(id) => id.to_string(),
         }
     }
 
-    /// Validates `registryId` and `repositoryName` and finds the repository.
+    /// The repository a request names.
     async fn repository(
         &self,
-        registry_id: Option<&str>,
-        repository_name: Option<&str>,
+        registry_id: Option<&RegistryId>,
+        repository_name: &RepositoryName,
     ) -> Result<RepositoryRecord, EcrError> {
-        let registry = self.registry(registry_id)?;
-        let name = domain::required("repositoryName", repository_name)?;
-        domain::repository_name("repositoryName", name)?;
-        self.find_repository(&registry, name).await
+        let registry = self.registry(registry_id);
+        self.find_repository(&registry, repository_name.as_str())
+            .await
     }
 
     async fn find_repository(

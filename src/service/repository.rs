@@ -2,31 +2,8 @@
 
 use super::types::*;
 use super::{Service, now_ms};
-use crate::domain;
 use crate::domain::error::{EcrError, StoreError};
 use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
-
-const MUTABILITY: [&str; 4] = [
-    "MUTABLE",
-    "IMMUTABLE",
-    "MUTABLE_WITH_EXCLUSION",
-    "IMMUTABLE_WITH_EXCLUSION",
-];
-const ENCRYPTION: [&str; 3] = ["AES256", "KMS", "KMS_DSSE"];
-
-fn enum_value(member: &str, value: &str, allowed: &[&str]) -> Result<(), EcrError> {
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err(domain::invalid(
-            member,
-            format_args!(
-                "Member must satisfy enum value set: [{}]",
-                allowed.join(", ")
-            ),
-        ))
-    }
-}
 
 impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     pub(crate) fn repository_out(&self, r: &RepositoryRecord) -> Repository {
@@ -43,12 +20,12 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 r.registry_id, r.name
             ),
             created_at: r.created_at_ms as f64 / 1000.0,
-            image_tag_mutability: r.image_tag_mutability.clone(),
+            image_tag_mutability: r.image_tag_mutability,
             image_scanning_configuration: ImageScanningConfigurationOut {
                 scan_on_push: r.scan_on_push,
             },
             encryption_configuration: EncryptionConfigurationOut {
-                encryption_type: r.encryption_type.clone(),
+                encryption_type: r.encryption_type,
                 kms_key: r.kms_key.clone(),
             },
         }
@@ -59,39 +36,8 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         &self,
         req: CreateRepositoryRequest,
     ) -> Result<CreateRepositoryResponse, EcrError> {
-        let registry = self.registry(req.registry_id.as_deref())?;
-        let name = domain::required("repositoryName", req.repository_name)?;
-        domain::repository_name("repositoryName", &name)?;
-        let mutability = req.image_tag_mutability.unwrap_or_else(|| "MUTABLE".into());
-        enum_value("imageTagMutability", &mutability, &MUTABILITY)?;
-        let encryption = req.encryption_configuration.unwrap_or_default();
-        let encryption_type = domain::required(
-            "encryptionConfiguration.encryptionType",
-            encryption.encryption_type.or(Some("AES256".into())),
-        )?;
-        enum_value(
-            "encryptionConfiguration.encryptionType",
-            &encryption_type,
-            &ENCRYPTION,
-        )?;
-        if encryption_type == "AES256" && encryption.kms_key.is_some() {
-            return Err(domain::invalid(
-                "encryptionConfiguration.kmsKey",
-                "must be absent when encryptionType is AES256",
-            ));
-        }
-        let tags = req.tags.unwrap_or_default();
-        if tags.len() > 200 {
-            return Err(domain::invalid(
-                "tags",
-                "must have length less than or equal to 200",
-            ));
-        }
-        for tag in &tags {
-            let key = domain::required("tags.member.Key", tag.key.as_deref())?;
-            domain::check_len("tags.member.Key", key.chars().count(), 1, 128)?;
-            domain::required("tags.member.Value", tag.value.as_deref())?;
-        }
+        let registry = self.registry(req.registry_id.as_ref());
+        let name = req.repository_name.into_string();
         if registry != self.settings.registry_id {
             // Only our own registry can hold repositories.
             return Err(EcrError::InvalidParameter(format!(
@@ -103,13 +49,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             registry_id: registry.clone(),
             name: name.clone(),
             created_at_ms: now_ms(),
-            image_tag_mutability: mutability,
-            scan_on_push: req
-                .image_scanning_configuration
-                .and_then(|c| c.scan_on_push)
-                .unwrap_or(false),
-            encryption_type,
-            kms_key: encryption.kms_key,
+            image_tag_mutability: req.image_tag_mutability,
+            scan_on_push: req.scan_on_push,
+            encryption_type: req.encryption_type,
+            kms_key: req.kms_key,
         };
         match self.meta.create_repository(&record).await {
             Ok(()) => Ok(CreateRepositoryResponse {
@@ -127,29 +70,21 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         &self,
         req: DescribeRepositoriesRequest,
     ) -> Result<DescribeRepositoriesResponse, EcrError> {
-        let registry = self.registry(req.registry_id.as_deref())?;
-        if let Some(names) = req.repository_names {
-            domain::check_len("repositoryNames", names.len(), 1, 100)?;
-            for name in &names {
-                domain::repository_name("repositoryNames.member", name)?;
+        let registry = self.registry(req.registry_id.as_ref());
+        let page = match req.selection {
+            RepositorySelection::Named(names) => {
+                let mut repositories = Vec::with_capacity(names.len());
+                for name in &names {
+                    let record = self.find_repository(&registry, name.as_str()).await?;
+                    repositories.push(self.repository_out(&record));
+                }
+                return Ok(DescribeRepositoriesResponse {
+                    repositories,
+                    next_token: None,
+                });
             }
-            if req.next_token.is_some() || req.max_results.is_some() {
-                return Err(EcrError::InvalidParameter(
-                    "Invalid parameter at 'repositoryNames' failed to satisfy constraint: 'cannot be combined with nextToken or maxResults'".into(),
-                ));
-            }
-            let mut repositories = Vec::with_capacity(names.len());
-            for name in &names {
-                let record = self.find_repository(&registry, name).await?;
-                repositories.push(self.repository_out(&record));
-            }
-            return Ok(DescribeRepositoriesResponse {
-                repositories,
-                next_token: None,
-            });
-        }
-        let max = super::page_size(req.max_results, 100)?;
-        let after = super::page_after(req.next_token.as_deref())?;
+            RepositorySelection::Page(page) => page,
+        };
         if registry != self.settings.registry_id {
             return Ok(DescribeRepositoriesResponse {
                 repositories: Vec::new(),
@@ -158,7 +93,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         }
         let all = self.meta.list_repositories(&registry).await?;
         let entries = all.iter().map(|r| (r.name.clone(), r)).collect();
-        let (page, next_token) = super::paginate(entries, after.as_deref(), max);
+        let (page, next_token) = super::paginate(entries, &page);
         Ok(DescribeRepositoriesResponse {
             repositories: page.into_iter().map(|r| self.repository_out(r)).collect(),
             next_token,
@@ -172,10 +107,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: DeleteRepositoryRequest,
     ) -> Result<DeleteRepositoryResponse, EcrError> {
         let record = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
         // Layers that no image references are not content ECR counts; images are.
-        if !req.force.unwrap_or(false)
+        if !req.force
             && !self
                 .meta
                 .list_images(&record.registry_id, &record.name)

@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 
 use super::types::*;
 use super::{Service, now_ms};
-use crate::domain;
 use crate::domain::error::{EcrError, StoreError};
-use crate::domain::limits::{MAX_LAYER_PART, MAX_LAYER_SIZE};
+use crate::domain::limits::MAX_LAYER_SIZE;
+use crate::domain::model::{Digest as LayerDigest, LayerAvailability, UploadId};
 use crate::ports::{
     BlobStore, Finish, FlushedPart, LayerRecord, MetadataStore, PartFingerprint, SideWrite,
     StagedSegment, UploadRecord, UploadState,
@@ -50,12 +50,6 @@ fn invalid_part(up: &UploadRecord, message: String) -> EcrError {
     }
 }
 
-fn nonnegative(member: &str, v: Option<i64>) -> Result<u64, EcrError> {
-    let v = domain::required(member, v)?;
-    u64::try_from(v)
-        .map_err(|_| domain::invalid(member, "must have value greater than or equal to 0"))
-}
-
 impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     /// InitiateLayerUpload: a fresh upload id and the part size we want.
     pub async fn initiate_layer_upload(
@@ -63,9 +57,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: InitiateLayerUploadRequest,
     ) -> Result<InitiateLayerUploadResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let upload_id = uuid::Uuid::new_v4().to_string();
+        let upload_id = UploadId::random().into_string();
         let key = blob_key(&upload_id);
         let multipart_id = self.blobs.create_multipart(&key).await?;
         let now = now_ms();
@@ -100,50 +94,39 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: BatchCheckLayerAvailabilityRequest,
     ) -> Result<BatchCheckLayerAvailabilityResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let digests = domain::required("layerDigests", req.layer_digests)?;
-        domain::check_len("layerDigests", digests.len(), 1, 100)?;
-        for d in &digests {
-            domain::check_len("layerDigests.member", d.chars().count(), 0, 1000)?;
-        }
         let mut out = BatchCheckLayerAvailabilityResponse {
             layers: Vec::new(),
             failures: Vec::new(),
         };
-        for digest in digests {
-            if digest.is_empty() {
-                out.failures.push(LayerFailure {
-                    layer_digest: digest,
-                    failure_code: "MissingLayerDigest".into(),
-                    failure_reason: "The layer digest is missing".into(),
-                });
-                continue;
-            }
-            if !domain::is_layer_digest(&digest) {
-                out.failures.push(LayerFailure {
-                    layer_digest: digest,
-                    failure_code: "InvalidLayerDigest".into(),
-                    failure_reason: "Invalid layer digest".into(),
-                });
-                continue;
-            }
+        for query in req.layer_digests {
+            let digest = match query.value {
+                Err(code) => {
+                    out.failures.push(LayerFailure {
+                        layer_digest: query.text,
+                        failure_code: code,
+                        failure_reason: code.reason().into(),
+                    });
+                    continue;
+                }
+                Ok(digest) => digest,
+            };
             // Layers are recorded under the computed, lower-case sha256 digest.
-            let key = domain::normalize_digest(&digest);
             let found = self
                 .meta
-                .get_layer(&repo.registry_id, &repo.name, &key)
+                .get_layer(&repo.registry_id, &repo.name, &digest.to_string())
                 .await?;
             out.layers.push(match found {
                 Some(layer) => Layer {
-                    layer_digest: digest,
-                    layer_availability: "AVAILABLE".into(),
+                    layer_digest: query.text,
+                    layer_availability: LayerAvailability::Available,
                     layer_size: Some(layer.size),
                     media_type: layer.media_type,
                 },
                 None => Layer {
-                    layer_digest: digest,
-                    layer_availability: "UNAVAILABLE".into(),
+                    layer_digest: query.text,
+                    layer_availability: LayerAvailability::Unavailable,
                     layer_size: None,
                     media_type: None,
                 },
@@ -192,14 +175,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: UploadLayerPartRequest,
     ) -> Result<UploadLayerPartResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let upload_id = domain::required("uploadId", req.upload_id)?;
-        domain::upload_id("uploadId", &upload_id)?;
-        let first = nonnegative("partFirstByte", req.part_first_byte)?;
-        let last = nonnegative("partLastByte", req.part_last_byte)?;
-        let blob = domain::required("layerPartBlob", req.layer_part_blob)?;
-        domain::check_len("layerPartBlob", blob.len(), 0, MAX_LAYER_PART as usize)?;
+        let upload_id = req.upload_id.into_string();
+        let (first, last) = (req.part_first_byte, req.part_last_byte);
+        let blob = req.layer_part_blob;
 
         let mut up = self
             .live_upload(&repo.registry_id, &repo.name, &upload_id)
@@ -441,15 +421,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         req: CompleteLayerUploadRequest,
     ) -> Result<CompleteLayerUploadResponse, EcrError> {
         let repo = self
-            .repository(req.registry_id.as_deref(), req.repository_name.as_deref())
+            .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
-        let upload_id = domain::required("uploadId", req.upload_id)?;
-        domain::upload_id("uploadId", &upload_id)?;
-        let digests = domain::required("layerDigests", req.layer_digests)?;
-        domain::check_len("layerDigests", digests.len(), 1, 100)?;
-        for d in &digests {
-            domain::layer_digest("layerDigests.member", d)?;
-        }
+        let upload_id = req.upload_id.into_string();
+        let digests = req.layer_digests;
         let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
         let not_found = || EcrError::upload_not_found(registry, name, &upload_id);
 
@@ -521,7 +496,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     async fn assemble_and_verify(
         &self,
         up: &mut UploadRecord,
-        digests: &[String],
+        digests: &[LayerDigest],
     ) -> Result<LayerRecord, EcrError> {
         self.flush_full_parts(up, None).await?;
         let tail = self
@@ -555,18 +530,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 up.upload_id, up.next_byte
             )));
         }
-        let computed = domain::sha256_digest(&hasher.finalize());
-        let sha256_given: Vec<&str> = digests
-            .iter()
-            .filter_map(|d| d.split_once(':'))
-            .filter(|(alg, _)| *alg == "sha256")
-            .map(|(_, hex)| hex)
-            .collect();
-        if !sha256_given.is_empty()
-            && !sha256_given
-                .iter()
-                .any(|hex| hex.eq_ignore_ascii_case(&computed["sha256:".len()..]))
-        {
+        let computed = LayerDigest::sha256(&hasher.finalize());
+        // Only sha256 digests can be checked; digests of other algorithms are taken on trust.
+        let mut sha256_given = digests.iter().filter(|d| d.is_sha256()).peekable();
+        if sha256_given.peek().is_some() && !sha256_given.any(|d| *d == computed) {
             return Err(EcrError::InvalidLayer(
                 "None of the provided layer digests match the calculated layer digest".into(),
             ));
@@ -574,7 +541,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         Ok(LayerRecord {
             registry_id: up.registry_id.clone(),
             repository: up.repository.clone(),
-            digest: computed,
+            digest: computed.to_string(),
             blob_key: up.blob_key.clone(),
             size,
             media_type: None,

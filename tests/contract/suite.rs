@@ -164,9 +164,9 @@ fn repository(registry_id: &str, name: &str) -> RepositoryRecord {
         registry_id: registry_id.to_owned(),
         name: name.to_owned(),
         created_at_ms: 1_700_000_000_000,
-        image_tag_mutability: "MUTABLE".into(),
+        image_tag_mutability: ecr_layer_upload::domain::model::TagMutability::Mutable,
         scan_on_push: false,
-        encryption_type: "AES256".into(),
+        encryption_type: ecr_layer_upload::domain::model::EncryptionType::Aes256,
         kms_key: None,
     }
 }
@@ -301,7 +301,7 @@ pub async fn create_repository_twice_is_already_exists<M: MetadataStore>(m: &M) 
     let first = repository(&registry, "app");
     m.create_repository(&first).await.unwrap();
     let second = RepositoryRecord {
-        image_tag_mutability: "IMMUTABLE".into(),
+        image_tag_mutability: ecr_layer_upload::domain::model::TagMutability::Immutable,
         ..first.clone()
     };
     assert!(matches!(
@@ -868,7 +868,7 @@ fn image(registry_id: &str, repository: &str, pushed_at_ms: u64) -> ImageRecord 
             r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{config}"}},"layers":[{{"digest":"{layer}"}}]}}"#
         )),
         manifest_key: None,
-        media_type: OCI_MANIFEST.into(),
+        media_type: ecr_layer_upload::domain::model::ManifestMediaType::OciManifest,
         artifact_media_type: Some("application/vnd.oci.image.config.v1+json".into()),
         size: 1234,
         pushed_at_ms,
@@ -1130,7 +1130,7 @@ pub async fn put_image_keeps_an_existing_image_record<M: MetadataStore>(m: &M) {
     // The same digest again with other details (a later push time, another media type).
     let again = ImageRecord {
         pushed_at_ms: 9_000,
-        media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
+        media_type: ecr_layer_upload::domain::model::ManifestMediaType::DockerManifest,
         size: 1,
         ..first.clone()
     };
@@ -1163,7 +1163,7 @@ pub async fn images_round_trip_every_field<M: MetadataStore>(m: &M) {
     let index = ImageRecord {
         manifest: None,
         manifest_key: Some(format!("manifests/{}", uuid::Uuid::new_v4())),
-        media_type: OCI_INDEX.into(),
+        media_type: ecr_layer_upload::domain::model::ManifestMediaType::OciIndex,
         artifact_media_type: None,
         size: 5_368_709_120,
         blobs: Vec::new(),

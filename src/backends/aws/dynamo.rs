@@ -1369,7 +1369,7 @@ mod tests {
             digest: format!("sha256:{}", "ab".repeat(32)),
             manifest: Some(r#"{"schemaVersion":2,"q":"\"\""}"#.into()),
             manifest_key: None,
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            media_type: crate::domain::model::ManifestMediaType::OciManifest,
             artifact_media_type: None,
             size: 3,
             pushed_at_ms: 4,
