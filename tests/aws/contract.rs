@@ -5,14 +5,7 @@
 //! limits, item sizes and query pages of image records, tags under concurrent writers, presigned
 //! URLs fetched by a plain HTTP client.
 //!
-//! Run with `make test-aws-contract` (starts the servers and exports their environment). Without
-//! that environment these tests fail, they do not pass vacuously.
-
-mod common;
-use common::{http_get, http_request};
-
-#[path = "contract/suite.rs"]
-mod suite;
+//! Run with `make test-aws-contract` (starts the servers and exports their environment).
 
 use std::time::Duration;
 
@@ -30,37 +23,17 @@ use ecr_layer_upload::service::INLINE_MANIFEST_MAX;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::common::{aws, http_get, http_request};
+use crate::suite;
+
 const MIN_PART: usize = suite::MIN_PART;
 
-/// `ECR_BUCKET` and `ECR_TABLE`, or a failure that says how to get them.
-fn names() -> (String, String) {
-    let get = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{name} is not set: these tests need the local S3 and DynamoDB servers. \
-                 Run `make test-aws-contract`, or `make services-up` and then \
-                 `env $(scripts/services.sh env) cargo test --test contract_aws`"
-                )
-            })
-    };
-    (get("ECR_BUCKET"), get("ECR_TABLE"))
-}
-
-async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(BehaviorVersion::latest()).await
-}
-
 async fn aws_metadata() -> (DynamoMetadata, ()) {
-    let (_, table) = names();
-    (DynamoMetadata::new(&sdk_config().await, table), ())
+    (aws::metadata().await, ())
 }
 
 async fn aws_blobs() -> (S3Blobs, ()) {
-    let (bucket, _) = names();
-    (S3Blobs::new(&sdk_config().await, bucket), ())
+    (aws::blobs().await, ())
 }
 
 mod aws_metadata {
@@ -667,11 +640,7 @@ fn repo_name() -> String {
 }
 
 fn fake_digest(seed: &str) -> String {
-    use sha2::Digest as _;
-    format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(seed.as_bytes()))
-    )
+    crate::common::digest(seed.as_bytes())
 }
 
 fn image(repo: &str, seed: &str, manifest: String) -> ImageRecord {

@@ -2,9 +2,6 @@
 //! backends, plus what only the embedded backend promises: restarts keep state, keys cannot
 //! leave the data directory.
 
-#[path = "contract/suite.rs"]
-mod suite;
-
 use bytes::Bytes;
 use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata};
 use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
@@ -16,16 +13,15 @@ use ecr_layer_upload::ports::{
 };
 use tempfile::TempDir;
 
+use crate::common::temp_dir;
+use crate::suite;
+
 async fn memory_metadata() -> (MemoryMetadata, ()) {
     (MemoryMetadata::default(), ())
 }
 
 async fn memory_blobs() -> (MemoryBlobs, ()) {
     (MemoryBlobs::default(), ())
-}
-
-fn temp_dir() -> TempDir {
-    tempfile::tempdir().expect("temporary directory")
 }
 
 async fn local_metadata() -> (LocalMetadata, TempDir) {

@@ -7,16 +7,13 @@ use ecr_layer_upload::domain::error::EcrError;
 use ecr_layer_upload::domain::manifest::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{INLINE_MANIFEST_MAX, ResponseLimit, Service, Settings};
-use sha2::{Digest, Sha256};
+
+use crate::common::digest;
 
 type Svc = Service<MemoryMetadata, MemoryBlobs>;
 const REPO: &str = "team/app";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-fn digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
 
 async fn service_with(mutability: &str) -> Svc {
     let svc = Service::new(
