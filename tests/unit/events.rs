@@ -1,28 +1,22 @@
 //! Every fixture in events/ goes through the Lambda handler in-process, as the Lambda runtime
 //! delivers it (`lambda_http::request::from_str`), and the answer is what a client must see.
 
-use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
+use std::collections::BTreeSet;
+
 use ecr_layer_upload::frontdoors::lambda;
 use ecr_layer_upload::ports::{BlobStore, MetadataStore, UploadRecord, UploadState};
-use ecr_layer_upload::service::{Service, Settings};
+use ecr_layer_upload::service::Settings;
 use lambda_http::{Body, IntoResponse};
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
-const UPLOAD_ID: &str = "0b7a3b1e-5c1d-4a4e-9a52-3f6c2d9e8f10";
-const CONFIG_UPLOAD_ID: &str = "6d2f0c4a-8b3e-4f71-a2c5-9e1b7d3f5a60";
-const PART: &[u8] = b"layer bytes of a tiny example layer\n";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
-const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+use crate::common::service::{MemoryService as Svc, memory_service};
+use crate::common::{REGISTRY, digest};
 
-type Svc = Service<MemoryMetadata, MemoryBlobs>;
+/// InitiateLayerUpload's partSize with the default settings.
+const PART_SIZE: u64 = 10_485_760;
 
 fn service() -> Svc {
-    Service::new(
-        MemoryMetadata::new(),
-        MemoryBlobs::new(),
-        Settings::default(),
-    )
+    memory_service(Settings::default())
 }
 
 fn fixture(name: &str) -> String {
@@ -40,13 +34,6 @@ fn request_of(name: &str) -> Value {
         body.as_bytes().to_vec()
     };
     serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
-    )
 }
 
 /// Runs a fixture through the handler and the runtime's response conversion; returns the
@@ -144,20 +131,9 @@ async fn invoke_raw(svc: &Svc, name: &str) -> (u16, Value, String) {
     (status, json, record)
 }
 
-async fn expect_error(svc: &Svc, name: &str, error: &str) -> Value {
-    let (status, json) = invoke(svc, name).await;
-    assert_eq!(status, 400, "{name}: {json}");
-    assert_eq!(json["__type"], error, "{name}: {json}");
-    assert!(
-        json["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{name}: {json}"
-    );
-    json
-}
-
 /// Puts an upload the fixtures name in place, as InitiateLayerUpload would with that id; `key`
 /// is where its blob goes (InitiateLayerUpload gives every upload a key of its own).
-async fn seed_upload(svc: &Svc, upload_id: &str, key: &str) {
+async fn seed_upload(svc: &Svc, repository: &str, upload_id: &str, key: &str) {
     let key = key.to_string();
     let multipart_id = svc.blobs().create_multipart(&key).await.unwrap();
     let now = std::time::SystemTime::now()
@@ -165,8 +141,8 @@ async fn seed_upload(svc: &Svc, upload_id: &str, key: &str) {
         .unwrap();
     let record = UploadRecord {
         upload_id: upload_id.into(),
-        registry_id: "123456789012".into(),
-        repository: "sample/app".into(),
+        registry_id: REGISTRY.into(),
+        repository: repository.into(),
         blob_key: key,
         multipart_id,
         next_byte: 0,
@@ -183,408 +159,241 @@ async fn seed_upload(svc: &Svc, upload_id: &str, key: &str) {
     svc.metadata().create_upload(&record).await.unwrap();
 }
 
-/// The image fixtures, in the order a push goes: config blob, PutImage, reads, deletion. Runs
-/// after complete-layer-upload (the layer PART is in the repository) and before
-/// delete-repository.
-async fn image_fixtures(svc: &Svc, run: &mut impl FnMut(&'static str) -> &'static str) {
-    let layer = sha256(PART);
-    let config_req = request_of("upload-config-part");
-    let config = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        config_req["layerPartBlob"].as_str().unwrap(),
-    )
-    .unwrap();
-    let config_digest = sha256(&config);
-    let put_req = request_of("put-image");
-    let manifest = put_req["imageManifest"].as_str().unwrap();
-    let image = sha256(manifest.as_bytes());
-    let absent_manifest = request_of("error-layers-not-found")["imageManifest"]
+/// tests/fixtures/expected.json: what every fixture must be answered, step by step in the order
+/// the fixtures make one push (tests/lambda/invoke_fixtures.py reads it too).
+fn expected() -> Value {
+    let path = format!(
+        "{}/tests/fixtures/expected.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The base64 blob of a fixture's `layerPartBlob`.
+fn part_of(name: &str) -> Vec<u8> {
+    let blob = request_of(name)["layerPartBlob"]
         .as_str()
         .unwrap()
         .to_string();
-    let absent: Value = serde_json::from_str(&absent_manifest).unwrap();
-    let absent = absent["layers"][0]["digest"].as_str().unwrap().to_string();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, blob).unwrap()
+}
 
-    // The config blob, through an upload of its own.
-    seed_upload(svc, CONFIG_UPLOAD_ID, &format!("layers/{CONFIG_UPLOAD_ID}")).await;
-    let (status, json) = invoke(svc, run("upload-config-part")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["uploadId"], CONFIG_UPLOAD_ID);
-    assert_eq!(json["lastByteReceived"], config.len() - 1);
-    let (status, json) = invoke(svc, run("complete-config-upload")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["layerDigest"], config_digest);
-
-    // Pushed, not yet referenced: available without a media type, and not served.
-    let (status, json) = invoke(svc, run("batch-check-layer-availability")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["failures"], serde_json::json!([]), "{json}");
-    let layers = json["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 3, "{json}");
-    assert_eq!(layers[0]["layerDigest"], layer);
-    assert_eq!(layers[0]["layerAvailability"], "AVAILABLE");
-    assert_eq!(layers[0]["layerSize"], PART.len());
-    assert!(layers[0].get("mediaType").is_none(), "{json}");
-    assert_eq!(layers[1]["layerDigest"], config_digest);
-    assert_eq!(layers[1]["layerAvailability"], "AVAILABLE");
-    assert_eq!(layers[1]["layerSize"], config.len());
-    assert_eq!(layers[2]["layerDigest"], absent);
-    assert_eq!(layers[2]["layerAvailability"], "UNAVAILABLE");
-    assert!(layers[2].get("layerSize").is_none(), "{json}");
-    let json = expect_error(
-        svc,
-        run("error-layer-inaccessible"),
-        "LayerInaccessibleException",
+/// What the placeholders of tests/fixtures/expected.json stand for in this run (`upload_id` is
+/// set as uploads start).
+fn placeholders(repo: &str, part: &[u8]) -> Map<String, Value> {
+    let config = part_of("upload-config-part");
+    let manifest = request_of("put-image")["imageManifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let absent_manifest: Value = serde_json::from_str(
+        request_of("error-layers-not-found")["imageManifest"]
+            .as_str()
+            .unwrap(),
     )
-    .await;
-    assert!(json["message"].as_str().unwrap().contains(&layer), "{json}");
+    .unwrap();
+    let vars = json!({
+        "repo": repo,
+        "registry": REGISTRY,
+        "region": "us-east-1",
+        "part_size": PART_SIZE,
+        "layer": digest(part),
+        "layer_size": part.len(),
+        "layer_last": part.len() - 1,
+        "config": digest(&config),
+        "config_size": config.len(),
+        "config_last": config.len() - 1,
+        "image": digest(manifest.as_bytes()),
+        "manifest": manifest,
+        "absent": absent_manifest["layers"][0]["digest"],
+    });
+    let Value::Object(vars) = vars else {
+        unreachable!()
+    };
+    vars
+}
 
-    // A manifest naming a blob the repository lacks: only the absent one is reported.
-    let json = expect_error(
-        svc,
-        run("error-layers-not-found"),
-        "LayersNotFoundException",
-    )
-    .await;
-    let message = json["message"].as_str().unwrap();
-    assert!(message.contains(&absent), "{json}");
-    assert!(!message.contains(&config_digest), "{json}");
-
-    let (status, json) = invoke(svc, run("put-image")).await;
-    assert_eq!(status, 200, "{json}");
-    let put = &json["image"];
-    assert_eq!(put["imageId"]["imageDigest"], image);
-    assert_eq!(put["imageId"]["imageTag"], "v1");
-    // Byte for byte what was sent: clients check the digest against this text.
-    assert_eq!(put["imageManifest"].as_str().unwrap(), manifest);
-    assert_eq!(put["imageManifestMediaType"], OCI_MANIFEST);
-    assert_eq!(put["repositoryName"], "sample/app");
-    assert_eq!(put["registryId"], "123456789012");
-    let json = expect_error(
-        svc,
-        run("error-image-already-exists"),
-        "ImageAlreadyExistsException",
-    )
-    .await;
-    assert_eq!(
-        json["message"],
-        format!(
-            "Image with digest '{image}' and tag 'v1' already exists in the repository with name 'sample/app' in registry with id '123456789012'"
-        )
-    );
-    let (status, json) = invoke(svc, run("put-image-tag-latest")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["image"]["imageId"]["imageDigest"], image);
-    assert_eq!(json["image"]["imageId"]["imageTag"], "latest");
-
-    // Referenced now: each blob carries the media type its descriptor gave.
-    let (status, json) = invoke(svc, "batch-check-layer-availability").await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["layers"][0]["mediaType"], LAYER_TYPE, "{json}");
-    assert_eq!(json["layers"][1]["mediaType"], CONFIG_TYPE, "{json}");
-    assert!(json["layers"][2].get("mediaType").is_none(), "{json}");
-
-    let (status, json) = invoke(svc, run("batch-get-image")).await;
-    assert_eq!(status, 200, "{json}");
-    let images = json["images"].as_array().unwrap();
-    assert_eq!(images.len(), 2, "{json}");
-    for got in images {
-        assert_eq!(got["imageId"]["imageDigest"], image);
-        assert_eq!(got["imageManifest"].as_str().unwrap(), manifest);
-        assert_eq!(got["imageManifestMediaType"], OCI_MANIFEST);
-        assert_eq!(got["repositoryName"], "sample/app");
+/// `pattern` with its placeholders replaced: a string that is only `{name}` becomes the value
+/// (of its own type), other strings have each `{name}` replaced by its text.
+fn resolve(pattern: &Value, vars: &Map<String, Value>) -> Value {
+    match pattern {
+        Value::String(s) => {
+            if let Some(value) = s
+                .strip_prefix('{')
+                .and_then(|r| r.strip_suffix('}'))
+                .and_then(|name| vars.get(name))
+            {
+                return value.clone();
+            }
+            let mut out = s.clone();
+            for (name, value) in vars {
+                let text = match value {
+                    Value::String(t) => t.clone(),
+                    other => other.to_string(),
+                };
+                out = out.replace(&format!("{{{name}}}"), &text);
+            }
+            Value::String(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|p| resolve(p, vars)).collect()),
+        Value::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|(k, p)| (k.clone(), resolve(p, vars)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
-    assert_eq!(images[0]["imageId"]["imageTag"], "v1");
-    assert!(images[1]["imageId"].get("imageTag").is_none(), "{json}");
-    let failures = json["failures"].as_array().unwrap();
-    assert_eq!(failures.len(), 1, "{json}");
-    assert_eq!(
-        failures[0]["imageId"],
-        serde_json::json!({"imageTag": "nope"})
-    );
-    assert_eq!(failures[0]["failureCode"], "ImageNotFound");
-    assert_eq!(failures[0]["failureReason"], "Requested image not found");
+}
 
-    // maxResults 1 of two entries (one per tag): a page and a token for the next one.
-    let (status, json) = invoke(svc, run("list-images")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(
-        json["imageIds"],
-        serde_json::json!([{"imageDigest": image, "imageTag": "latest"}])
-    );
-    assert!(
-        json["nextToken"].as_str().is_some_and(|t| !t.is_empty()),
-        "{json}"
-    );
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| {
+            g.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
 
-    // Everything on one page: no token.
-    let (status, json) = invoke(svc, run("describe-images")).await;
-    assert_eq!(status, 200, "{json}");
-    assert!(json.get("nextToken").is_none(), "{json}");
-    let details = json["imageDetails"].as_array().unwrap();
-    assert_eq!(details.len(), 1, "{json}");
-    let d = &details[0];
-    assert_eq!(d["imageDigest"], image);
-    assert_eq!(d["imageTags"], serde_json::json!(["latest", "v1"]));
-    assert_eq!(d["imageSizeInBytes"], PART.len());
-    assert_eq!(d["imageManifestMediaType"], OCI_MANIFEST);
-    assert_eq!(d["artifactMediaType"], CONFIG_TYPE);
-    assert_eq!(d["imageStatus"], "ACTIVE");
-    assert_eq!(d["registryId"], "123456789012");
-    assert_eq!(d["repositoryName"], "sample/app");
-    assert!(d["imagePushedAt"].is_number(), "{json}");
+/// `got` (None: absent) against a resolved `members` pattern of tests/fixtures/expected.json (its
+/// "about" says what the patterns mean); `at` names the place for the message.
+fn matches(got: Option<&Value>, want: &Value, at: &str) -> Result<(), String> {
+    if let Value::Object(ops) = want
+        && ops.keys().any(|k| k.starts_with('$'))
+    {
+        for (op, arg) in ops {
+            let ok = match (op.as_str(), got) {
+                ("$absent", got) => got.is_none(),
+                ("$eq", got) => got == Some(arg),
+                ("$type", Some(v)) => match arg.as_str() {
+                    Some("number") => v.is_number(),
+                    Some("uuid") => v.as_str().is_some_and(is_uuid),
+                    Some("nonempty-string") => v.as_str().is_some_and(|s| !s.is_empty()),
+                    other => panic!("{at}: unknown $type {other:?}"),
+                },
+                ("$contains" | "$excludes", Some(Value::String(s))) => {
+                    let needles = arg.as_array().expect("a list of strings");
+                    needles
+                        .iter()
+                        .all(|n| s.contains(n.as_str().unwrap()) == (op == "$contains"))
+                }
+                ("$type" | "$contains" | "$excludes", _) => false,
+                (other, _) => panic!("{at}: unknown operator {other}"),
+            };
+            if !ok {
+                return Err(format!("{at}: {got:?} is not {op} {arg}"));
+            }
+        }
+        return Ok(());
+    }
+    let got = got.ok_or_else(|| format!("{at}: missing, expected {want}"))?;
+    match want {
+        Value::Object(members) => {
+            for (name, w) in members {
+                matches(got.get(name), w, &format!("{at}.{name}"))?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            let got = got
+                .as_array()
+                .filter(|g| g.len() == items.len())
+                .ok_or_else(|| format!("{at}: {got}, expected {} elements", items.len()))?;
+            for (i, (g, w)) in got.iter().zip(items).enumerate() {
+                matches(Some(g), w, &format!("{at}[{i}]"))?;
+            }
+            Ok(())
+        }
+        scalar if got == scalar => Ok(()),
+        scalar => Err(format!("{at}: {got}, expected {scalar}")),
+    }
+}
 
-    let (status, json) = invoke(svc, run("get-download-url-for-layer")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["layerDigest"], layer);
-    // In-memory blobs answer `memory:///<key>?expires=<secs>`; the key must hold the layer.
-    let url = json["downloadUrl"].as_str().unwrap();
-    let key = url
-        .strip_prefix("memory:///")
-        .and_then(|rest| rest.split('?').next())
-        .unwrap_or_else(|| panic!("download URL {url}"));
-    assert_eq!(svc.blobs().get_object(key).await.unwrap().as_ref(), PART);
-
-    let json = expect_error(
-        svc,
-        run("error-repository-not-empty"),
-        "RepositoryNotEmptyException",
-    )
-    .await;
-    assert_eq!(
-        json["message"],
-        "The repository with name 'sample/app' in registry with id '123456789012' cannot be deleted because it still contains images"
-    );
-
-    // By digest: the image and both its tags go; the unknown tag is a failure.
-    let (status, json) = invoke(svc, run("batch-delete-image")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(
-        json["imageIds"],
-        serde_json::json!([
-            {"imageDigest": image, "imageTag": "latest"},
-            {"imageDigest": image, "imageTag": "v1"},
-        ])
-    );
-    let failures = json["failures"].as_array().unwrap();
-    assert_eq!(failures.len(), 1, "{json}");
-    assert_eq!(
-        failures[0]["imageId"],
-        serde_json::json!({"imageTag": "nope"})
-    );
-    assert_eq!(failures[0]["failureCode"], "ImageNotFound");
-    let (status, json) = invoke(svc, "list-images").await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["imageIds"], serde_json::json!([]));
-    assert!(json.get("nextToken").is_none(), "{json}");
-    // Gone by tag and by digest alike.
-    let (status, json) = invoke(svc, "batch-get-image").await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["images"], serde_json::json!([]));
-    let failures = json["failures"].as_array().unwrap();
-    assert_eq!(failures.len(), 3, "{json}");
-    assert!(
-        failures.iter().all(|f| f["failureCode"] == "ImageNotFound"),
-        "{json}"
-    );
+/// One answer against its step: status, an error's type and message, the members.
+fn check_answer(step: &Value, status: u16, json: &Value, label: &str) {
+    assert_eq!(step["status"], status, "{label}: {json}");
+    if status != 200 {
+        assert_eq!(json["__type"], step["__type"], "{label}: {json}");
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{label}: {json}"
+        );
+        if let Some(message) = step.get("message") {
+            assert_eq!(&json["message"], message, "{label}");
+        }
+    }
+    if let Some(members) = step.get("members")
+        && let Err(e) = matches(Some(json), members, "answer")
+    {
+        panic!("{label}: {e}\n{json}");
+    }
 }
 
 #[tokio::test]
 async fn every_fixture_gets_the_modelled_answer() {
     let svc = service();
-    let names: Vec<String> = std::fs::read_dir(format!("{}/events", env!("CARGO_MANIFEST_DIR")))
-        .unwrap()
-        .map(|e| {
-            e.unwrap()
-                .file_name()
-                .to_string_lossy()
-                .trim_end_matches(".json")
-                .to_string()
-        })
-        .collect();
-    let mut seen = std::collections::BTreeSet::new();
-    let mut run = |name: &'static str| {
-        assert!(names.iter().any(|n| n == name), "fixture {name} is missing");
-        seen.insert(name);
-        name
-    };
+    let names: BTreeSet<String> =
+        std::fs::read_dir(format!("{}/events", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".json")
+                    .to_string()
+            })
+            .collect();
+    let expected = expected();
+    let repo = expected["fixtures"]["repository"].as_str().unwrap();
+    let part = part_of("upload-layer-part");
+    let mut vars = placeholders(repo, &part);
+    let mut seen = BTreeSet::new();
+    let mut seeded = BTreeSet::new();
 
-    expect_error(
-        &svc,
-        run("error-repository-not-found"),
-        "RepositoryNotFoundException",
-    )
-    .await;
-    let (status, json) = invoke(&svc, run("create-repository")).await;
-    assert_eq!(status, 200, "{json}");
-    let repo = &json["repository"];
-    assert_eq!(repo["repositoryName"], "sample/app");
-    assert_eq!(repo["registryId"], "123456789012");
-    assert_eq!(
-        repo["repositoryArn"],
-        "arn:aws:ecr:us-east-1:123456789012:repository/sample/app"
-    );
-    assert_eq!(
-        repo["repositoryUri"],
-        "123456789012.dkr.ecr.us-east-1.amazonaws.com/sample/app"
-    );
-    assert!(repo["createdAt"].is_number());
-    let json = expect_error(
-        &svc,
-        run("error-repository-already-exists"),
-        "RepositoryAlreadyExistsException",
-    )
-    .await;
-    assert_eq!(
-        json["message"],
-        "The repository with name 'sample/app' already exists in the registry with id '123456789012'"
-    );
+    for (i, step) in expected["steps"].as_array().unwrap().iter().enumerate() {
+        let step = resolve(step, &vars);
+        let label = format!(
+            "step {i} ({}{})",
+            step["fixture"].as_str().unwrap_or("new upload"),
+            step["note"]
+                .as_str()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
+        );
+        if let Some(name) = step["fixture"].as_str() {
+            assert!(names.contains(name), "fixture {name} is missing");
+            seen.insert(name.to_string());
+            let (status, json) = invoke(&svc, name).await;
+            check_answer(&step, status, &json, &label);
+            if step["serves_layer"] == true {
+                // In-memory blobs answer `memory:///<key>?expires=<secs>`; the key must hold the
+                // layer.
+                let url = json["downloadUrl"].as_str().unwrap();
+                let key = url
+                    .strip_prefix("memory:///")
+                    .and_then(|rest| rest.split('?').next())
+                    .unwrap_or_else(|| panic!("{label}: download URL {url}"));
+                assert_eq!(svc.blobs().get_object(key).await.unwrap().as_ref(), part);
+            }
+        }
+        if let Some(id) = step["starts_upload"].as_str() {
+            // The fixtures name this id: the upload goes in place as InitiateLayerUpload would
+            // put it, with a blob key of its own.
+            let key = if seeded.insert(id.to_string()) {
+                format!("layers/{id}")
+            } else {
+                format!("layers/{id}-again")
+            };
+            seed_upload(&svc, repo, id, &key).await;
+            vars.insert("upload_id".into(), json!(id));
+        }
+    }
 
-    let (status, json) = invoke(&svc, run("describe-repositories")).await;
-    assert_eq!(status, 200);
-    assert_eq!(json["repositories"].as_array().unwrap().len(), 1);
-
-    let (status, json) = invoke(&svc, run("initiate-layer-upload")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["partSize"], 10_485_760);
-    assert_eq!(json["uploadId"].as_str().unwrap().len(), 36);
-
-    seed_upload(&svc, UPLOAD_ID, &format!("layers/{UPLOAD_ID}")).await;
-    let json = expect_error(&svc, run("error-empty-upload"), "EmptyUploadException").await;
-    assert_eq!(
-        json["message"],
-        format!(
-            "The upload with id '{UPLOAD_ID}' in the repository with name 'sample/app' in registry with id '123456789012' cannot be completed because it does not have any parts"
-        )
-    );
-    let json = expect_error(
-        &svc,
-        run("error-invalid-layer-part"),
-        "InvalidLayerPartException",
-    )
-    .await;
-    assert_eq!(
-        json["message"],
-        "First byte of the layer part is 100 instead of 0"
-    );
-    assert_eq!(json["lastValidByteReceived"], 0);
-    assert_eq!(json["uploadId"], UPLOAD_ID);
-    assert_eq!(json["repositoryName"], "sample/app");
-    assert_eq!(json["registryId"], "123456789012");
-    let json = expect_error(
-        &svc,
-        run("error-part-length-mismatch"),
-        "InvalidLayerPartException",
-    )
-    .await;
-    assert_eq!(json["lastValidByteReceived"], 0);
-
-    // The base64-encoded body, as a Function URL delivers it.
-    let (status, json) = invoke(&svc, run("upload-layer-part")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["lastByteReceived"], PART.len() - 1);
-    assert_eq!(json["uploadId"], UPLOAD_ID);
-    // The same part as a plain-text body: a byte-identical re-send, answered with success.
-    let (status, json) = invoke(&svc, run("upload-layer-part-text-body")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["lastByteReceived"], PART.len() - 1);
-    let json = expect_error(
-        &svc,
-        run("error-invalid-layer-part"),
-        "InvalidLayerPartException",
-    )
-    .await;
-    assert_eq!(
-        json["message"],
-        format!(
-            "First byte of the layer part is 100 instead of {}",
-            PART.len()
-        )
-    );
-    assert_eq!(json["lastValidByteReceived"], PART.len() - 1);
-
-    let (status, json) = invoke(&svc, run("complete-layer-upload")).await;
-    assert_eq!(status, 200, "{json}");
-    let digest = sha256(PART);
-    assert_eq!(json["layerDigest"], digest);
-    // Completed: the id is retired.
-    expect_error(&svc, "complete-layer-upload", "UploadNotFoundException").await;
-    expect_error(&svc, "upload-layer-part", "UploadNotFoundException").await;
-
-    // Same id again, wrong digest at completion.
-    seed_upload(&svc, UPLOAD_ID, &format!("layers/{UPLOAD_ID}-again")).await;
-    invoke(&svc, "upload-layer-part").await;
-    let json = expect_error(
-        &svc,
-        run("error-invalid-layer-digest"),
-        "InvalidLayerException",
-    )
-    .await;
-    assert_eq!(
-        json["message"],
-        "None of the provided layer digests match the calculated layer digest"
-    );
-
-    image_fixtures(&svc, &mut run).await;
-
-    expect_error(
-        &svc,
-        run("error-upload-not-found"),
-        "UploadNotFoundException",
-    )
-    .await;
-    expect_error(
-        &svc,
-        run("error-unknown-operation"),
-        "UnknownOperationException",
-    )
-    .await;
-    expect_error(
-        &svc,
-        run("error-missing-target"),
-        "UnknownOperationException",
-    )
-    .await;
-    expect_error(&svc, run("error-serialization"), "SerializationException").await;
-    expect_error(
-        &svc,
-        run("error-wrong-member-type"),
-        "SerializationException",
-    )
-    .await;
-    let json = expect_error(
-        &svc,
-        run("error-invalid-repository-name"),
-        "InvalidParameterException",
-    )
-    .await;
-    assert_eq!(
-        json["message"],
-        "Invalid parameter at 'repositoryName' failed to satisfy constraint: 'must have length greater than or equal to 2'"
-    );
-    let json = expect_error(
-        &svc,
-        run("error-registry-mismatch"),
-        "RepositoryNotFoundException",
-    )
-    .await;
-    assert_eq!(
-        json["message"],
-        "The repository with name 'sample/app' does not exist in the registry with id '999999999999'"
-    );
-
-    let (status, json) = invoke(&svc, run("delete-repository")).await;
-    assert_eq!(status, 200, "{json}");
-    assert_eq!(json["repository"]["repositoryName"], "sample/app");
-    expect_error(&svc, "describe-repositories", "RepositoryNotFoundException").await;
-
-    let unvisited: Vec<&String> = names
-        .iter()
-        .filter(|n| !seen.contains(n.as_str()))
-        .collect();
+    let unvisited: Vec<&String> = names.difference(&seen).collect();
     assert!(
         unvisited.is_empty(),
-        "fixtures without a check: {unvisited:?}"
+        "fixtures without a step in tests/fixtures/expected.json: {unvisited:?}"
     );
 
     // Byte for byte what the handler answered when the record was made; `ECR_UPDATE_GOLDEN=1`
