@@ -1,5 +1,5 @@
 //! The contract of the storage ports (`src/ports.rs`), written once and run against every
-//! backend: `tests/contract_local.rs` (in-memory and embedded) and `tests/contract_aws.rs`
+//! backend: `tests/unit/contract.rs` (in-memory and embedded) and `tests/aws/contract.rs`
 //! (S3 + DynamoDB servers).
 //!
 //! Every behaviour is a `pub async fn` generic over the port. Each call uses fresh ids and keys
