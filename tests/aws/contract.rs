@@ -23,7 +23,7 @@ use ecr_layer_upload::service::INLINE_MANIFEST_MAX;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::common::{aws, http_get, http_request};
+use crate::common::{aws, http_get, http_request, open_upload};
 use crate::suite;
 
 const MIN_PART: usize = suite::MIN_PART;
@@ -109,26 +109,9 @@ fn flushed(number: u32, etag: String, offset: u64, len: usize) -> FlushedPart {
 
 fn upload() -> UploadRecord {
     let id = uuid::Uuid::new_v4().to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     UploadRecord {
-        upload_id: id.clone(),
-        registry_id: "123456789012".into(),
-        repository: "contract-aws/app".into(),
-        blob_key: format!("uploads/{id}"),
         multipart_id: "mp".into(),
-        next_byte: 0,
-        flushed_bytes: 0,
-        parts_flushed: 0,
-        last_part: None,
-        smallest_nonfinal_part: None,
-        state: UploadState::Open,
-        version: 1,
-        created_at_ms: now * 1000,
-        updated_at_ms: now * 1000,
-        expires_at: now + 86_400,
+        ..open_upload(&id, "contract-aws/app")
     }
 }
 

@@ -54,3 +54,35 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
 }
+
+/// Seconds and milliseconds since the Unix epoch.
+pub fn now() -> (u64, u64) {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970");
+    (since.as_secs(), since.as_millis() as u64)
+}
+
+/// The record of an open upload with nothing received, as InitiateLayerUpload writes it: blob
+/// key `uploads/<id>`, no multipart upload yet, version 1, expiring a day from now. Tests change
+/// what they need with `UploadRecord { field: value, ..open_upload(id, repository) }`.
+pub fn open_upload(upload_id: &str, repository: &str) -> ecr_layer_upload::ports::UploadRecord {
+    let (secs, millis) = now();
+    ecr_layer_upload::ports::UploadRecord {
+        upload_id: upload_id.to_owned(),
+        registry_id: REGISTRY.into(),
+        repository: repository.into(),
+        blob_key: format!("uploads/{upload_id}"),
+        multipart_id: String::new(),
+        next_byte: 0,
+        flushed_bytes: 0,
+        parts_flushed: 0,
+        last_part: None,
+        smallest_nonfinal_part: None,
+        state: ecr_layer_upload::ports::UploadState::Open,
+        version: 1,
+        created_at_ms: millis,
+        updated_at_ms: millis,
+        expires_at: secs + 86_400,
+    }
+}

@@ -4,13 +4,13 @@
 use std::collections::BTreeSet;
 
 use ecr_layer_upload::frontdoors::lambda;
-use ecr_layer_upload::ports::{BlobStore, MetadataStore, UploadRecord, UploadState};
+use ecr_layer_upload::ports::{BlobStore, MetadataStore, UploadRecord};
 use ecr_layer_upload::service::Settings;
 use lambda_http::{Body, IntoResponse};
 use serde_json::{Map, Value, json};
 
 use crate::common::service::{MemoryService as Svc, memory_service};
-use crate::common::{REGISTRY, digest};
+use crate::common::{REGISTRY, digest, now, open_upload};
 
 /// InitiateLayerUpload's partSize with the default settings.
 const PART_SIZE: u64 = 10_485_760;
@@ -136,25 +136,11 @@ async fn invoke_raw(svc: &Svc, name: &str) -> (u16, Value, String) {
 async fn seed_upload(svc: &Svc, repository: &str, upload_id: &str, key: &str) {
     let key = key.to_string();
     let multipart_id = svc.blobs().create_multipart(&key).await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
     let record = UploadRecord {
-        upload_id: upload_id.into(),
-        registry_id: REGISTRY.into(),
-        repository: repository.into(),
         blob_key: key,
         multipart_id,
-        next_byte: 0,
-        flushed_bytes: 0,
-        parts_flushed: 0,
-        last_part: None,
-        smallest_nonfinal_part: None,
-        state: UploadState::Open,
-        version: 1,
-        created_at_ms: now.as_millis() as u64,
-        updated_at_ms: now.as_millis() as u64,
-        expires_at: now.as_secs() + 3600,
+        expires_at: now().0 + 3600,
+        ..open_upload(upload_id, repository)
     };
     svc.metadata().create_upload(&record).await.unwrap();
 }
