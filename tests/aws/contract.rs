@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::common::{aws, http_get, http_request, open_upload};
-use crate::suite;
+use crate::suite::{self, blob_key, flushed};
 
 const MIN_PART: usize = suite::MIN_PART;
 
@@ -93,19 +93,6 @@ fn every_suite_blob_behaviour_runs_or_is_a_listed_exception() {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-fn blob_key(kind: &str) -> String {
-    format!("contract-aws/{kind}/{}", uuid::Uuid::new_v4())
-}
-
-fn flushed(number: u32, etag: String, offset: u64, len: usize) -> FlushedPart {
-    FlushedPart {
-        number,
-        etag,
-        offset,
-        len: len as u64,
-    }
-}
 
 fn upload() -> UploadRecord {
     let id = uuid::Uuid::new_v4().to_string();

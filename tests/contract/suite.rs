@@ -1454,11 +1454,11 @@ async fn read_all<B: BlobStore>(b: &B, key: &str, range: Option<(u64, u64)>) -> 
     out
 }
 
-fn blob_key(kind: &str) -> String {
+pub fn blob_key(kind: &str) -> String {
     format!("contract/{kind}/{}", uuid::Uuid::new_v4())
 }
 
-fn flushed(number: u32, etag: String, offset: u64, len: usize) -> FlushedPart {
+pub fn flushed(number: u32, etag: String, offset: u64, len: usize) -> FlushedPart {
     FlushedPart {
         number,
         etag,
