@@ -24,9 +24,9 @@ run:
 test:
 	CARGO=$(CARGO) scripts/test.sh
 
-# Fast loop: the suites that need no servers.
+# Fast loop: the library's tests and the suites that need no servers (tests/unit).
 unit:
-	$(CARGO) test --lib --test service --test images --test events --test lambda_limits --test contract_local --test local_backend
+	$(CARGO) test --lib --test unit
 
 # Peak memory and throughput for 64 MiB and 1 GiB layers in Lambda-sized parts.
 bench:

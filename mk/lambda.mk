@@ -61,7 +61,7 @@ invoke: tools
 		--data-file events/$(EVENT).json
 
 # Every fixture in events/ through `cargo lambda watch` + `cargo lambda invoke`, each answer checked
-# (tests/lambda/invoke_fixtures.py). The script starts and stops a watcher of its own (AWS backend,
+# against tests/fixtures/expected.json (tests/lambda/invoke_fixtures.py). The script starts and stops a watcher of its own (AWS backend,
 # the local servers' environment) on TEST_LAMBDA_PORT, by default the first free port from 39500,
 # so a `make watch` on LAMBDA_PORT may keep running.
 TEST_LAMBDA_PORT ?=

@@ -3,7 +3,8 @@
 
 SERVICES := scripts/services.sh
 
-.PHONY: services-install services-up services-down services-status aws-env run-aws test-aws-contract test-aws-backend
+.PHONY: services-install services-up services-down services-status aws-env run-aws test-aws \
+	test-aws-contract test-aws-backend
 
 services-install:
 	$(SERVICES) install
@@ -25,10 +26,15 @@ aws-env:
 run-aws: services-up
 	env $$($(SERVICES) env) $(CARGO) run --release -- serve
 
+# tests/aws: the suites that need the servers, on the AWS backend in-process.
+test-aws: services-up
+	env $$($(SERVICES) env) $(CARGO) test --test aws
+
+# The storage contract on the AWS adapters (tests/aws/contract.rs).
 test-aws-contract: services-up
-	env $$($(SERVICES) env) $(CARGO) test --test contract_aws
+	env $$($(SERVICES) env) $(CARGO) test --test aws contract::
 
 # The service (upload state machine) in-process on the AWS backend: coalescing into S3 parts,
-# abandoned uploads, races (tests/aws_backend.rs).
+# abandoned uploads, races (tests/aws/backend.rs).
 test-aws-backend: services-up
-	env $$($(SERVICES) env) $(CARGO) test --test aws_backend
+	env $$($(SERVICES) env) $(CARGO) test --test aws backend::

@@ -7,9 +7,11 @@ A Function URL hands an `application/x-amz-json-1.1` body to the function base64
 the body as plain text too, as an emulator or API Gateway mapping may. Run it again after changing
 it: `python3 scripts/gen_events.py`.
 
-The fixtures make one push when sent in order (tests/events.rs and tests/lambda/invoke_fixtures.py
-do): the layer PART goes up under UPLOAD_ID and the image config under CONFIG_UPLOAD_ID, then one
-OCI manifest over both is put under two tags, read back, and deleted.
+The fixtures make one push when sent in order: the layer PART goes up under UPLOAD_ID and the
+image config under CONFIG_UPLOAD_ID, then one OCI manifest over both is put under two tags, read
+back, and deleted. tests/fixtures/expected.json lists that order and what each fixture must be
+answered (tests/unit/events.rs and tests/lambda/invoke_fixtures.py read it): a fixture added here
+needs a step there, and REPO and the upload ids must stay the ones it names.
 """
 import base64
 import hashlib

@@ -39,11 +39,13 @@ unset ECR_BACKEND
 step "build"
 $CARGO build --lib --bins --tests
 
-step "Rust suites (service, fixtures, storage contract on both backends, aws-sdk-ecr on local)"
+# tests/unit (no servers), tests/aws (the AWS backend in-process) and tests/e2e (the binary with
+# aws-sdk-ecr and the push command) on the embedded backend.
+step "Rust suites (unit, storage contract and service on the AWS backend, end to end on local)"
 ECR_TEST_BACKEND=local $CARGO test --lib --bins --tests
 
-step "aws-sdk-ecr and the push command against the AWS backend"
-ECR_TEST_BACKEND=aws $CARGO test --test sdk_ecr --test push
+step "end to end (aws-sdk-ecr and the push command) against the AWS backend"
+ECR_TEST_BACKEND=aws $CARGO test --test e2e
 
 export ECR_BIN=target/debug/ecr-layer-upload
 step "boto3 and aws CLI against the embedded backend"

@@ -1,204 +1,88 @@
-//! Starts the real binary on a loopback port for tests that drive it with real clients.
+//! What the test binaries share: tests/unit, tests/aws and tests/e2e (their main.rs) each declare it
+//! (`#[path = "../common/mod.rs"] mod common;`), and so does benches/push.rs.
 //!
-//! The backend follows `ECR_TEST_BACKEND` (`local` by default; `aws` uses the S3 and DynamoDB
-//! servers whose environment `scripts/services.sh env` prints and `make test` exports).
+//! - here: digests, names, test data, temporary directories;
+//! - [`server`]: the real binary on a loopback port, and aws-sdk-ecr against it;
+//! - [`http`]: a plain HTTP/1.1 client for download URLs;
+//! - [`service`]: the service in-process: construction, settings, request helpers;
+//! - [`aws`]: the AWS backend's adapters against the local S3 and DynamoDB servers.
 
-#![allow(dead_code)]
+// Each binary uses a different part of it.
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+pub mod aws;
+pub mod http;
+pub mod server;
+pub mod service;
 
-pub struct Server {
-    child: Child,
-    pub endpoint: String,
-    _data: tempfile::TempDir,
-}
+pub use http::{http_get, http_request};
+pub use server::{Server, create_repository, push_blob};
 
-impl Server {
-    pub fn start(extra_env: &[(&str, &str)]) -> Server {
-        let data = tempfile::tempdir().expect("temp dir");
-        let backend = std::env::var("ECR_TEST_BACKEND").unwrap_or_else(|_| "local".into());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ecr-layer-upload"));
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("ECR_BACKEND", &backend)
-            .env("RUST_LOG", "info")
-            .env_remove("AWS_LAMBDA_RUNTIME_API")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if backend == "aws" {
-            for key in [
-                "ECR_BUCKET",
-                "ECR_TABLE",
-                "AWS_ENDPOINT_URL_S3",
-                "AWS_ENDPOINT_URL_DYNAMODB",
-            ] {
-                assert!(
-                    std::env::var(key).is_ok(),
-                    "ECR_TEST_BACKEND=aws needs {key}: run the tests through `make test`"
-                );
-            }
-        }
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start ecr-layer-upload");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let (false, Some(addr)) = (sent, line.split("addr=").nth(1)) {
-                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-                // Keep draining so the server never blocks on a full pipe.
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
-                break addr;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("ecr-layer-upload exited at start: {status}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("ecr-layer-upload did not start in 30 s");
-            }
-        };
-        Server {
-            child,
-            endpoint: format!("http://{addr}"),
-            _data: data,
-        }
-    }
+/// The registry id the service answers with when a request names none.
+pub const REGISTRY: &str = "123456789012";
 
-    /// The official Rust client, pointed at this server with test credentials.
-    pub fn ecr_client(&self) -> aws_sdk_ecr::Client {
-        use aws_sdk_ecr::config::{BehaviorVersion, Credentials, Region};
-        let conf = aws_sdk_ecr::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-            .build();
-        aws_sdk_ecr::Client::from_conf(conf)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Peak resident memory of the server process so far, in bytes (Linux `VmHWM`).
-    pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .expect("VmHWM")
-            * 1024
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Uploads `data` to repository `repo` as one part with aws-sdk-ecr; returns its digest.
-pub async fn push_blob(ecr: &aws_sdk_ecr::Client, repo: &str, data: &[u8]) -> String {
+/// `sha256:<hex>` of `data`, as ECR names layers and images.
+pub fn digest(data: &[u8]) -> String {
     use sha2::Digest;
-    let id = ecr
-        .initiate_layer_upload()
-        .repository_name(repo)
-        .send()
-        .await
-        .unwrap()
-        .upload_id
-        .unwrap();
-    ecr.upload_layer_part()
-        .repository_name(repo)
-        .upload_id(&id)
-        .part_first_byte(0)
-        .part_last_byte(data.len() as i64 - 1)
-        .layer_part_blob(aws_sdk_ecr::primitives::Blob::new(data))
-        .send()
-        .await
-        .unwrap();
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
-    ecr.complete_layer_upload()
-        .repository_name(repo)
-        .upload_id(&id)
-        .layer_digests(&digest)
-        .send()
-        .await
-        .unwrap();
-    digest
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
-/// A plain HTTP/1.1 GET of an `http://host:port/path?query` URL, as any client fetches a
-/// download URL: status and body.
-pub async fn http_get(url: &str) -> (u16, Vec<u8>) {
-    let (status, _, body) = http_request(url, &[]).await;
-    (status, body)
+/// `prefix-` and eight random hex digits: a repository name of its own for every test and run
+/// (servers and their state may be shared).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
-/// A plain HTTP/1.1 GET with extra request headers: status, response head and body.
-pub async fn http_request(url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
-    let rest = url.strip_prefix("http://").expect("an http:// URL");
-    let (host, path) = rest.split_at(rest.find('/').expect("a path"));
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let extra: String = headers
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
-    conn.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await.unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    let body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return (status, head, dechunk(&body));
+/// Deterministic bytes that do not repeat with any short period (xorshift64), so a part written
+/// at the wrong offset or in the wrong order changes the digest.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A temporary directory, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+/// Seconds and milliseconds since the Unix epoch.
+pub fn now() -> (u64, u64) {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970");
+    (since.as_secs(), since.as_millis() as u64)
+}
+
+/// The record of an open upload with nothing received, as InitiateLayerUpload writes it: blob
+/// key `uploads/<id>`, no multipart upload yet, version 1, expiring a day from now. Tests change
+/// what they need with `UploadRecord { field: value, ..open_upload(id, repository) }`.
+pub fn open_upload(upload_id: &str, repository: &str) -> ecr_layer_upload::ports::UploadRecord {
+    let (secs, millis) = now();
+    ecr_layer_upload::ports::UploadRecord {
+        upload_id: upload_id.to_owned(),
+        registry_id: REGISTRY.into(),
+        repository: repository.into(),
+        blob_key: format!("uploads/{upload_id}"),
+        multipart_id: String::new(),
+        next_byte: 0,
+        flushed_bytes: 0,
+        parts_flushed: 0,
+        last_part: None,
+        smallest_nonfinal_part: None,
+        state: ecr_layer_upload::ports::UploadState::Open,
+        version: 1,
+        created_at_ms: millis,
+        updated_at_ms: millis,
+        expires_at: secs + 86_400,
     }
-    (status, head, body)
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&body[..eol]).trim(), 16)
-            .expect("a chunk size");
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&body[eol + 2..eol + 2 + size]);
-        body = &body[eol + 4 + size..];
-    }
-    out
 }

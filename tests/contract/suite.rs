@@ -1,5 +1,5 @@
 //! The contract of the storage ports (`src/ports.rs`), written once and run against every
-//! backend: `tests/contract_local.rs` (in-memory and embedded) and `tests/contract_aws.rs`
+//! backend: `tests/unit/contract.rs` (in-memory and embedded) and `tests/aws/contract.rs`
 //! (S3 + DynamoDB servers).
 //!
 //! Every behaviour is a `pub async fn` generic over the port. Each call uses fresh ids and keys
@@ -1454,11 +1454,11 @@ async fn read_all<B: BlobStore>(b: &B, key: &str, range: Option<(u64, u64)>) -> 
     out
 }
 
-fn blob_key(kind: &str) -> String {
+pub fn blob_key(kind: &str) -> String {
     format!("contract/{kind}/{}", uuid::Uuid::new_v4())
 }
 
-fn flushed(number: u32, etag: String, offset: u64, len: usize) -> FlushedPart {
+pub fn flushed(number: u32, etag: String, offset: u64, len: usize) -> FlushedPart {
     FlushedPart {
         number,
         etag,

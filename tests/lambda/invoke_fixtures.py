@@ -15,13 +15,16 @@ What it does:
   target/lambda-invoke/watch-<port>.log);
 - waits, bounded by LAMBDA_READY_SECS (default 900), until the function answers a harmless probe
   (the watcher compiles the crate in debug on the first invocation);
-- sends the fixtures in the order of tests/events.rs. DynamoDB persists between runs, so each run
-  uses a repository of its own (`sample/app-<unique>`, `no/such-repo-<unique>`) and the uploadId
-  that InitiateLayerUpload returned: the event body is decoded (base64 when isBase64Encoded),
-  rewritten and re-encoded into a temporary file for `cargo lambda invoke --data-file`;
+- sends the fixtures step by step as tests/fixtures/expected.json lists them (the in-process test,
+  tests/unit/events.rs, reads the same file). DynamoDB persists between runs, so each run uses a
+  repository of its own (`sample/app-<unique>`, `no/such-repo-<unique>`) and the uploadIds that
+  InitiateLayerUpload returned (a step that starts an upload without a fixture sends
+  initiate-layer-upload): the event body is decoded (base64 when isBase64Encoded), rewritten and
+  re-encoded into a temporary file for `cargo lambda invoke --data-file`;
 - checks each answer: statusCode, content-type and x-amzn-requestid headers, isBase64Encoded
-  false, the error's `__type` (also in x-amzn-errortype) or the success members; the URL that
-  GetDownloadUrlForLayer answers is fetched (whole and with a Range) and must serve the layer;
+  false, no `__type` on success; then what expected.json says: the error's `__type` (also in
+  x-amzn-errortype) and message, the members, and that the URL of GetDownloadUrlForLayer serves
+  the layer (fetched whole and with a Range);
 - fails if a fixture in events/ is not exercised; stops the watcher (SIGTERM to its process group,
   bounded wait, SIGKILL) in every case, and the function's own process group with it.
 
@@ -55,14 +58,8 @@ FUNCTION = "ecr-layer-upload"
 HOST = "127.0.0.1"
 CONTENT_TYPE = "application/x-amz-json-1.1"
 
-# What the fixtures name (scripts/gen_events.py).
-FIXTURE_REPO = "sample/app"
-FIXTURE_MISSING_REPO = "no/such-repo"
-FIXTURE_UPLOAD_ID = "0b7a3b1e-5c1d-4a4e-9a52-3f6c2d9e8f10"
-FIXTURE_CONFIG_UPLOAD_ID = "6d2f0c4a-8b3e-4f71-a2c5-9e1b7d3f5a60"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
-CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+# The steps, in order, and what each answer must be; the names the fixtures use.
+EXPECTED = ROOT / "tests" / "fixtures" / "expected.json"
 DOWNLOAD_TIMEOUT_SECS = 30
 
 # InitiateLayerUpload's partSize inside Lambda (src/config.rs lambda_part_size(); README.md).
@@ -319,7 +316,7 @@ class Watcher:
 
 
 # ------------------------------------------------------------------------------------------------
-# fixtures
+# fixtures and what they must be answered (tests/fixtures/expected.json)
 
 
 def sha256(data: bytes) -> str:
@@ -345,9 +342,14 @@ def event_body(event: dict) -> bytes:
     return base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()
 
 
-def rewrite_event(event: dict, repo: str, missing_repo: str, upload_id: str | None) -> dict:
-    """The event with this run's repository names and uploadId in its JSON body (only the values
-    the fixtures use for them: invalid names and unknown ids stay as they are)."""
+def request_of(name: str) -> dict:
+    return json.loads(event_body(load_fixture(name)))
+
+
+def rewrite_event(event: dict, names: dict[str, str], uploads: dict[str, str]) -> dict:
+    """The event with this run's repository names (`names`: fixture's name -> this run's) and
+    uploadIds (`uploads`: fixture's id -> the one InitiateLayerUpload answered) in its JSON body
+    (only the values the fixtures use for them: invalid names and unknown ids stay as they are)."""
     event = json.loads(json.dumps(event))
     raw = event_body(event)
     try:
@@ -356,21 +358,74 @@ def rewrite_event(event: dict, repo: str, missing_repo: str, upload_id: str | No
         return event
     if not isinstance(doc, dict):
         return event  # error-serialization: a JSON array, sent as is
-    if doc.get("repositoryName") == FIXTURE_REPO:
-        doc["repositoryName"] = repo
-    elif doc.get("repositoryName") == FIXTURE_MISSING_REPO:
-        doc["repositoryName"] = missing_repo
+    if doc.get("repositoryName") in names:
+        doc["repositoryName"] = names[doc["repositoryName"]]
     if isinstance(doc.get("repositoryNames"), list):
-        doc["repositoryNames"] = [repo if n == FIXTURE_REPO else n for n in doc["repositoryNames"]]
-    if upload_id is not None and doc.get("uploadId") in (FIXTURE_UPLOAD_ID,
-                                                         FIXTURE_CONFIG_UPLOAD_ID):
-        doc["uploadId"] = upload_id
+        doc["repositoryNames"] = [names.get(n, n) for n in doc["repositoryNames"]]
+    if doc.get("uploadId") in uploads:
+        doc["uploadId"] = uploads[doc["uploadId"]]
     raw = json.dumps(doc, separators=(",", ":")).encode()
     event["body"] = base64.b64encode(raw).decode() if event.get("isBase64Encoded") else raw.decode()
     headers = event.get("headers") or {}
     if "content-length" in headers:
         headers["content-length"] = str(len(raw))
     return event
+
+
+def resolve(pattern, values: dict):
+    """`pattern` with its placeholders replaced: a string that is only `{name}` becomes the value
+    (of its own type), other strings have each `{name}` replaced by its text."""
+    if isinstance(pattern, str):
+        if pattern.startswith("{") and pattern.endswith("}") and pattern[1:-1] in values:
+            return values[pattern[1:-1]]
+        for name, value in values.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            pattern = pattern.replace("{" + name + "}", text)
+        return pattern
+    if isinstance(pattern, list):
+        return [resolve(p, values) for p in pattern]
+    if isinstance(pattern, dict):
+        return {k: resolve(p, values) for k, p in pattern.items()}
+    return pattern
+
+
+MISSING = object()
+
+
+def matches(got, want, at: str) -> None:
+    """`got` (MISSING: absent) against a resolved `members` pattern of expected.json (its "about"
+    says what the patterns mean); raises AssertionError naming the place."""
+    if isinstance(want, dict) and any(k.startswith("$") for k in want):
+        for op, arg in want.items():
+            if op == "$absent":
+                ok = got is MISSING
+            elif op == "$eq":
+                ok = got is not MISSING and got == arg
+            elif op == "$type":
+                ok = {"number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                      "uuid": lambda v: isinstance(v, str) and bool(UUID_RE.match(v)),
+                      "nonempty-string": lambda v: isinstance(v, str) and v != ""}[arg](got)
+            elif op in ("$contains", "$excludes"):
+                ok = isinstance(got, str) and all((n in got) == (op == "$contains") for n in arg)
+            else:
+                raise ValueError(f"{at}: unknown operator {op}")
+            if not ok:
+                shown = "absent" if got is MISSING else json.dumps(got)[:500]
+                raise AssertionError(f"{at}: {shown} is not {op} {json.dumps(arg)}")
+        return
+    if got is MISSING:
+        raise AssertionError(f"{at}: missing, expected {json.dumps(want)[:500]}")
+    if isinstance(want, dict):
+        for name, w in want.items():
+            matches(got.get(name, MISSING) if isinstance(got, dict) else MISSING, w,
+                    f"{at}.{name}")
+    elif isinstance(want, list):
+        if not isinstance(got, list) or len(got) != len(want):
+            raise AssertionError(f"{at}: {json.dumps(got)[:500]}, expected {len(want)} elements")
+        for i, (g, w) in enumerate(zip(got, want)):
+            matches(g, w, f"{at}[{i}]")
+    elif got != want or isinstance(got, bool) != isinstance(want, bool):
+        raise AssertionError(f"{at}: {json.dumps(got)[:500]}, expected {json.dumps(want)[:500]}")
 
 
 class Run:
@@ -383,30 +438,51 @@ class Run:
         self.passed = 0
         self.failed = 0
         self.calls = 0
+        self.expected = json.loads(EXPECTED.read_text())
+        fixtures = self.expected["fixtures"]
         suffix = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}"
-        self.repo = f"{FIXTURE_REPO}-{suffix}"
-        self.missing_repo = f"{FIXTURE_MISSING_REPO}-{suffix}"
-        self.upload_id: str | None = None
+        self.repo = f"{fixtures['repository']}-{suffix}"
+        self.names = {fixtures["repository"]: self.repo,
+                      fixtures["missing_repository"]: f"{fixtures['missing_repository']}-{suffix}"}
+        # The fixtures' upload ids and the ones InitiateLayerUpload answered for them.
+        self.fixture_upload_ids = set(fixtures["upload_ids"])
+        self.uploads: dict[str, str] = {}
+        self.upload_ids_seen: set[str] = set()
         self.registry = env.get("ECR_REGISTRY_ID") or "123456789012"
         self.region = (env.get("ECR_REGION") or env.get("AWS_REGION")
                        or env.get("AWS_DEFAULT_REGION") or "us-east-1")
-        self.part_size = int(env.get("ECR_PART_SIZE") or LAMBDA_PART_SIZE)
-        part_doc = json.loads(event_body(load_fixture("upload-layer-part")))
-        self.part = base64.b64decode(part_doc["layerPartBlob"])
-        self.digest = sha256(self.part)
-        config_doc = json.loads(event_body(load_fixture("upload-config-part")))
-        self.config = base64.b64decode(config_doc["layerPartBlob"])
-        self.config_digest = sha256(self.config)
-        self.manifest = json.loads(event_body(load_fixture("put-image")))["imageManifest"]
-        self.image = sha256(self.manifest.encode())
-        absent = json.loads(json.loads(event_body(load_fixture("error-layers-not-found")))
-                            ["imageManifest"])
-        self.absent = absent["layers"][0]["digest"]
+        self.part = base64.b64decode(request_of("upload-layer-part")["layerPartBlob"])
+        config = base64.b64decode(request_of("upload-config-part")["layerPartBlob"])
+        manifest = request_of("put-image")["imageManifest"]
+        absent = json.loads(request_of("error-layers-not-found")["imageManifest"])
+        # What the placeholders of expected.json stand for in this run.
+        self.values = {
+            "repo": self.repo,
+            "registry": self.registry,
+            "region": self.region,
+            "part_size": int(env.get("ECR_PART_SIZE") or LAMBDA_PART_SIZE),
+            "layer": sha256(self.part),
+            "layer_size": len(self.part),
+            "layer_last": len(self.part) - 1,
+            "config": sha256(config),
+            "config_size": len(config),
+            "config_last": len(config) - 1,
+            "image": sha256(manifest.encode()),
+            "manifest": manifest,
+            "absent": absent["layers"][0]["digest"],
+        }
 
     # -- one invocation
 
-    def invoke(self, name: str, upload_id: str | None) -> dict:
-        event = rewrite_event(load_fixture(name), self.repo, self.missing_repo, upload_id)
+    def invoke(self, name: str) -> dict:
+        event = load_fixture(name)
+        try:
+            named = json.loads(event_body(event)).get("uploadId")
+        except (ValueError, AttributeError):
+            named = None
+        if named in self.fixture_upload_ids and named not in self.uploads:
+            raise AssertionError("no uploadId (InitiateLayerUpload failed earlier)")
+        event = rewrite_event(event, self.names, self.uploads)
         self.calls += 1
         path = self.tmp / f"{self.calls:02d}-{name}.json"
         path.write_text(json.dumps(event))
@@ -450,10 +526,30 @@ class Run:
             assert "__type" not in doc, f"success with __type: {doc}"
         return doc
 
-    def step(self, label: str, name: str, status: int, check=None, error: str | None = None,
-             message: str | None = None, counts: bool = True, upload_id: str | None = None,
-             needs_upload: bool = False):
-        """Sends fixture `name` and checks the answer; `counts` marks the fixture exercised."""
+    def check_answer(self, step: dict, doc: dict) -> None:
+        """The body against a resolved step of expected.json: error type and message, members."""
+        if step["status"] != 200:
+            want = step["__type"]
+            assert doc.get("__type") == want, f"__type {doc.get('__type')!r}, expected {want!r}"
+            assert isinstance(doc.get("message"), str) and doc["message"], f"no message: {doc}"
+            if "message" in step:
+                assert doc["message"] == step["message"], \
+                    f"message {doc['message']!r}, expected {step['message']!r}"
+        if "members" in step:
+            matches(doc, step["members"], "answer")
+        if step.get("serves_layer"):
+            url = doc["downloadUrl"]
+            assert url.startswith(("http://", "https://")), url
+            status, data = fetch(url)
+            assert status == 200, f"GET {status}"
+            assert data == self.part, f"GET returned {len(data)} bytes, not the layer's"
+            status, data = fetch(url, {"Range": "bytes=7-11"})
+            assert status == 206, f"ranged GET {status}"
+            assert data == self.part[7:12], f"ranged GET returned {data!r}"
+
+    def step(self, label: str, name: str, step: dict, counts: bool = True) -> dict | None:
+        """Sends fixture `name` and checks the answer against `step` (resolved); `counts` marks
+        the fixture exercised."""
         if name not in self.available:
             self.fail(label, f"fixture events/{name}.json is missing")
             return None
@@ -461,20 +557,9 @@ class Run:
             self.exercised.add(name)
         resp = None
         try:
-            uid = upload_id if upload_id is not None else self.upload_id
-            if needs_upload and uid is None:
-                raise AssertionError("no uploadId (InitiateLayerUpload failed earlier)")
-            resp = self.invoke(name, uid)
-            doc = self.check_envelope(resp, status)
-            if error is not None:
-                assert doc.get("__type") == error, f"__type {doc.get('__type')!r}, expected {error!r}"
-                assert isinstance(doc.get("message"), str) and doc["message"], \
-                    f"no message: {doc}"
-                if message is not None:
-                    assert doc["message"] == message, \
-                        f"message {doc['message']!r}, expected {message!r}"
-            if check is not None:
-                check(doc)
+            resp = self.invoke(name)
+            doc = self.check_envelope(resp, step["status"])
+            self.check_answer(step, doc)
         except AssertionError as e:
             detail = f"{e}"
             if resp is not None:
@@ -492,285 +577,47 @@ class Run:
         self.failed += 1
         log(f"FAIL {label}: {detail}")
 
-    # -- the script: tests/events.rs's order, on the AWS backend with this run's names
+    def start_upload(self, fixture_id: str, doc: dict | None, label: str) -> None:
+        """From here on the fixtures' `fixture_id` stands for the upload InitiateLayerUpload
+        answered with `doc` (None: it failed, the steps that need it fail)."""
+        self.uploads.pop(fixture_id, None)
+        if doc is None:
+            return
+        actual = doc.get("uploadId")
+        if actual in self.upload_ids_seen:
+            self.fail(label, "InitiateLayerUpload returned the same uploadId twice")
+        self.upload_ids_seen.add(actual)
+        self.uploads[fixture_id] = actual
+        self.values["upload_id"] = actual
 
-    def images(self) -> None:
-        """tests/events.rs's image_fixtures: config blob, PutImage, the reads, deletion."""
-        repo, reg = self.repo, self.registry
-        image, layer, config = self.image, self.digest, self.config_digest
-
-        def initiated(doc):
-            assert UUID_RE.match(doc.get("uploadId", "")), doc
-            self.upload_id = doc["uploadId"]
-        self.upload_id = None
-        self.step("initiate-layer-upload (config blob)", "initiate-layer-upload", 200, initiated,
-                  counts=False)
-        uid = self.upload_id
-
-        def config_part(doc):
-            assert doc["lastByteReceived"] == len(self.config) - 1, doc
-            assert doc["uploadId"] == uid, doc
-        self.step("upload-config-part", "upload-config-part", 200, config_part, needs_upload=True)
-
-        def config_done(doc):
-            assert doc["layerDigest"] == config, \
-                f"layerDigest {doc['layerDigest']}, expected {config}"
-            assert doc["uploadId"] == uid, doc
-        self.step("complete-config-upload", "complete-config-upload", 200, config_done,
-                  needs_upload=True)
-
-        def availability(referenced):
-            def check(doc):
-                assert doc["failures"] == [], doc
-                got = doc["layers"]
-                assert [x["layerDigest"] for x in got] == [layer, config, self.absent], got
-                assert [x["layerAvailability"] for x in got] == \
-                    ["AVAILABLE", "AVAILABLE", "UNAVAILABLE"], got
-                assert got[0]["layerSize"] == len(self.part), got
-                assert got[1]["layerSize"] == len(self.config), got
-                assert "layerSize" not in got[2] and "mediaType" not in got[2], got
-                if referenced:
-                    assert got[0].get("mediaType") == LAYER_TYPE, got
-                    assert got[1].get("mediaType") == CONFIG_TYPE, got
-                else:
-                    assert "mediaType" not in got[0] and "mediaType" not in got[1], got
-            return check
-        self.step("batch-check-layer-availability (not referenced)",
-                  "batch-check-layer-availability", 200, availability(False))
-
-        def names_layer(doc):
-            assert layer in doc["message"], doc
-        self.step("error-layer-inaccessible", "error-layer-inaccessible", 400, names_layer,
-                  error="LayerInaccessibleException")
-
-        def names_absent(doc):
-            assert self.absent in doc["message"], doc
-            assert config not in doc["message"], doc
-        self.step("error-layers-not-found", "error-layers-not-found", 400, names_absent,
-                  error="LayersNotFoundException")
-
-        def put(tag):
-            def check(doc):
-                img = doc["image"]
-                assert img["imageId"] == {"imageDigest": image, "imageTag": tag}, img["imageId"]
-                # Byte for byte what was sent: clients check the digest against this text.
-                assert img["imageManifest"] == self.manifest, img["imageManifest"]
-                assert img["imageManifestMediaType"] == OCI_MANIFEST, img
-                assert img["repositoryName"] == repo and img["registryId"] == reg, img
-            return check
-        self.step("put-image", "put-image", 200, put("v1"))
-        self.step("error-image-already-exists", "error-image-already-exists", 400,
-                  error="ImageAlreadyExistsException",
-                  message=f"Image with digest '{image}' and tag 'v1' already exists in the "
-                          f"repository with name '{repo}' in registry with id '{reg}'")
-        self.step("put-image-tag-latest", "put-image-tag-latest", 200, put("latest"))
-        self.step("batch-check-layer-availability (referenced)", "batch-check-layer-availability",
-                  200, availability(True), counts=False)
-
-        def got_image(doc):
-            images = doc["images"]
-            assert len(images) == 2, images
-            for img in images:
-                assert img["imageId"]["imageDigest"] == image, img["imageId"]
-                assert img["imageManifest"] == self.manifest, img["imageManifest"]
-                assert img["imageManifestMediaType"] == OCI_MANIFEST, img
-                assert img["repositoryName"] == repo, img
-            assert images[0]["imageId"].get("imageTag") == "v1", images[0]["imageId"]
-            assert "imageTag" not in images[1]["imageId"], images[1]["imageId"]
-            failures = doc["failures"]
-            assert len(failures) == 1, failures
-            assert failures[0]["imageId"] == {"imageTag": "nope"}, failures
-            assert failures[0]["failureCode"] == "ImageNotFound", failures
-            assert failures[0]["failureReason"] == "Requested image not found", failures
-        self.step("batch-get-image", "batch-get-image", 200, got_image)
-
-        def first_page(doc):
-            # maxResults 1 of two entries (one per tag): a page and a token for the next one.
-            assert doc["imageIds"] == [{"imageDigest": image, "imageTag": "latest"}], doc
-            assert isinstance(doc.get("nextToken"), str) and doc["nextToken"], doc
-        self.step("list-images", "list-images", 200, first_page)
-
-        def described(doc):
-            assert "nextToken" not in doc, doc
-            details = doc["imageDetails"]
-            assert len(details) == 1, details
-            d = details[0]
-            assert d["imageDigest"] == image, d
-            assert d["imageTags"] == ["latest", "v1"], d
-            assert d["imageSizeInBytes"] == len(self.part), d
-            assert d["imageManifestMediaType"] == OCI_MANIFEST, d
-            assert d["artifactMediaType"] == CONFIG_TYPE, d
-            assert d["imageStatus"] == "ACTIVE", d
-            assert d["registryId"] == reg and d["repositoryName"] == repo, d
-            assert isinstance(d["imagePushedAt"], (int, float)), d
-        self.step("describe-images", "describe-images", 200, described)
-
-        def download(doc):
-            assert doc["layerDigest"] == layer, doc
-            url = doc["downloadUrl"]
-            assert url.startswith(("http://", "https://")), url
-            status, data = fetch(url)
-            assert status == 200, f"GET {status}"
-            assert data == self.part, f"GET returned {len(data)} bytes, not the layer's"
-            status, data = fetch(url, {"Range": "bytes=7-11"})
-            assert status == 206, f"ranged GET {status}"
-            assert data == self.part[7:12], f"ranged GET returned {data!r}"
-        self.step("get-download-url-for-layer (and GET the URL)", "get-download-url-for-layer",
-                  200, download)
-
-        self.step("error-repository-not-empty", "error-repository-not-empty", 400,
-                  error="RepositoryNotEmptyException",
-                  message=f"The repository with name '{repo}' in registry with id '{reg}' cannot "
-                          "be deleted because it still contains images")
-
-        def deleted(doc):
-            # By digest: the image and both its tags go; the unknown tag is a failure.
-            assert doc["imageIds"] == [{"imageDigest": image, "imageTag": "latest"},
-                                       {"imageDigest": image, "imageTag": "v1"}], doc
-            assert len(doc["failures"]) == 1, doc
-            assert doc["failures"][0]["imageId"] == {"imageTag": "nope"}, doc
-            assert doc["failures"][0]["failureCode"] == "ImageNotFound", doc
-        self.step("batch-delete-image", "batch-delete-image", 200, deleted)
-
-        def empty(doc):
-            assert doc["imageIds"] == [] and "nextToken" not in doc, doc
-        self.step("list-images after delete", "list-images", 200, empty, counts=False)
-
-        def gone(doc):
-            assert doc["images"] == [], doc
-            assert [f["failureCode"] for f in doc["failures"]] == ["ImageNotFound"] * 3, doc
-        self.step("batch-get-image after delete", "batch-get-image", 200, gone, counts=False)
+    # -- the script: the steps of expected.json, on the AWS backend with this run's names
 
     def run(self) -> None:
-        repo, reg, region = self.repo, self.registry, self.region
-        last = len(self.part) - 1
-        log(f"repository {repo}, registry {reg}, region {region}")
-
-        self.step("error-repository-not-found", "error-repository-not-found", 400,
-                  error="RepositoryNotFoundException")
-
-        def created(doc):
-            r = doc["repository"]
-            assert r["repositoryName"] == repo, r
-            assert r["registryId"] == reg, r
-            assert r["repositoryArn"] == f"arn:aws:ecr:{region}:{reg}:repository/{repo}", r
-            assert r["repositoryUri"] == f"{reg}.dkr.ecr.{region}.amazonaws.com/{repo}", r
-            assert isinstance(r["createdAt"], (int, float)), r
-        self.step("create-repository", "create-repository", 200, created)
-        self.step("error-repository-already-exists", "error-repository-already-exists", 400,
-                  error="RepositoryAlreadyExistsException",
-                  message=f"The repository with name '{repo}' already exists in the registry "
-                          f"with id '{reg}'")
-
-        def described(doc):
-            repos = doc["repositories"]
-            assert [r["repositoryName"] for r in repos] == [repo], repos
-        self.step("describe-repositories", "describe-repositories", 200, described)
-
-        def initiated(doc):
-            assert UUID_RE.match(doc.get("uploadId", "")), doc
-            self.upload_id = doc["uploadId"]
-            assert doc["partSize"] == self.part_size, \
-                f"partSize {doc['partSize']}, expected {self.part_size}"
-        self.step("initiate-layer-upload", "initiate-layer-upload", 200, initiated)
-        uid = self.upload_id
-
-        self.step("error-empty-upload", "error-empty-upload", 400, error="EmptyUploadException",
-                  message=f"The upload with id '{uid}' in the repository with name '{repo}' in "
-                          f"registry with id '{reg}' cannot be completed because it does not "
-                          "have any parts", needs_upload=True)
-
-        def invalid_part(valid):
-            def check(doc):
-                assert doc.get("lastValidByteReceived") == valid, doc
-                assert doc.get("uploadId") == uid, doc
-                assert doc.get("repositoryName") == repo, doc
-                assert doc.get("registryId") == reg, doc
-            return check
-        self.step("error-invalid-layer-part (nothing received)", "error-invalid-layer-part", 400,
-                  invalid_part(0), error="InvalidLayerPartException",
-                  message="First byte of the layer part is 100 instead of 0", needs_upload=True)
-        self.step("error-part-length-mismatch", "error-part-length-mismatch", 400,
-                  invalid_part(0), error="InvalidLayerPartException", needs_upload=True)
-
-        def part_accepted(doc):
-            assert doc["lastByteReceived"] == last, doc
-            assert doc["uploadId"] == uid, doc
-            assert doc["repositoryName"] == repo, doc
-            assert doc["registryId"] == reg, doc
-        # The base64-encoded body, as a Function URL delivers it.
-        self.step("upload-layer-part", "upload-layer-part", 200, part_accepted, needs_upload=True)
-        # The same part as a plain-text body: a byte-identical re-send, answered with success.
-        self.step("upload-layer-part-text-body (identical re-send)", "upload-layer-part-text-body",
-                  200, part_accepted, needs_upload=True)
-        self.step("error-invalid-layer-part (after one part)", "error-invalid-layer-part", 400,
-                  invalid_part(last), error="InvalidLayerPartException",
-                  message=f"First byte of the layer part is 100 instead of {len(self.part)}",
-                  needs_upload=True)
-
-        def completed(doc):
-            assert doc["layerDigest"] == self.digest, \
-                f"layerDigest {doc['layerDigest']}, expected {self.digest}"
-            assert doc["uploadId"] == uid, doc
-            assert doc["repositoryName"] == repo, doc
-            assert doc["registryId"] == reg, doc
-        self.step("complete-layer-upload", "complete-layer-upload", 200, completed,
-                  needs_upload=True)
-        # Completed: the id is retired.
-        self.step("complete-layer-upload again (id retired)", "complete-layer-upload", 400,
-                  error="UploadNotFoundException", counts=False, needs_upload=True)
-        self.step("upload-layer-part again (id retired)", "upload-layer-part", 400,
-                  error="UploadNotFoundException", counts=False, needs_upload=True)
-
-        # A second upload with one part, then the wrong digest at completion.
-        first_upload, self.upload_id = self.upload_id, None
-        self.step("initiate-layer-upload (second upload)", "initiate-layer-upload", 200,
-                  initiated, counts=False)
-        if self.upload_id is not None and self.upload_id == first_upload:
-            self.fail("second upload", "InitiateLayerUpload returned the same uploadId twice")
-        uid = self.upload_id
-        self.step("upload-layer-part (second upload)", "upload-layer-part", 200, part_accepted,
-                  counts=False, needs_upload=True)
-        self.step("error-invalid-layer-digest", "error-invalid-layer-digest", 400,
-                  error="InvalidLayerException",
-                  message="None of the provided layer digests match the calculated layer digest",
-                  needs_upload=True)
-
-        self.images()
-
-        self.step("error-upload-not-found", "error-upload-not-found", 400,
-                  error="UploadNotFoundException")
-        self.step("error-unknown-operation", "error-unknown-operation", 400,
-                  error="UnknownOperationException")
-        self.step("error-missing-target", "error-missing-target", 400,
-                  error="UnknownOperationException")
-        self.step("error-serialization", "error-serialization", 400,
-                  error="SerializationException")
-        self.step("error-wrong-member-type", "error-wrong-member-type", 400,
-                  error="SerializationException")
-        self.step("error-invalid-repository-name", "error-invalid-repository-name", 400,
-                  error="InvalidParameterException",
-                  message="Invalid parameter at 'repositoryName' failed to satisfy constraint: "
-                          "'must have length greater than or equal to 2'")
-        self.step("error-registry-mismatch", "error-registry-mismatch", 400,
-                  error="RepositoryNotFoundException",
-                  message=f"The repository with name '{repo}' does not exist in the registry "
-                          "with id '999999999999'")
-
-        def deleted(doc):
-            assert doc["repository"]["repositoryName"] == repo, doc
-            assert doc["repository"]["registryId"] == reg, doc
-        self.step("delete-repository", "delete-repository", 200, deleted)
-        self.step("describe-repositories after delete", "describe-repositories", 400,
-                  error="RepositoryNotFoundException", counts=False)
+        log(f"repository {self.repo}, registry {self.registry}, region {self.region}")
+        steps = self.expected["steps"]
+        initiate = next(s for s in steps if s.get("fixture") == "initiate-layer-upload")
+        for raw in steps:
+            step = resolve(raw, self.values)
+            name = step.get("fixture")
+            note = f" ({step['note']})" if step.get("note") else ""
+            if name is None:
+                # A new upload the fixtures name: InitiateLayerUpload, checked as its own step.
+                label = f"initiate-layer-upload{note}"
+                doc = self.step(label, "initiate-layer-upload", resolve(initiate, self.values),
+                                counts=False)
+                self.start_upload(step["starts_upload"], doc, label)
+                continue
+            doc = self.step(f"{name}{note}", name, step)
+            if "starts_upload" in step:
+                self.start_upload(step["starts_upload"], doc, f"{name}{note}")
 
         unvisited = sorted(self.available - self.exercised)
         if unvisited:
-            self.fail("every fixture exercised", f"fixtures without a check: {unvisited}")
+            self.fail("every fixture exercised",
+                      f"fixtures without a step in {EXPECTED.relative_to(ROOT)}: {unvisited}")
         else:
             self.passed += 1
             log(f"ok   every fixture exercised ({len(self.available)} in events/)")
-
 
 # ------------------------------------------------------------------------------------------------
 

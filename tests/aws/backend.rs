@@ -8,18 +8,13 @@
 //! Run with `make test-aws-backend` (starts the servers and exports their environment). Without
 //! that environment these tests fail, they do not pass vacuously.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
-use bytes::Bytes;
 use ecr_layer_upload::backends::aws::{DynamoMetadata, S3Blobs};
-use ecr_layer_upload::domain::error::EcrError;
 use ecr_layer_upload::domain::limits::S3_MIN_PART_SIZE;
 use ecr_layer_upload::frontdoors::lambda::part_size as lambda_part_size;
 use ecr_layer_upload::ports::{BlobStore, FlushedPart, MetadataStore, UploadRecord};
@@ -27,112 +22,25 @@ use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{Service, Settings, staging_key};
 use sha2::{Digest, Sha256};
 
+use crate::common::service::{
+    complete, create_repository as repo, initiate, last_valid, part, small_parts,
+};
+use crate::common::{self, REGISTRY, aws, digest, noise};
+
 const MIB: u64 = 1024 * 1024;
-const REGISTRY: &str = "123456789012";
 type Svc = Service<DynamoMetadata, S3Blobs>;
 
 // ---------------------------------------------------------------------------------------------
-// Environment and adapters.
-
-/// `ECR_BUCKET` and `ECR_TABLE`, or a failure that says how to get them.
-fn names() -> (String, String) {
-    let get = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{name} is not set: these tests need the local S3 and DynamoDB servers. \
-                     Run `make test-aws-backend`, or `make services-up` and then \
-                     `env $(scripts/services.sh env) cargo test --test aws_backend`"
-                )
-            })
-    };
-    (get("ECR_BUCKET"), get("ECR_TABLE"))
-}
-
-/// The AWS adapters, built as start-up builds them (one SDK config, endpoints from the
-/// environment).
-async fn adapters() -> (DynamoMetadata, S3Blobs) {
-    let (bucket, table) = names();
-    let config = aws_config::load_defaults(BehaviorVersion::latest()).await;
-    (
-        DynamoMetadata::new(&config, table),
-        S3Blobs::new(&config, bucket),
-    )
-}
+// Adapters and helpers, in the style of tests/unit/service.rs.
 
 async fn service(settings: Settings) -> Svc {
-    let (meta, blobs) = adapters().await;
+    let (meta, blobs) = aws::adapters().await;
     Service::new(meta, blobs, settings)
-}
-
-/// Coalescing on S3's floor: every staged 5 MiB becomes a multipart part; any ECR part size.
-fn small_parts() -> Settings {
-    Settings {
-        min_part_size: 0,
-        s3_part_size: S3_MIN_PART_SIZE,
-        ..Settings::default()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Data and service helpers, in the style of tests/service.rs.
-
-fn digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// Pseudo-random bytes (splitmix64): no period, so a part written at the wrong offset or in the
-/// wrong order changes the layer's digest.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A repository name of its own for every test and run: the bucket and table are shared.
 fn repo_name(kind: &str) -> String {
     format!("aws-backend/{kind}-{}", uuid::Uuid::new_v4().simple())
-}
-
-async fn repo(svc: &Svc, name: &str) {
-    svc.create_repository(CreateRepositoryRequest::new(name.parse().unwrap()))
-        .await
-        .unwrap();
-}
-
-async fn initiate(svc: &Svc, name: &str) -> String {
-    let out = svc
-        .initiate_layer_upload(InitiateLayerUploadRequest::new(name.parse().unwrap()))
-        .await
-        .unwrap();
-    assert_eq!(out.part_size, svc.settings().part_size);
-    out.upload_id
-}
-
-async fn part(
-    svc: &Svc,
-    name: &str,
-    id: &str,
-    first: u64,
-    bytes: &[u8],
-) -> Result<UploadLayerPartResponse, EcrError> {
-    svc.upload_layer_part(UploadLayerPartRequest::new(
-        name.parse().unwrap(),
-        id.parse().unwrap(),
-        first,
-        Bytes::copy_from_slice(bytes),
-    ))
-    .await
 }
 
 /// Sends `layer` as parts of `sizes` (which must add up to its length); checks every answer.
@@ -146,30 +54,6 @@ async fn send_parts(svc: &Svc, name: &str, id: &str, layer: &[u8], sizes: &[u64]
             .unwrap_or_else(|e| panic!("part at {first} ({len} bytes): {e}"));
         assert_eq!(out.last_byte_received, first + len - 1);
         first += len;
-    }
-}
-
-async fn complete(
-    svc: &Svc,
-    name: &str,
-    id: &str,
-    digests: &[&str],
-) -> Result<CompleteLayerUploadResponse, EcrError> {
-    svc.complete_layer_upload(CompleteLayerUploadRequest::new(
-        name.parse().unwrap(),
-        id.parse().unwrap(),
-        digests.iter().map(|s| s.parse().unwrap()).collect(),
-    ))
-    .await
-}
-
-fn last_valid(err: &EcrError) -> u64 {
-    match err {
-        EcrError::InvalidLayerPart {
-            last_valid_byte_received,
-            ..
-        } => *last_valid_byte_received,
-        other => panic!("expected InvalidLayerPartException, got {other}"),
     }
 }
 
@@ -528,7 +412,7 @@ async fn lambda_sized_parts_coalesce_into_s3_parts_of_at_least_5_mib() {
     let name = repo_name("lambda-parts");
     repo(&svc, &name).await;
 
-    let layer = pattern(64 * MIB as usize, 1);
+    let layer = noise(64 * MIB as usize, 1);
     let part_size = lambda_part_size();
     assert!(
         part_size < S3_MIN_PART_SIZE,
@@ -588,7 +472,7 @@ async fn tiny_and_odd_parts_make_a_correct_layer_of_5_mib_parts() {
     assert!(sizes.iter().filter(|&&s| s == 1024).count() >= 100);
     assert!(sizes.len() < 250, "{} requests", sizes.len());
 
-    let layer = pattern(total as usize, 2);
+    let layer = noise(total as usize, 2);
     let id = initiate(&svc, &name).await;
     send_parts(&svc, &name, &id, &layer, &sizes).await;
 
@@ -632,7 +516,7 @@ async fn abandoned_uploads_are_absent_and_swept_with_their_bytes() {
     let name = repo_name("abandoned");
     repo(&long, &name).await;
 
-    let layer = pattern(6 * MIB as usize + 12_345, 3);
+    let layer = noise(6 * MIB as usize + 12_345, 3);
     let id = initiate(&long, &name).await;
     let m = MIB as usize;
     for i in 0..6 {
@@ -778,7 +662,7 @@ async fn concurrent_parts_at_one_offset_have_exactly_one_winner() {
 
     const RACERS: u64 = 6;
     // Different bytes and lengths: a loser's answer names the winner's last byte.
-    let bytes_of = |seed: u64| pattern(1000 + 111 * seed as usize, 100 + seed);
+    let bytes_of = |seed: u64| noise(1000 + 111 * seed as usize, 100 + seed);
     let barrier = Arc::new(tokio::sync::Barrier::new(RACERS as usize));
     let mut tasks = Vec::new();
     for seed in 0..RACERS {
@@ -867,7 +751,7 @@ async fn big_manifests_live_in_s3_and_layers_download_from_presigned_urls() {
     repo(&svc, &name).await;
     let config =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let layer = pattern(6 * MIB as usize + 333, 51);
+    let layer = noise(6 * MIB as usize + 333, 51);
     let (config_digest, config_key) = push_blob(&svc, &name, config).await;
     let (layer_digest, layer_key) = push_blob(&svc, &name, &layer).await;
 

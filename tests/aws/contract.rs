@@ -5,14 +5,7 @@
 //! limits, item sizes and query pages of image records, tags under concurrent writers, presigned
 //! URLs fetched by a plain HTTP client.
 //!
-//! Run with `make test-aws-contract` (starts the servers and exports their environment). Without
-//! that environment these tests fail, they do not pass vacuously.
-
-mod common;
-use common::{http_get, http_request};
-
-#[path = "contract/suite.rs"]
-mod suite;
+//! Run with `make test-aws-contract` (starts the servers and exports their environment).
 
 use std::time::Duration;
 
@@ -30,37 +23,17 @@ use ecr_layer_upload::service::INLINE_MANIFEST_MAX;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::common::{aws, http_get, http_request, open_upload};
+use crate::suite::{self, blob_key, flushed};
+
 const MIN_PART: usize = suite::MIN_PART;
 
-/// `ECR_BUCKET` and `ECR_TABLE`, or a failure that says how to get them.
-fn names() -> (String, String) {
-    let get = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{name} is not set: these tests need the local S3 and DynamoDB servers. \
-                 Run `make test-aws-contract`, or `make services-up` and then \
-                 `env $(scripts/services.sh env) cargo test --test contract_aws`"
-                )
-            })
-    };
-    (get("ECR_BUCKET"), get("ECR_TABLE"))
-}
-
-async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(BehaviorVersion::latest()).await
-}
-
 async fn aws_metadata() -> (DynamoMetadata, ()) {
-    let (_, table) = names();
-    (DynamoMetadata::new(&sdk_config().await, table), ())
+    (aws::metadata().await, ())
 }
 
 async fn aws_blobs() -> (S3Blobs, ()) {
-    let (bucket, _) = names();
-    (S3Blobs::new(&sdk_config().await, bucket), ())
+    (aws::blobs().await, ())
 }
 
 mod aws_metadata {
@@ -121,41 +94,11 @@ fn every_suite_blob_behaviour_runs_or_is_a_listed_exception() {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-fn blob_key(kind: &str) -> String {
-    format!("contract-aws/{kind}/{}", uuid::Uuid::new_v4())
-}
-
-fn flushed(number: u32, etag: String, offset: u64, len: usize) -> FlushedPart {
-    FlushedPart {
-        number,
-        etag,
-        offset,
-        len: len as u64,
-    }
-}
-
 fn upload() -> UploadRecord {
     let id = uuid::Uuid::new_v4().to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     UploadRecord {
-        upload_id: id.clone(),
-        registry_id: "123456789012".into(),
-        repository: "contract-aws/app".into(),
-        blob_key: format!("uploads/{id}"),
         multipart_id: "mp".into(),
-        next_byte: 0,
-        flushed_bytes: 0,
-        parts_flushed: 0,
-        last_part: None,
-        smallest_nonfinal_part: None,
-        state: UploadState::Open,
-        version: 1,
-        created_at_ms: now * 1000,
-        updated_at_ms: now * 1000,
-        expires_at: now + 86_400,
+        ..open_upload(&id, "contract-aws/app")
     }
 }
 
@@ -670,11 +613,7 @@ fn repo_name() -> String {
 }
 
 fn fake_digest(seed: &str) -> String {
-    use sha2::Digest as _;
-    format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(seed.as_bytes()))
-    )
+    crate::common::digest(seed.as_bytes())
 }
 
 fn image(repo: &str, seed: &str, manifest: String) -> ImageRecord {

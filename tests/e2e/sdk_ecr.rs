@@ -1,27 +1,14 @@
 //! The official Rust client, `aws-sdk-ecr`, against the running server: typed outputs and typed
 //! errors, and a 256 MiB layer with the server's memory staying bounded.
 
-mod common;
-
 use aws_sdk_ecr::operation::complete_layer_upload::CompleteLayerUploadError;
 use aws_sdk_ecr::operation::create_repository::CreateRepositoryError;
 use aws_sdk_ecr::operation::initiate_layer_upload::InitiateLayerUploadError;
 use aws_sdk_ecr::operation::upload_layer_part::UploadLayerPartError;
 use aws_sdk_ecr::primitives::Blob;
-use common::{Server, push_blob};
 use sha2::{Digest, Sha256};
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().to_string()[..8])
-}
-
-async fn create(ecr: &aws_sdk_ecr::Client, name: &str) {
-    ecr.create_repository()
-        .repository_name(name)
-        .send()
-        .await
-        .unwrap();
-}
+use crate::common::{Server, create_repository as create, digest, push_blob, unique};
 
 #[tokio::test]
 async fn typed_outputs_for_a_full_push() {
@@ -76,7 +63,7 @@ async fn typed_outputs_for_a_full_push() {
         .await
         .unwrap();
     assert_eq!(second.last_byte_received(), Some(layer.len() as i64 - 1));
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+    let digest = digest(&layer);
     let done = ecr
         .complete_layer_upload()
         .repository_name(&name)
@@ -369,7 +356,7 @@ async fn images_have_typed_outputs_and_errors() {
         .await
         .unwrap();
     let image = put.image().unwrap();
-    let d1 = format!("sha256:{}", hex::encode(Sha256::digest(m1.as_bytes())));
+    let d1 = digest(m1.as_bytes());
     let id = image.image_id().unwrap();
     assert_eq!(id.image_digest(), Some(d1.as_str()));
     assert_eq!(id.image_tag(), Some("v1"));

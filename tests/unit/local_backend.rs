@@ -2,79 +2,40 @@
 //! accepted and coalesced, an upload in progress survives a restart, and the local server
 //! serves the backend's signed download URLs.
 
-mod common;
-
-use bytes::Bytes;
 use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata};
 use ecr_layer_upload::ports::MetadataStore;
-use ecr_layer_upload::service::types::*;
-use ecr_layer_upload::service::{Service, Settings};
-use sha2::{Digest, Sha256};
+use ecr_layer_upload::service::Service;
+
+use crate::common::service::{complete, create_repository, initiate, part, small_parts};
+use crate::common::{digest, noise, temp_dir};
 
 const MIB: u64 = 1024 * 1024;
-
-fn settings() -> Settings {
-    Settings {
-        min_part_size: 0,
-        s3_part_size: 5 * MIB,
-        ..Settings::default()
-    }
-}
 
 fn open(dir: &std::path::Path) -> Service<LocalMetadata, LocalBlobs> {
     Service::new(
         LocalMetadata::open(dir).unwrap(),
         LocalBlobs::open(dir).unwrap().with_min_part_size(5 * MIB),
-        settings(),
+        small_parts(),
     )
 }
 
-fn layer(len: usize) -> Vec<u8> {
-    let mut state = 0x1234_5678_9abc_def1u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-async fn send(
-    svc: &Service<LocalMetadata, LocalBlobs>,
-    id: &str,
-    first: usize,
-    bytes: &[u8],
-) -> UploadLayerPartResponse {
-    svc.upload_layer_part(UploadLayerPartRequest::new(
-        "local/app".parse().unwrap(),
-        id.parse().unwrap(),
-        first as u64,
-        Bytes::copy_from_slice(bytes),
-    ))
-    .await
-    .unwrap()
+/// Sends `bytes` as the part of upload `id` of local/app that starts at byte `first`.
+async fn send(svc: &Service<LocalMetadata, LocalBlobs>, id: &str, first: usize, bytes: &[u8]) {
+    part(svc, "local/app", id, first as u64, bytes)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn small_parts_and_a_restart_mid_upload() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = layer(11 * MIB as usize + 4321);
+    let dir = temp_dir();
+    let data = noise(11 * MIB as usize + 4321, 1);
     let sizes = [1024usize, 4097, 333_333, MIB as usize + 7, 1];
     let mut sizes = sizes.iter().cycle();
     let (id, mut sent) = {
         let svc = open(dir.path());
-        svc.create_repository(CreateRepositoryRequest::new("local/app".parse().unwrap()))
-            .await
-            .unwrap();
-        let id = svc
-            .initiate_layer_upload(InitiateLayerUploadRequest::new(
-                "local/app".parse().unwrap(),
-            ))
-            .await
-            .unwrap()
-            .upload_id;
+        create_repository(&svc, "local/app").await;
+        let id = initiate(&svc, "local/app").await;
         let mut sent = 0usize;
         while sent < 7 * MIB as usize {
             let len = *sizes.next().unwrap();
@@ -96,15 +57,8 @@ async fn small_parts_and_a_restart_mid_upload() {
         send(&svc, &id, sent, &data[sent..sent + len]).await;
         sent += len;
     }
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
-    let done = svc
-        .complete_layer_upload(CompleteLayerUploadRequest::new(
-            "local/app".parse().unwrap(),
-            id.parse().unwrap(),
-            vec![digest.parse().unwrap()],
-        ))
-        .await
-        .unwrap();
+    let digest = digest(&data);
+    let done = complete(&svc, "local/app", &id, &[&digest]).await.unwrap();
     assert_eq!(done.layer_digest, digest);
     let recorded = svc
         .metadata()
@@ -148,14 +102,14 @@ mod downloads {
     }
 
     async fn start() -> Running {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::common::temp_dir();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let blobs = LocalBlobs::open(dir.path()).unwrap().with_public_url(&base);
         let svc = Arc::new(Service::new(
             LocalMetadata::open(dir.path()).unwrap(),
             blobs.clone(),
-            super::settings(),
+            crate::common::service::small_parts(),
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server::serve(
@@ -223,7 +177,7 @@ mod downloads {
     async fn a_download_url_serves_the_object_whole_and_in_ranges() {
         let server = start().await;
         // Several of the store's read chunks, so the answer is streamed in pieces.
-        let data = super::layer(3 * 1024 * 1024 + 17);
+        let data = crate::common::noise(3 * 1024 * 1024 + 17, 2);
         let size = data.len();
         let key = "uploads/served";
         server
@@ -391,6 +345,7 @@ mod binary {
     use http::StatusCode;
 
     use crate::common::{Server, push_blob};
+    use crate::local_backend::downloads;
 
     /// Pushes a one-layer image to a fresh server started with `env` and returns the server,
     /// the layer's bytes and its download URL.
@@ -403,7 +358,7 @@ mod binary {
             .await
             .unwrap();
         let config = br#"{"os":"linux","architecture":"amd64"}"#;
-        let layer = crate::layer(700_001);
+        let layer = crate::common::noise(700_001, 3);
         let c = push_blob(&ecr, "dl/app", config).await;
         let l = push_blob(&ecr, "dl/app", &layer).await;
         let manifest = format!(
@@ -439,10 +394,10 @@ mod binary {
             "{url} is under {}",
             server.endpoint
         );
-        let whole = crate::downloads::get(&url, None).await;
+        let whole = downloads::get(&url, None).await;
         assert_eq!(whole.status, StatusCode::OK);
         assert!(whole.body == layer, "the layer's bytes");
-        let tail = crate::downloads::get(&url, Some("bytes=-100")).await;
+        let tail = downloads::get(&url, Some("bytes=-100")).await;
         assert_eq!(tail.status, StatusCode::PARTIAL_CONTENT);
         assert!(tail.body == layer[layer.len() - 100..]);
     }
@@ -461,7 +416,7 @@ mod binary {
         assert!(rest.starts_with("/_download/"), "{url}");
         // As a proxy that strips the prefix would forward it, and as sent with it.
         for path in [rest.to_owned(), format!("/mirror{rest}")] {
-            let got = crate::downloads::get(&format!("{}{path}", server.endpoint), None).await;
+            let got = downloads::get(&format!("{}{path}", server.endpoint), None).await;
             assert_eq!(got.status, StatusCode::OK, "{path}");
             assert!(got.body == layer);
         }

@@ -4,14 +4,12 @@
 //!
 //! The server advertises 1 MiB parts so that the larger layer spans several parts.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use aws_sdk_ecr::types::{ImageIdentifier, LayerAvailability};
-use common::Server;
-use sha2::{Digest, Sha256};
+
+use crate::common::{self, Server, create_repository as create, digest, noise, temp_dir, unique};
 
 const MIB: usize = 1024 * 1024;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -24,35 +22,6 @@ fn server() -> Server {
         ("ECR_PART_SIZE", "1048576"),
         ("ECR_MIN_PART_SIZE", "1048576"),
     ])
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().to_string()[..8])
-}
-
-async fn create(ecr: &aws_sdk_ecr::Client, name: &str) {
-    ecr.create_repository()
-        .repository_name(name)
-        .send()
-        .await
-        .unwrap();
-}
-
-fn digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// Deterministic bytes that do not repeat with any short period.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// An image written as files: the manifest (or index) pushed last and every blob.
@@ -289,7 +258,7 @@ async fn push_an_oci_layout_directory() {
     let ecr = server.ecr_client();
     let repo = unique("push/oci-dir");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let image = oci_image(&two_layers(1), "dir");
     let layout = tmp.path().join("layout");
     write_single(&layout, &image, Some("v1"));
@@ -319,7 +288,7 @@ async fn a_second_push_of_the_same_image_skips_every_blob() {
     let ecr = server.ecr_client();
     let repo = unique("push/again");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let image = oci_image(&two_layers(2), "again");
     let layout = tmp.path().join("layout");
     // The tag comes from the layout's ref name when --tag is not given.
@@ -358,7 +327,7 @@ async fn push_an_oci_layout_tar_with_the_endpoint_from_the_environment() {
     let ecr = server.ecr_client();
     let repo = unique("push/oci-tar");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let image = oci_image(&two_layers(3), "tar");
     let layout = tmp.path().join("layout");
     write_single(&layout, &image, Some("v2"));
@@ -385,7 +354,7 @@ async fn push_a_legacy_docker_save_tar() {
     let ecr = server.ecr_client();
     let repo = unique("push/docker-save");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let layers = two_layers(4);
     let config =
         serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux"})).unwrap();
@@ -451,7 +420,7 @@ async fn a_nested_index_pushes_its_manifests_by_digest_and_tags_the_index() {
     let ecr = server.ecr_client();
     let repo = unique("push/index");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let amd = oci_image(&[noise(1_500_000, 5)], "amd64");
     let arm = oci_image(&[noise(700_000, 6)], "arm64");
     let index = serde_json::to_vec(&serde_json::json!({
@@ -500,7 +469,7 @@ async fn an_interrupted_push_resumes_the_same_upload_from_its_offset() {
     let ecr = server.ecr_client();
     let repo = unique("push/resume");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let layers = two_layers(7);
     let image = oci_image(&layers, "resume");
     let layout = tmp.path().join("layout");
@@ -574,7 +543,7 @@ async fn a_stale_saved_offset_is_corrected_by_the_server() {
     let ecr = server.ecr_client();
     let repo = unique("push/stale");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let layers = two_layers(8);
     let image = oci_image(&layers, "stale");
     let layout = tmp.path().join("layout");
@@ -618,7 +587,7 @@ async fn an_upload_the_server_forgot_starts_over() {
     let ecr = server.ecr_client();
     let repo = unique("push/forgot");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let image = oci_image(&two_layers(9), "forgot");
     let layout = tmp.path().join("layout");
     write_single(&layout, &image, Some("v1"));
@@ -650,7 +619,7 @@ async fn a_corrupt_blob_stops_the_push_before_completion() {
     let ecr = server.ecr_client();
     let repo = unique("push/corrupt");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let layers = two_layers(10);
     let image = oci_image(&layers, "corrupt");
     let layout = tmp.path().join("layout");
@@ -688,7 +657,7 @@ async fn a_layout_with_several_images_needs_a_tag_naming_one() {
     let ecr = server.ecr_client();
     let repo = unique("push/choose");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let a = oci_image(&[noise(10_000, 11)], "a");
     let b = oci_image(&[noise(10_000, 12)], "b");
     let mut blobs = Vec::new();
@@ -723,7 +692,7 @@ async fn a_layout_with_several_images_needs_a_tag_naming_one() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_repository_fails_naming_the_step() {
     let server = server();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let image = oci_image(&[noise(1000, 13)], "missing");
     let layout = tmp.path().join("layout");
     write_single(&layout, &image, Some("v1"));
@@ -751,7 +720,7 @@ async fn an_unwritable_state_file_costs_resuming_not_the_push() {
     let ecr = server.ecr_client();
     let repo = unique("push/no-state");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let image = oci_image(&two_layers(14), "no-state");
     let layout = tmp.path().join("layout");
     write_single(&layout, &image, Some("v1"));
@@ -844,7 +813,7 @@ async fn a_part_that_fails_after_the_sdk_retries_is_sent_again() {
     let ecr = server.ecr_client();
     let repo = unique("push/flaky");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let image = oci_image(&two_layers(15), "flaky");
     let layout = tmp.path().join("layout");
     write_single(&layout, &image, Some("v1"));
@@ -950,7 +919,7 @@ async fn archives_written_by_skopeo_push_and_pull_back() {
     let ecr = server.ecr_client();
     let repo = unique("push/skopeo");
     create(&ecr, &repo).await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = temp_dir();
     let layers = [
         tar_layer("etc/hello", b"hello\n"),
         tar_layer("data/blob", &noise(2 * MIB + 4321, 7)),

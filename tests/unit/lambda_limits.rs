@@ -5,18 +5,15 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
 use ecr_layer_upload::frontdoors::lambda;
 use ecr_layer_upload::frontdoors::lambda::{
     PAYLOAD_LIMIT as LAMBDA_PAYLOAD_LIMIT, part_size as lambda_part_size, response_limit,
 };
-use ecr_layer_upload::service::types::{
-    CompleteLayerUploadRequest, CreateRepositoryRequest, InitiateLayerUploadRequest,
-    PutImageRequest, UploadLayerPartRequest,
-};
-use ecr_layer_upload::service::{Service, Settings};
+use ecr_layer_upload::service::Settings;
+use ecr_layer_upload::service::types::PutImageRequest;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+
+use crate::common::service::{create_repository, initiate, memory_service, push_blob};
 
 /// A Function URL (payload 2.0) event carrying an UploadLayerPart request for a part of `len`
 /// bytes, as the front door would build it for a signed request with a session token.
@@ -116,25 +113,17 @@ fn one_more_mib_would_not_fit() {
 
 #[tokio::test]
 async fn the_largest_event_is_accepted_by_the_handler() {
-    let svc = Service::new(
-        MemoryMetadata::new(),
-        MemoryBlobs::new(),
-        Settings {
-            part_size: lambda_part_size(),
-            min_part_size: 1024 * 1024,
-            ..Settings::default()
-        },
-    );
+    let svc = memory_service(Settings {
+        part_size: lambda_part_size(),
+        min_part_size: 1024 * 1024,
+        ..Settings::default()
+    });
     let repo = "a".repeat(LONGEST_REPO);
-    svc.create_repository(CreateRepositoryRequest::new(repo.parse().unwrap()))
-        .await
-        .unwrap();
-    let init = svc
-        .initiate_layer_upload(InitiateLayerUploadRequest::new(repo.parse().unwrap()))
-        .await
-        .unwrap();
-    let len = init.part_size as usize;
-    let event = upload_part_event(&repo, &init.upload_id, 0, len);
+    create_repository(&svc, &repo).await;
+    // `initiate` checks that the advertised part size is the one set.
+    let upload_id = initiate(&svc, &repo).await;
+    let len = lambda_part_size() as usize;
+    let event = upload_part_event(&repo, &upload_id, 0, len);
     let req = lambda_http::request::from_str(&event).unwrap();
     let resp = lambda::handle(&svc, req).await;
     let lambda_http::Body::Text(text) = resp.body() else {
@@ -180,41 +169,14 @@ fn batch_get_image(repo: &str, tags: &[&str]) -> lambda_http::Request {
 
 #[tokio::test]
 async fn a_batch_get_image_answer_fits_the_lambda_response_limit_or_is_refused() {
-    let svc = Service::new(
-        MemoryMetadata::new(),
-        MemoryBlobs::new(),
-        Settings {
-            min_part_size: 0,
-            response_limit: Some(response_limit()),
-            ..Settings::default()
-        },
-    );
+    let svc = memory_service(Settings {
+        min_part_size: 0,
+        response_limit: Some(response_limit()),
+        ..Settings::default()
+    });
     let repo = "a".repeat(LONGEST_REPO);
-    svc.create_repository(CreateRepositoryRequest::new(repo.parse().unwrap()))
-        .await
-        .unwrap();
-    let config = b"{}";
-    let id = svc
-        .initiate_layer_upload(InitiateLayerUploadRequest::new(repo.parse().unwrap()))
-        .await
-        .unwrap()
-        .upload_id;
-    svc.upload_layer_part(UploadLayerPartRequest::new(
-        repo.parse().unwrap(),
-        id.parse().unwrap(),
-        0,
-        bytes::Bytes::from_static(config),
-    ))
-    .await
-    .unwrap();
-    let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(config)));
-    svc.complete_layer_upload(CompleteLayerUploadRequest::new(
-        repo.parse().unwrap(),
-        id.parse().unwrap(),
-        vec![config_digest.parse().unwrap()],
-    ))
-    .await
-    .unwrap();
+    create_repository(&svc, &repo).await;
+    let config_digest = push_blob(&svc, &repo, b"{}").await;
     // Escaped quotes are the worst case: each `\"` of the manifest takes 8 bytes in the payload.
     let note = "\\\"".repeat(700_000);
     let manifest = format!(

@@ -12,7 +12,9 @@ use ecr_layer_upload::protocols::ecr::wire;
 use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{Service, Settings};
 use futures_util::TryStreamExt;
-use sha2::{Digest, Sha256};
+
+use crate::common::digest;
+use crate::common::service::small_parts;
 
 const MIB: u64 = 1024 * 1024;
 type Svc = Service<MemoryMetadata, MemoryBlobs>;
@@ -24,18 +26,6 @@ fn service(settings: Settings) -> Svc {
         MemoryBlobs::new().with_min_part_size(5 * MIB),
         settings,
     )
-}
-
-fn small_parts() -> Settings {
-    Settings {
-        min_part_size: 0,
-        s3_part_size: 5 * MIB,
-        ..Settings::default()
-    }
-}
-
-fn digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 fn data(len: usize, seed: u8) -> Vec<u8> {

@@ -11,7 +11,8 @@ use ecr_layer_upload::domain::model::{
 use ecr_layer_upload::protocols::ecr::wire;
 use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{INLINE_MANIFEST_MAX, ResponseLimit, Service, Settings};
-use sha2::{Digest, Sha256};
+
+use crate::common::digest;
 
 type Svc = Service<MemoryMetadata, MemoryBlobs>;
 const REPO: &str = "team/app";
@@ -25,10 +26,6 @@ fn repo() -> RepositoryName {
 /// Image identifiers as a request sends them.
 fn requested(ids: Vec<ImageIdentifier>) -> Vec<RequestedImage> {
     ids.into_iter().map(RequestedImage::new).collect()
-}
-
-fn digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 async fn service_with(mutability: &str) -> Svc {

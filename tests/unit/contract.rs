@@ -2,9 +2,6 @@
 //! backends, plus what only the embedded backend promises: restarts keep state, keys cannot
 //! leave the data directory.
 
-#[path = "contract/suite.rs"]
-mod suite;
-
 use bytes::Bytes;
 use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata};
 use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
@@ -16,16 +13,15 @@ use ecr_layer_upload::ports::{
 };
 use tempfile::TempDir;
 
+use crate::common::{open_upload, temp_dir};
+use crate::suite;
+
 async fn memory_metadata() -> (MemoryMetadata, ()) {
     (MemoryMetadata::default(), ())
 }
 
 async fn memory_blobs() -> (MemoryBlobs, ()) {
     (MemoryBlobs::default(), ())
-}
-
-fn temp_dir() -> TempDir {
-    tempfile::tempdir().expect("temporary directory")
 }
 
 async fn local_metadata() -> (LocalMetadata, TempDir) {
@@ -77,28 +73,16 @@ async fn run_all_passes_on_memory_backends() {
 
 fn upload(id: &str) -> UploadRecord {
     UploadRecord {
-        upload_id: id.to_owned(),
-        registry_id: "123456789012".into(),
-        repository: "app".into(),
-        blob_key: format!("uploads/{id}"),
-        multipart_id: String::new(),
-        next_byte: 0,
-        flushed_bytes: 0,
-        parts_flushed: 0,
-        last_part: None,
-        smallest_nonfinal_part: None,
-        state: UploadState::Open,
         version: 0,
         created_at_ms: 1,
         updated_at_ms: 1,
         expires_at: 1_000,
+        ..open_upload(id, "app")
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_state_survives_reopening_the_directory() {
-    let dir = temp_dir();
-    let repo = RepositoryRecord {
+fn repository() -> RepositoryRecord {
+    RepositoryRecord {
         registry_id: "123456789012".into(),
         name: "app".into(),
         created_at_ms: 1,
@@ -106,7 +90,13 @@ async fn local_state_survives_reopening_the_directory() {
         scan_on_push: false,
         encryption_type: ecr_layer_upload::domain::model::EncryptionType::Aes256,
         kms_key: None,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_state_survives_reopening_the_directory() {
+    let dir = temp_dir();
+    let repo = repository();
     let part_data = suite::pattern(7, suite::MIN_PART);
     let tail = Bytes::from_static(b"tail bytes");
     let (upload_v2, segment, part, layer, multipart_id) = {
@@ -486,15 +476,7 @@ async fn local_images_and_tags_survive_reopening_the_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_metadata_opens_a_directory_from_before_images() {
     let dir = temp_dir();
-    let repo = RepositoryRecord {
-        registry_id: "123456789012".into(),
-        name: "app".into(),
-        created_at_ms: 1,
-        image_tag_mutability: ecr_layer_upload::domain::model::TagMutability::Mutable,
-        scan_on_push: false,
-        encryption_type: ecr_layer_upload::domain::model::EncryptionType::Aes256,
-        kms_key: None,
-    };
+    let repo = repository();
     {
         // The tables of schema version 1 as the first releases created them.
         use redb::{Database, TableDefinition};

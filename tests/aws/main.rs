@@ -1,0 +1,15 @@
+//! The suites that need the local S3 (SeaweedFS) and DynamoDB (dynoxide) servers of
+//! `scripts/services.sh`: the storage contract on the AWS backend, and the service in-process on
+//! it.
+//!
+//! Run with `make test-aws-contract` or `make test-aws-backend` (they start the servers and
+//! export their environment). Without that environment these tests fail, they do not pass
+//! vacuously.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../contract/suite.rs"]
+mod suite;
+
+mod backend;
+mod contract;

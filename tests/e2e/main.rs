@@ -1,0 +1,10 @@
+//! The real binary, started on a loopback port and driven by real clients: `aws-sdk-ecr` and the
+//! `ecr-layer-upload push` command. The server's backend follows `ECR_TEST_BACKEND` (`local` by
+//! default; `aws` needs the environment of `scripts/services.sh env`): `make test` runs this
+//! binary on both.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod push;
+mod sdk_ecr;
