@@ -74,7 +74,7 @@ EOF
   echo "tools.sh: installed in $((SECONDS - start)) s" >&2
 }
 
-# skopeo writes the `docker save` and OCI archives that tests/push.rs pushes: archives from a real
+# skopeo writes the `docker save` and OCI archives that tests/e2e/push.rs pushes: archives from a real
 # producer, not only ones the tests build.
 SYSTEM_PACKAGES=(skopeo)
 
