@@ -62,7 +62,7 @@ CONTENT_TYPE = "application/x-amz-json-1.1"
 EXPECTED = ROOT / "tests" / "fixtures" / "expected.json"
 DOWNLOAD_TIMEOUT_SECS = 30
 
-# InitiateLayerUpload's partSize inside Lambda (src/config.rs lambda_part_size(); README.md).
+# InitiateLayerUpload's partSize inside Lambda (frontdoors::lambda::part_size() in src/frontdoors/lambda.rs; README.md).
 LAMBDA_PART_SIZE = 3_473_408
 
 DEFAULT_PORT = 39500
