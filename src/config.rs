@@ -26,6 +26,8 @@ const LOCAL_PART_SIZE: u64 = 10_485_760;
 #[derive(Parser, Debug)]
 #[command(
     name = "ecr-layer-upload",
+    // Not argv[0]: inside Lambda the binary is called `bootstrap`.
+    bin_name = "ecr-layer-upload",
     version,
     about = "Amazon ECR's image API (AWS JSON 1.1) on S3 + DynamoDB or an embedded backend",
     long_about = "Amazon ECR's image API (AWS JSON 1.1) on S3 + DynamoDB or an embedded backend.\n\n\

@@ -236,4 +236,21 @@ mod tests {
         assert!(parse_args(&args("dir --repository r --registry-id 12")).is_err());
         assert_eq!(parse_args(&args("--help")).unwrap(), None);
     }
+
+    #[test]
+    fn parse_args_takes_the_cli_spelling_and_refuses_empty_values() {
+        let o = parse_args(&args("dir --repository-name a/b"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.repository, "a/b");
+        for empty in [
+            "--repository=",
+            "--tag=",
+            "--endpoint-url=",
+            "--state-file=",
+        ] {
+            let argv = args(&format!("dir --repository r {empty}"));
+            assert!(parse_args(&argv).is_err(), "{empty}");
+        }
+    }
 }
