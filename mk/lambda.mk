@@ -4,6 +4,7 @@
 #
 #   make tools                      install the tools (once)
 #   make lint                       cfn-lint + sam validate --lint, then cargo fmt --check and clippy
+#                                   (also of the function's build, without the `push` feature)
 #   make lambda-build               cargo lambda build --release (x86_64, what CI builds)
 #   make lambda-build-arm64         the arm64 build the template deploys (best effort on x86_64 hosts)
 #   make watch [LAMBDA_PORT=9000]   cargo lambda watch against the local S3/DynamoDB servers
@@ -11,6 +12,10 @@
 #   make test-lambda                every fixture in events/ through a watcher of its own, checked
 #   make sam-build                  sam build (compiles the function with cargo-lambda, arm64)
 #   make deploy                     sam build && sam deploy --guided (needs AWS credentials)
+#
+# Every `cargo lambda build` and `cargo lambda watch` here, and the one `sam build` runs, builds the
+# function without the default `push` feature (the push client and aws-sdk-ecr): Cargo.toml's
+# [package.metadata.lambda.build] and [package.metadata.lambda.watch] say `no_default_features`.
 
 TOOLS_SH := scripts/tools.sh
 LAMBDA_TOOLS_BIN := $(shell TOOLS_DIR='$(TOOLS_DIR)' $(TOOLS_SH) path)
@@ -34,6 +39,7 @@ lint-template: tools
 lint: lint-template
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --no-default-features --lib --bins -- -D warnings
 
 lambda-build: tools
 	$(WITH_TOOLS) $(CARGO) lambda build --release

@@ -1,26 +1,209 @@
-//! Settings, read once at start-up from flags and environment variables.
+//! The command line, and the settings read once at start-up from flags and environment variables.
 //!
-//! | flag / variable | default |
-//! | --- | --- |
-//! | `--listen` / `ECR_LISTEN` | `127.0.0.1:8080` |
-//! | `--data-dir` / `ECR_DATA_DIR` | `./data` |
-//! | `ECR_BACKEND` | `local`; `aws` inside Lambda |
-//! | `ECR_REGISTRY_ID` | `123456789012` |
-//! | `ECR_REGION` | `AWS_REGION`, else `us-east-1` |
-//! | `ECR_PART_SIZE` | 10485760; under Lambda the largest part a Function URL carries |
-//! | `ECR_MIN_PART_SIZE` | 5242880; under Lambda 1048576 |
-//! | `ECR_S3_PART_SIZE` | 8388608 (at least 5242880) |
-//! | `ECR_UPLOAD_TTL_SECS` | 86400 |
-//! | `ECR_BUCKET`, `ECR_TABLE` | required with `ECR_BACKEND=aws` |
-//! | `ECR_PUBLIC_URL` | `http://` + the address the listener bound (embedded backend's download URLs) |
+//! Every setting is one argument of [`ServeArgs`]: its flag, environment variable, default and
+//! help text are written there and nowhere else. `--help` shows them, and a test renders README.md's
+//! "Configuration" table from them and fails when the two differ. A default that depends on where
+//! the binary runs (inside Lambda or not) is told at the end of the help text, as
+//! `[default: ...]`, and applied by [`Config::from_serve_args`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use clap::builder::Resettable;
+use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::service::Settings;
 
 pub use crate::domain::limits::{MAX_LAYER_PART, S3_MIN_PART_SIZE};
 use crate::frontdoors::lambda;
+
+/// Set by AWS Lambda (and `cargo lambda watch`): the binary then runs the Lambda runtime loop.
+pub const LAMBDA_RUNTIME_API_ENV: &str = "AWS_LAMBDA_RUNTIME_API";
+
+const LOCAL_PART_SIZE: u64 = 10_485_760;
+
+/// `ecr-layer-upload [serve] [OPTIONS]`, or `ecr-layer-upload push ...`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ecr-layer-upload",
+    // Not argv[0]: inside Lambda the binary is called `bootstrap`.
+    bin_name = "ecr-layer-upload",
+    version,
+    about = "Amazon ECR's image API (AWS JSON 1.1) on S3 + DynamoDB or an embedded backend",
+    long_about = "Amazon ECR's image API (AWS JSON 1.1) on S3 + DynamoDB or an embedded backend.\n\n\
+                  Without a command it serves, as `serve` does. Inside AWS Lambda \
+                  (AWS_LAMBDA_RUNTIME_API set) it runs the Lambda runtime loop; elsewhere it \
+                  serves HTTP on --listen.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+    /// The settings when no command is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CliCommand {
+    /// Serve the API (the default): the Lambda runtime loop inside AWS Lambda, HTTP elsewhere
+    Serve(ServeArgs),
+    /// Push an OCI image layout, an OCI archive or a `docker save` tar through the ECR API
+    #[cfg(feature = "push")]
+    #[command(
+        long_about = "Push an OCI image layout (directory or tar) or a `docker save` tar to an \
+                      ECR repository through the ECR API, as AWS's Go client does. Credentials \
+                      and region come from the usual AWS chain. See docs/push.md."
+    )]
+    Push(crate::push::Options),
+}
+
+/// The server's settings: each is a flag and an environment variable (the flag wins). An unset or
+/// empty variable leaves the setting at its default.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ServeArgs {
+    /// address of the local HTTP server
+    #[arg(
+        long,
+        env = "ECR_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: String,
+    /// embedded backend's directory (`state.redb`, `blobs/`)
+    #[arg(
+        long,
+        env = "ECR_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./data"
+    )]
+    pub data_dir: PathBuf,
+    /// `local`: embedded; `aws`: S3 + DynamoDB [default: `local` (`aws` inside Lambda)]
+    #[arg(long, env = "ECR_BACKEND", value_name = "local|aws")]
+    pub backend: Option<String>,
+    /// S3 bucket of the `aws` backend
+    #[arg(long, env = "ECR_BUCKET", value_name = "BUCKET")]
+    pub bucket: Option<String>,
+    /// DynamoDB table of the `aws` backend
+    #[arg(long, env = "ECR_TABLE", value_name = "TABLE")]
+    pub table: Option<String>,
+    /// the 12-digit registry (account) id served
+    #[arg(
+        long,
+        env = "ECR_REGISTRY_ID",
+        value_name = "ID",
+        default_value = "123456789012"
+    )]
+    pub registry_id: String,
+    /// region written into ARNs and repository URIs [default: `AWS_REGION`, else
+    /// `AWS_DEFAULT_REGION`, else `us-east-1`]
+    #[arg(long, env = "ECR_REGION", value_name = "REGION")]
+    pub region: Option<String>,
+    #[arg(
+        long,
+        env = "ECR_PART_SIZE",
+        value_name = "BYTES",
+        help = format!(
+            "`partSize` answered by InitiateLayerUpload [default: `{LOCAL_PART_SIZE}` (Lambda: `{}`)]",
+            lambda::part_size()
+        )
+    )]
+    pub part_size: Option<String>,
+    #[arg(
+        long,
+        env = "ECR_MIN_PART_SIZE",
+        value_name = "BYTES",
+        help = format!(
+            "smallest non-final part CompleteLayerUpload accepts [default: `{S3_MIN_PART_SIZE}` (Lambda: `{}`)]",
+            lambda::MIN_PART_SIZE
+        )
+    )]
+    pub min_part_size: Option<String>,
+    /// staged bytes become one multipart part at this size (≥ 5 MiB)
+    #[arg(
+        long,
+        env = "ECR_S3_PART_SIZE",
+        value_name = "BYTES",
+        default_value = "8388608"
+    )]
+    pub s3_part_size: String,
+    /// an upload with no activity for this long is gone
+    #[arg(
+        long,
+        env = "ECR_UPLOAD_TTL_SECS",
+        value_name = "SECS",
+        default_value = "86400"
+    )]
+    pub upload_ttl_secs: String,
+    /// base of the embedded backend's download URLs, as clients reach the server [default:
+    /// `http://` + the bound address]
+    #[arg(long, env = "ECR_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// log filter; request bodies and blobs are never logged
+    #[arg(long, env = "RUST_LOG", value_name = "FILTER", default_value = "info")]
+    pub log: String,
+}
+
+impl Cli {
+    /// Parses the process's arguments and environment; prints help, the version or a usage error
+    /// and exits (0 for help and version, 2 for an error) when that is what they ask for.
+    pub fn parse_process() -> Cli {
+        // clap reads a set variable even when it is empty; empty means unset here.
+        let cmd = map_settings(Cli::command(), &|arg: Arg| {
+            let empty = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|v| v.is_empty());
+            if empty {
+                arg.env(Resettable::Reset)
+            } else {
+                arg
+            }
+        });
+        let matches = cmd.get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (without the program name) with the settings' variables read through `env`
+    /// instead of the process environment.
+    pub fn try_parse_with_env(
+        args: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Cli, clap::Error> {
+        let cmd = map_settings(Cli::command(), &|arg: Arg| {
+            let value = arg
+                .get_env()
+                .and_then(|name| env(&name.to_string_lossy()))
+                .filter(|v| !v.is_empty());
+            let arg = arg.env(Resettable::Reset);
+            match value {
+                Some(v) => arg.default_value(v),
+                None => arg,
+            }
+        });
+        let matches = cmd.try_get_matches_from(
+            std::iter::once("ecr-layer-upload".to_owned()).chain(args.iter().cloned()),
+        )?;
+        Cli::from_arg_matches(&matches)
+    }
+
+    /// The command asked for: `serve` when none was named.
+    pub fn into_command(self) -> CliCommand {
+        self.command.unwrap_or(CliCommand::Serve(self.serve))
+    }
+}
+
+/// `cmd` with `f` applied to every argument that has an environment variable, in every subcommand.
+fn map_settings(cmd: clap::Command, f: &dyn Fn(Arg) -> Arg) -> clap::Command {
+    let cmd = cmd.mut_args(|a| if a.get_env().is_some() { f(a) } else { a });
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    names.into_iter().fold(cmd, |cmd, name| {
+        cmd.mut_subcommand(name, |s| map_settings(s, f))
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -39,68 +222,40 @@ pub struct Config {
     /// Where clients reach the local server (`http(s)://host[:port][/prefix]`, no trailing `/`):
     /// the start of the embedded backend's download URLs. `None`: the bound listen address.
     pub public_url: Option<String>,
+    /// The log filter (`RUST_LOG`), checked.
+    pub log_filter: String,
     pub settings: Settings,
 }
 
-pub const USAGE: &str = "\
-usage: ecr-layer-upload [serve] [--listen ADDR] [--data-dir DIR]
-
-Serves Amazon ECR's layer-upload API (AWS JSON 1.1). Inside AWS Lambda (AWS_LAMBDA_RUNTIME_API
-set) it runs the Lambda runtime loop; otherwise it listens on ADDR.
-
-flags and environment:
-  --listen ADDR     ECR_LISTEN          address to listen on (default 127.0.0.1:8080)
-  --data-dir DIR    ECR_DATA_DIR        embedded backend's data directory (default ./data)
-                    ECR_BACKEND         local | aws (default local; aws inside Lambda)
-                    ECR_BUCKET          S3 bucket for layers (aws backend)
-                    ECR_TABLE           DynamoDB table for state (aws backend)
-                    ECR_REGISTRY_ID     12-digit registry id (default 123456789012)
-                    ECR_REGION          region in ARNs and URIs (default AWS_REGION or us-east-1)
-                    ECR_PART_SIZE       partSize answered by InitiateLayerUpload
-                    ECR_MIN_PART_SIZE   smallest non-final part CompleteLayerUpload accepts
-                    ECR_S3_PART_SIZE    size at which staged bytes become a multipart part
-                    ECR_UPLOAD_TTL_SECS how long an unfinished upload lives (default 86400)
-                    ECR_PUBLIC_URL      base of the local server's download URLs, as clients
-                                        reach it (default http://<bound listen address>)
-";
-
 impl Config {
-    /// Reads the settings from `args` (without the program name) and `env`. The error is a
-    /// message for the operator.
+    /// Reads the settings from `args` (without the program name; `serve` or no command) and
+    /// `env`. The error is a message for the operator.
     pub fn from_args_and_env(
         args: &[String],
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        let mut listen = env("ECR_LISTEN");
-        let mut data_dir = env("ECR_DATA_DIR");
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-                _ => (arg.as_str(), None),
-            };
-            let mut value = |name: &str| {
-                inline
-                    .clone()
-                    .or_else(|| it.next().cloned())
-                    .ok_or_else(|| format!("{name} needs a value"))
-            };
-            match flag {
-                "serve" => {}
-                "--listen" => listen = Some(value("--listen")?),
-                "--data-dir" => data_dir = Some(value("--data-dir")?),
-                "-h" | "--help" => return Err(USAGE.to_string()),
-                other => return Err(format!("unknown argument '{other}'\n\n{USAGE}")),
-            }
+        let cli = Cli::try_parse_with_env(args, &env).map_err(|e| e.to_string())?;
+        match cli.into_command() {
+            CliCommand::Serve(serve) => Config::from_serve_args(serve, env),
+            #[cfg(feature = "push")]
+            CliCommand::Push(_) => Err("`push` is not a server command".into()),
         }
+    }
 
-        let in_lambda = env("AWS_LAMBDA_RUNTIME_API").is_some();
-        let listen_text = listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+    /// Checks the settings and applies the defaults that depend on where the binary runs. `env`
+    /// gives `AWS_LAMBDA_RUNTIME_API` and the regions `ECR_REGION` falls back to.
+    pub fn from_serve_args(
+        args: ServeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let in_lambda = env(LAMBDA_RUNTIME_API_ENV).is_some();
+        let listen_text = args.listen;
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             format!("ECR_LISTEN/--listen: '{listen_text}' is not an address like 127.0.0.1:8080")
         })?;
-        let backend = match env("ECR_BACKEND").as_deref() {
-            None | Some("") => {
+        let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
+        let backend = match nonempty(args.backend).as_deref() {
+            None => {
                 if in_lambda {
                     Backend::Aws
                 } else {
@@ -111,18 +266,17 @@ impl Config {
             Some("aws") => Backend::Aws,
             Some(other) => return Err(format!("ECR_BACKEND: '{other}' is not one of local, aws")),
         };
-        let nonempty = |name: &str| env(name).filter(|v| !v.is_empty());
-        let (bucket, table) = (nonempty("ECR_BUCKET"), nonempty("ECR_TABLE"));
+        let (bucket, table) = (nonempty(args.bucket), nonempty(args.table));
         if backend == Backend::Aws && (bucket.is_none() || table.is_none()) {
             return Err("ECR_BACKEND=aws needs ECR_BUCKET and ECR_TABLE".into());
         }
-        let registry_id = nonempty("ECR_REGISTRY_ID").unwrap_or_else(|| "123456789012".into());
+        let registry_id = args.registry_id;
         if registry_id.len() != 12 || !registry_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!("ECR_REGISTRY_ID: '{registry_id}' is not 12 digits"));
         }
-        let region = nonempty("ECR_REGION")
-            .or_else(|| nonempty("AWS_REGION"))
-            .or_else(|| nonempty("AWS_DEFAULT_REGION"))
+        let region = nonempty(args.region)
+            .or_else(|| nonempty(env("AWS_REGION")))
+            .or_else(|| nonempty(env("AWS_DEFAULT_REGION")))
             .unwrap_or_else(|| "us-east-1".into());
         if region.is_empty()
             || !region
@@ -131,8 +285,8 @@ impl Config {
         {
             return Err(format!("ECR_REGION: '{region}' is not a region name"));
         }
-        let number = |name: &str, default: u64| -> Result<u64, String> {
-            match nonempty(name) {
+        let number = |name: &str, value: Option<String>, default: u64| -> Result<u64, String> {
+            match nonempty(value) {
                 None => Ok(default),
                 Some(v) => v
                     .parse::<u64>()
@@ -142,41 +296,53 @@ impl Config {
         let (default_part, default_min) = if in_lambda {
             (lambda::part_size(), lambda::MIN_PART_SIZE)
         } else {
-            (10_485_760, S3_MIN_PART_SIZE)
+            (LOCAL_PART_SIZE, S3_MIN_PART_SIZE)
         };
-        let part_size = number("ECR_PART_SIZE", default_part)?;
+        let part_size = number("ECR_PART_SIZE", args.part_size, default_part)?;
         if part_size == 0 || part_size > MAX_LAYER_PART {
             return Err(format!(
                 "ECR_PART_SIZE: {part_size} must be between 1 and {MAX_LAYER_PART}"
             ));
         }
-        let min_part_size = number("ECR_MIN_PART_SIZE", default_min)?;
+        let min_part_size = number("ECR_MIN_PART_SIZE", args.min_part_size, default_min)?;
         if min_part_size > part_size {
             return Err(format!(
                 "ECR_MIN_PART_SIZE: {min_part_size} is larger than ECR_PART_SIZE {part_size}; parts of the advertised size would be rejected"
             ));
         }
-        let s3_part_size = number("ECR_S3_PART_SIZE", 8 * 1024 * 1024)?;
+        let required = |name: &str, value: String| {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{name}: '{value}' is not a whole number of bytes"))
+        };
+        let s3_part_size = required("ECR_S3_PART_SIZE", args.s3_part_size)?;
         if !(S3_MIN_PART_SIZE..=5 * 1024 * 1024 * 1024).contains(&s3_part_size) {
             return Err(format!(
                 "ECR_S3_PART_SIZE: {s3_part_size} must be between {S3_MIN_PART_SIZE} and 5 GiB"
             ));
         }
-        let upload_ttl_secs = number("ECR_UPLOAD_TTL_SECS", 86_400)?;
+        let upload_ttl_secs = required("ECR_UPLOAD_TTL_SECS", args.upload_ttl_secs)?;
         if upload_ttl_secs < 60 {
             return Err("ECR_UPLOAD_TTL_SECS: must be at least 60".into());
         }
-        let public_url = nonempty("ECR_PUBLIC_URL")
+        let public_url = nonempty(args.public_url)
             .map(|url| parse_public_url(&url))
             .transpose()?;
+        let log_filter = args.log;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            return Err(format!(
+                "RUST_LOG/--log: '{log_filter}' is not a log filter: {e}"
+            ));
+        }
         Ok(Config {
             listen,
-            data_dir: PathBuf::from(data_dir.unwrap_or_else(|| "./data".into())),
+            data_dir: args.data_dir,
             backend,
             bucket,
             table,
             in_lambda,
             public_url,
+            log_filter,
             settings: Settings {
                 registry_id,
                 region,
@@ -315,5 +481,235 @@ mod tests {
                 .contains("ECR_BUCKET")
         );
         assert!(parse(&["--bogus"], &[]).unwrap_err().contains("--bogus"));
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_setting_has_a_flag_and_a_variable_in_both_places() {
+        let serve = Cli::command().find_subcommand("serve").unwrap().clone();
+        let top = Cli::command();
+        let settings = |cmd: &clap::Command| -> Vec<(Option<String>, Option<String>)> {
+            cmd.get_arguments()
+                .filter(|a| a.get_env().is_some())
+                .map(|a| {
+                    (
+                        a.get_long().map(str::to_owned),
+                        a.get_env().map(|e| e.to_string_lossy().into_owned()),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(settings(&top), settings(&serve));
+        assert!(settings(&serve).iter().all(|(flag, _)| flag.is_some()));
+    }
+
+    #[test]
+    fn serve_is_the_default_command_and_flags_work_without_it() {
+        let env = |_: &str| None;
+        for args in [
+            &["--listen", "127.0.0.1:1"][..],
+            &["serve", "--listen=127.0.0.1:1"],
+        ] {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let CliCommand::Serve(s) = Cli::try_parse_with_env(&args, &env).unwrap().into_command()
+            else {
+                panic!("not serve")
+            };
+            assert_eq!(s.listen, "127.0.0.1:1");
+        }
+    }
+
+    #[test]
+    fn a_variable_does_not_conflict_with_the_serve_command() {
+        let c = parse(&["serve"], &[("ECR_LISTEN", "127.0.0.1:7")]).unwrap();
+        assert_eq!(c.listen.port(), 7);
+        let c = parse(
+            &["serve", "--listen", "127.0.0.1:8"],
+            &[("ECR_LISTEN", "127.0.0.1:7")],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 8);
+    }
+
+    #[test]
+    fn help_and_version_are_not_errors() {
+        let env = |_: &str| None;
+        for (args, kind) in [
+            (&["--help"][..], clap::error::ErrorKind::DisplayHelp),
+            (&["serve", "--help"], clap::error::ErrorKind::DisplayHelp),
+            (&["--version"], clap::error::ErrorKind::DisplayVersion),
+        ] {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let err = Cli::try_parse_with_env(&args, &env).unwrap_err();
+            assert_eq!(err.kind(), kind);
+            assert_eq!(err.exit_code(), 0);
+        }
+    }
+
+    #[test]
+    fn empty_variables_are_unset() {
+        let c = parse(
+            &[],
+            &[
+                ("ECR_LISTEN", ""),
+                ("ECR_BACKEND", ""),
+                ("ECR_REGISTRY_ID", ""),
+                ("ECR_PART_SIZE", ""),
+                ("ECR_S3_PART_SIZE", ""),
+                ("ECR_REGION", ""),
+                ("AWS_REGION", "eu-west-3"),
+                ("RUST_LOG", ""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.backend, Backend::Local);
+        assert_eq!(c.settings.registry_id, "123456789012");
+        assert_eq!(c.settings.part_size, 10_485_760);
+        assert_eq!(c.settings.s3_part_size, 8 * 1024 * 1024);
+        assert_eq!(c.settings.region, "eu-west-3");
+        assert_eq!(c.log_filter, "info");
+    }
+
+    #[test]
+    fn region_falls_back_to_the_aws_variables() {
+        let region = |env: &[(&str, &str)]| parse(&[], env).unwrap().settings.region;
+        assert_eq!(
+            region(&[("AWS_DEFAULT_REGION", "ap-south-1")]),
+            "ap-south-1"
+        );
+        assert_eq!(
+            region(&[
+                ("AWS_DEFAULT_REGION", "ap-south-1"),
+                ("AWS_REGION", "eu-west-3")
+            ]),
+            "eu-west-3"
+        );
+        assert_eq!(
+            region(&[("AWS_REGION", "eu-west-3"), ("ECR_REGION", "us-west-2")]),
+            "us-west-2"
+        );
+        assert_eq!(
+            parse(&["--region", "sa-east-1"], &[("ECR_REGION", "us-west-2")])
+                .unwrap()
+                .settings
+                .region,
+            "sa-east-1"
+        );
+    }
+
+    #[test]
+    fn every_setting_has_a_flag() {
+        let c = parse(
+            &[
+                "--backend=aws",
+                "--bucket=b",
+                "--table=t",
+                "--registry-id=000000000001",
+                "--part-size=4194304",
+                "--min-part-size=1048576",
+                "--s3-part-size=6291456",
+                "--upload-ttl-secs=600",
+                "--public-url=http://h/",
+                "--log=debug",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.backend, Backend::Aws);
+        assert_eq!(
+            (c.bucket.as_deref(), c.table.as_deref()),
+            (Some("b"), Some("t"))
+        );
+        assert_eq!(c.settings.registry_id, "000000000001");
+        assert_eq!(c.settings.part_size, 4_194_304);
+        assert_eq!(c.settings.min_part_size, 1_048_576);
+        assert_eq!(c.settings.s3_part_size, 6_291_456);
+        assert_eq!(c.settings.upload_ttl_secs, 600);
+        assert_eq!(c.public_url.as_deref(), Some("http://h"));
+        assert_eq!(c.log_filter, "debug");
+    }
+
+    #[test]
+    fn a_bad_log_filter_stops_start_up() {
+        let err = parse(&[], &[("RUST_LOG", "info,=[")]).unwrap_err();
+        assert!(err.contains("RUST_LOG"), "{err}");
+    }
+
+    /// README.md's configuration table, as [`ServeArgs`] defines it: flag and variable, default
+    /// (clap's, or the help text's closing `[default: ...]`), meaning.
+    fn settings_table() -> String {
+        let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+        let mut table =
+            String::from("| flag / variable | default | meaning |\n| --- | --- | --- |\n");
+        for arg in cmd.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let (meaning, default) = match help
+                .strip_suffix(']')
+                .and_then(|h| h.rsplit_once(" [default: "))
+            {
+                Some((meaning, default)) => (meaning.to_owned(), default.to_owned()),
+                None => {
+                    let default = match arg.get_default_values() {
+                        [] => "—".to_owned(),
+                        values => format!("`{}`", values[0].to_string_lossy()),
+                    };
+                    (help, default)
+                }
+            };
+            let flag = arg.get_long().expect("every setting has a flag");
+            assert!(
+                !meaning.contains('|') && !default.contains('|'),
+                "{meaning}"
+            );
+            table.push_str(&format!(
+                "| `--{flag}` / `{}` | {default} | {meaning} |\n",
+                env.to_string_lossy()
+            ));
+        }
+        table
+    }
+
+    #[test]
+    fn readme_configuration_table_matches_the_flags() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let header = "| flag / variable | default | meaning |";
+        let start = readme
+            .find(header)
+            .expect("README.md has a configuration table");
+        let in_readme: String = readme[start..]
+            .lines()
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let expected = settings_table();
+        if in_readme != expected {
+            let (old, new): (Vec<&str>, Vec<&str>) =
+                (in_readme.lines().collect(), expected.lines().collect());
+            let mut diff = String::new();
+            for l in &old {
+                if !new.contains(l) {
+                    diff.push_str(&format!("- {l}\n"));
+                }
+            }
+            for l in &new {
+                if !old.contains(l) {
+                    diff.push_str(&format!("+ {l}\n"));
+                }
+            }
+            if diff.is_empty() {
+                diff.push_str("(the same rows, in another order)\n");
+            }
+            panic!(
+                "README.md's configuration table differs from the settings in src/config.rs \
+                 (- README, + src/config.rs):\n{diff}\nThe table as src/config.rs defines it:\n\n{expected}"
+            );
+        }
     }
 }

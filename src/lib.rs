@@ -9,7 +9,8 @@
 //! - [`protocols`]: wire protocols over plain `http` types (`ecr`: AWS JSON 1.1).
 //! - [`frontdoors`]: how requests arrive (`http`: the local server; `lambda`: AWS Lambda).
 //! - [`config`]: settings read once at start-up, and the composition of the layers.
-//! - [`push`]: a client of the API that pushes images.
+//! - [`push`]: a client of the API that pushes images (the `push` feature, on by default; the
+//!   Lambda function is built without it).
 
 mod architecture;
 pub mod backends;
@@ -18,5 +19,6 @@ pub mod domain;
 pub mod frontdoors;
 pub mod ports;
 pub mod protocols;
+#[cfg(feature = "push")]
 pub mod push;
 pub mod service;

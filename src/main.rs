@@ -5,27 +5,30 @@ use std::sync::Arc;
 
 use ecr_layer_upload::backends::aws::{DynamoMetadata, S3Blobs};
 use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata};
-use ecr_layer_upload::config::{Backend, Config};
+use ecr_layer_upload::config::{Backend, Cli, CliCommand, Config};
 use ecr_layer_upload::frontdoors::{self, http::Downloads};
 use ecr_layer_upload::ports::{BlobStore, MetadataStore};
 use ecr_layer_upload::service::Service;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    // `push` is a client of the API, with its own options; everything else serves it.
-    if std::env::args().nth(1).as_deref() == Some("push") {
-        let args: Vec<String> = std::env::args().skip(2).collect();
-        return ecr_layer_upload::push::main(&args);
-    }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match Config::from_args_and_env(&args, |k| std::env::var(k).ok()) {
+    // Help, the version and usage errors end here (exit 0 or 2).
+    #[cfg_attr(not(feature = "push"), allow(clippy::infallible_destructuring_match))]
+    let serve = match Cli::parse_process().into_command() {
+        CliCommand::Serve(serve) => serve,
+        // A client of the API, with its own options; the Lambda build leaves it out.
+        #[cfg(feature = "push")]
+        CliCommand::Push(options) => return ecr_layer_upload::push::main(options),
+    };
+    let config = match Config::from_serve_args(serve, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("ecr-layer-upload: {msg}");
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Checked by Config.
+    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);
     if config.in_lambda {
         // CloudWatch adds its own timestamps; JSON lines are what log queries want.

@@ -24,101 +24,51 @@ use self::upload::{BlobOutcome, Pusher};
 /// parts were accepted, as an interrupted push would.
 pub const STOP_AFTER_PARTS_ENV: &str = "ECR_PUSH_STOP_AFTER_PARTS";
 
-pub const USAGE: &str = "\
-usage: ecr-layer-upload push <oci-layout-dir | image.tar> --repository <name> [--tag <tag>]
-           [--endpoint-url <url>] [--region <region>] [--registry-id <id>] [--state-file <file>]
-
-Pushes an OCI image layout (directory or tar) or a docker save tar to an ECR repository through
-the ECR API. Credentials and region come from the usual AWS chain; the endpoint from
---endpoint-url or AWS_ENDPOINT_URL_ECR.";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The options of `ecr-layer-upload push` (docs/push.md).
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct Options {
+    /// OCI image layout (directory or tar) or `docker save` tar
+    #[arg(value_name = "oci-layout-dir | image.tar")]
     pub input: PathBuf,
+    /// the repository to push to; it must exist
+    #[arg(long, visible_alias = "repository-name", value_name = "NAME", value_parser = nonempty)]
     pub repository: String,
+    /// the tag to give the image; also chooses the image in a layout that holds several
+    #[arg(long, value_name = "TAG", value_parser = nonempty)]
     pub tag: Option<String>,
+    /// the ECR endpoint [default: AWS_ENDPOINT_URL_ECR, else AWS_ENDPOINT_URL, else real ECR]
+    #[arg(long, value_name = "URL", value_parser = nonempty)]
     pub endpoint_url: Option<String>,
+    /// the region [default: the usual AWS chain (AWS_REGION, the profile's region, ...)]
+    #[arg(long, value_name = "REGION", value_parser = nonempty)]
     pub region: Option<String>,
+    /// a 12-digit account id [default: the caller's own registry]
+    #[arg(long, value_name = "ID", value_parser = registry_id)]
     pub registry_id: Option<String>,
+    /// where unfinished uploads are saved [default: $XDG_STATE_HOME/ecr-layer-upload/uploads.json,
+    /// else ~/.local/state/ecr-layer-upload/uploads.json]
+    #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
 }
 
-/// `Ok(None)` for `--help`.
-pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
-    let mut input = None;
-    let mut repository = None;
-    let mut tag = None;
-    let mut endpoint_url = None;
-    let mut region = None;
-    let mut registry_id = None;
-    let mut state_file = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(None);
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let slot = match flag {
-            "--repository" | "--repository-name" => &mut repository,
-            "--tag" => &mut tag,
-            "--endpoint-url" => &mut endpoint_url,
-            "--region" => &mut region,
-            "--registry-id" => &mut registry_id,
-            "--state-file" => &mut state_file,
-            f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option {f}")),
-            _ => {
-                if input.replace(PathBuf::from(arg)).is_some() {
-                    return Err("only one image can be pushed at a time".into());
-                }
-                continue;
-            }
-        };
-        let value = match inline {
-            Some(v) => v,
-            None => it
-                .next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))?,
-        };
-        if value.is_empty() {
-            return Err(format!("{flag} needs a value"));
-        }
-        *slot = Some(value);
+fn nonempty(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err("needs a value".into())
+    } else {
+        Ok(value.to_owned())
     }
-    let input = input.ok_or("the image to push (a directory or a tar) is missing")?;
-    let repository = repository.ok_or("--repository is required")?;
-    if let Some(id) = &registry_id
-        && (id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(format!("--registry-id {id:?} is not a 12-digit account id"));
-    }
-    Ok(Some(Options {
-        input,
-        repository,
-        tag,
-        endpoint_url,
-        region,
-        registry_id,
-        state_file: state_file.map(PathBuf::from),
-    }))
 }
 
-/// The `push` subcommand; `args` are the arguments after `push`.
-pub fn main(args: &[String]) -> ExitCode {
-    let opts = match parse_args(args) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("ecr-layer-upload push: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+fn registry_id(id: &str) -> Result<String, String> {
+    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(id.to_owned())
+    } else {
+        Err(format!("{id:?} is not a 12-digit account id"))
+    }
+}
+
+/// The `push` command.
+pub fn main(opts: Options) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -244,6 +194,21 @@ mod tests {
         s.split_whitespace().map(String::from).collect()
     }
 
+    /// `Ok(None)` for `--help`.
+    fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+        #[derive(clap::Parser)]
+        struct Push {
+            #[command(flatten)]
+            options: Options,
+        }
+        let argv = std::iter::once("push".to_owned()).chain(args.iter().cloned());
+        match <Push as clap::Parser>::try_parse_from(argv) {
+            Ok(p) => Ok(Some(p.options)),
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     #[test]
     fn parse_args_reads_every_option() {
         let o = parse_args(&args(
@@ -270,5 +235,22 @@ mod tests {
         assert!(parse_args(&args("a b --repository r")).is_err());
         assert!(parse_args(&args("dir --repository r --registry-id 12")).is_err());
         assert_eq!(parse_args(&args("--help")).unwrap(), None);
+    }
+
+    #[test]
+    fn parse_args_takes_the_cli_spelling_and_refuses_empty_values() {
+        let o = parse_args(&args("dir --repository-name a/b"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.repository, "a/b");
+        for empty in [
+            "--repository=",
+            "--tag=",
+            "--endpoint-url=",
+            "--state-file=",
+        ] {
+            let argv = args(&format!("dir --repository r {empty}"));
+            assert!(parse_args(&argv).is_err(), "{empty}");
+        }
     }
 }
