@@ -128,7 +128,9 @@ fn spawn_sweeper<M: MetadataStore, B: BlobStore>(svc: Arc<Service<M, B>>) {
             match svc.sweep_expired(1000).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "expired uploads removed"),
-                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                Err(e) => {
+                    tracing::warn!(error = %ecr_layer_upload::domain::error::chain(&e), "sweep failed")
+                }
             }
         }
     });
