@@ -6,6 +6,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../service/suite.rs"]
+mod service_suite;
 #[path = "../contract/suite.rs"]
 mod suite;
 
