@@ -1,7 +1,7 @@
 //! The service on the AWS backend (S3 + DynamoDB), driven in-process against the local S3
 //! (SeaweedFS) and DynamoDB (dynoxide) servers of `scripts/services.sh`:
 //!
-//! - the service suite (`tests/service/suite.rs`), with S3's own view as its inspection hooks:
+//! - the service suite (`tests/service/suite.rs` and `tests/service/images.rs`), with S3's own view as its inspection hooks:
 //!   staging objects listed by ListObjectsV2, open multipart parts by ListParts, the parts of a
 //!   completed object by HeadObject. So the coalescing of small ECR parts into S3 multipart parts
 //!   of at least 5 MiB, abandoned uploads and their cleanup, and same-offset races decided by
@@ -75,7 +75,15 @@ impl Backend for Aws {
 
 mod service {
     use crate::service_suite;
-    service_suite::service_behaviours!(service_suite::service_tests!(super::Aws));
+    service_suite::service_behaviours!(service_suite::service_tests!(service_suite, super::Aws));
+
+    mod images {
+        use crate::{service_images, service_suite};
+        service_images::image_behaviours!(service_suite::service_tests!(
+            service_images,
+            super::super::Aws
+        ));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@
 //! ports show. Each test serves a registry of its own, so the behaviours can run concurrently
 //! against a persistent, shared server.
 //!
-//! `service_behaviours!(service_tests!(Backend))` makes one `#[tokio::test]` per behaviour, the
-//! way `tests/contract/suite.rs` does for the storage ports.
+//! `service_behaviours!(service_tests!(service_suite, Backend))` makes one `#[tokio::test]` per
+//! behaviour, the way `tests/contract/suite.rs` does for the storage ports; `images.rs` beside
+//! this file is the images' part of the suite, on the same backends.
 
 // Each test crate that includes this file uses a different subset of it.
 #![allow(dead_code, unused_macros, unused_imports)]
@@ -68,15 +69,16 @@ macro_rules! service_behaviours {
 }
 pub(crate) use service_behaviours;
 
-/// Makes one `#[tokio::test]` per behaviour on backend `$backend`. Use inside a module of a test
-/// crate that has `mod service_suite;` at its root:
-/// `service_suite::service_behaviours!(service_suite::service_tests!(MyBackend));`
+/// Makes one `#[tokio::test]` per behaviour of the suite module `crate::$suite` on backend
+/// `$backend`. Use inside a module of a test crate that has `mod service_suite;` (and, for the
+/// images, `mod service_images;`) at its root:
+/// `service_suite::service_behaviours!(service_suite::service_tests!(service_suite, MyBackend));`
 macro_rules! service_tests {
-    ($backend:ty ; $($name:ident),* $(,)?) => {
+    ($suite:ident, $backend:ty ; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                crate::service_suite::$name::<$backend>().await;
+                crate::$suite::$name::<$backend>().await;
             }
         )*
     };

@@ -1,4 +1,5 @@
-//! The service suite (`tests/service/suite.rs`) on the in-memory adapters and on the embedded
+//! The service suite (`tests/service/suite.rs`, with the images of `tests/service/images.rs`) on
+//! the in-memory adapters and on the embedded
 //! backend (redb + files in a temporary directory), both holding multipart parts to S3's 5 MiB
 //! minimum. The embedded backend lists its staging objects from its objects directory, so the
 //! suite's "no orphans" checks run on it in full.
@@ -105,10 +106,29 @@ fn key_of(objects: &Path, path: &Path) -> String {
 
 mod memory {
     use crate::service_suite;
-    service_suite::service_behaviours!(service_suite::service_tests!(super::Memory));
+    service_suite::service_behaviours!(service_suite::service_tests!(service_suite, super::Memory));
+
+    mod images {
+        use crate::{service_images, service_suite};
+        service_images::image_behaviours!(service_suite::service_tests!(
+            service_images,
+            super::super::Memory
+        ));
+    }
 }
 
 mod embedded {
     use crate::service_suite;
-    service_suite::service_behaviours!(service_suite::service_tests!(super::Embedded));
+    service_suite::service_behaviours!(service_suite::service_tests!(
+        service_suite,
+        super::Embedded
+    ));
+
+    mod images {
+        use crate::{service_images, service_suite};
+        service_images::image_behaviours!(service_suite::service_tests!(
+            service_images,
+            super::super::Embedded
+        ));
+    }
 }
