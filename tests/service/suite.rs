@@ -405,11 +405,10 @@ async fn check_upload_gone<F: Backend>(ctx: &Ctx<F>, svc: &Svc<F>, up: &UploadRe
     if let Some(listed) = ctx.backend.staging_objects(id).await {
         assert!(listed.is_empty(), "staging objects remain: {listed:?}");
     }
-    if !up.multipart_id.is_empty()
-        && let Some(res) = ctx
-            .backend
-            .multipart_parts(&up.blob_key, &up.multipart_id)
-            .await
+    if let Some(res) = ctx
+        .backend
+        .multipart_parts(&up.blob_key, &up.multipart_id)
+        .await
     {
         assert_eq!(
             res.as_ref().err().map(String::as_str),
