@@ -34,7 +34,7 @@ test-aws: services-up
 test-aws-contract: services-up
 	env $$($(SERVICES) env) $(CARGO) test --test aws contract::
 
-# The service (upload state machine) in-process on the AWS backend: coalescing into S3 parts,
-# abandoned uploads, races (tests/aws/backend.rs).
+# The service suite (tests/service/) in-process on the AWS backend, checked against S3's own
+# listings, and the AWS-only service checks (tests/aws/backend.rs).
 test-aws-backend: services-up
 	env $$($(SERVICES) env) $(CARGO) test --test aws backend::

@@ -1,6 +1,6 @@
 //! The suites that need the local S3 (SeaweedFS) and DynamoDB (dynoxide) servers of
 //! `scripts/services.sh`: the storage contract on the AWS backend, and the service in-process on
-//! it.
+//! it (the service suite of tests/service/, plus what only S3 + DynamoDB have).
 //!
 //! Run with `make test-aws-contract` or `make test-aws-backend` (they start the servers and
 //! export their environment). Without that environment these tests fail, they do not pass
@@ -8,6 +8,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../service/images.rs"]
+mod service_images;
+#[path = "../service/suite.rs"]
+mod service_suite;
 #[path = "../contract/suite.rs"]
 mod suite;
 

@@ -1,20 +1,50 @@
-//! Images on the in-memory adapters: PutImage, BatchGetImage, ListImages, DescribeImages,
-//! BatchDeleteImage, GetDownloadUrlForLayer and how they relate to layers.
+//! Images, written once and run on every backend like the service suite (`suite.rs` beside this
+//! file): PutImage, BatchGetImage, ListImages, DescribeImages, BatchDeleteImage,
+//! GetDownloadUrlForLayer and how they relate to layers. `tests/unit/service.rs` and
+//! `tests/aws/backend.rs` instantiate it with
+//! `image_behaviours!(service_tests!(service_images, Backend))`.
+
+// Each test crate that includes this file uses a different subset of it.
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use bytes::Bytes;
-use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
 use ecr_layer_upload::domain::error::EcrError;
 use ecr_layer_upload::domain::manifest::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use ecr_layer_upload::domain::model::{
     ImageStatusFilter, Page, PageToken, RepositoryName, TagMutability, TagStatus,
 };
+use ecr_layer_upload::ports::{BlobStore, MetadataStore};
 use ecr_layer_upload::protocols::ecr::wire;
 use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{INLINE_MANIFEST_MAX, ResponseLimit, Service, Settings};
 
 use crate::common::digest;
+use crate::service_suite::{Backend, Ctx, Svc};
 
-type Svc = Service<MemoryMetadata, MemoryBlobs>;
+/// Calls `$callback!($($args)* ; name, name, ...)` with every image behaviour.
+macro_rules! image_behaviours {
+    ($($callback:ident)::+ ! ($($args:tt)*)) => {
+        $($callback)::+! {
+            $($args)* ;
+            put_image_digest_is_the_sha256_of_the_manifest_as_sent,
+            put_image_twice_is_already_exists_and_a_new_tag_is_stored,
+            a_tag_moves_in_a_mutable_repository_and_not_in_an_immutable_one,
+            put_image_needs_every_blob_in_the_repository_with_its_size,
+            put_image_checks_the_given_digest_the_tag_and_the_manifest,
+            an_index_needs_its_manifests_in_the_repository,
+            batch_get_image_reports_each_failure_with_ecrs_codes,
+            list_images_pages_through_every_tag_and_untagged_image,
+            describe_images_gives_details_and_missing_ids_fail_the_request,
+            batch_delete_image_by_tag_keeps_the_image_until_its_last_tag_goes,
+            a_layer_is_downloadable_once_an_image_references_it,
+            a_large_manifest_is_kept_outside_the_record_and_read_back_exactly,
+            delete_repository_with_images_needs_force,
+            batch_get_image_refuses_a_response_larger_than_the_front_door_returns
+        }
+    };
+}
+pub(crate) use image_behaviours;
+
 const REPO: &str = "team/app";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -28,30 +58,28 @@ fn requested(ids: Vec<ImageIdentifier>) -> Vec<RequestedImage> {
     ids.into_iter().map(RequestedImage::new).collect()
 }
 
-async fn service_with(mutability: &str) -> Svc {
-    let svc = Service::new(
-        MemoryMetadata::new(),
-        MemoryBlobs::new(),
-        Settings {
-            min_part_size: 0,
-            ..Settings::default()
-        },
-    );
+/// A fresh backend with repository `REPO` of tag mutability `mutability`.
+async fn service_with<F: Backend>(mutability: &str) -> (Ctx<F>, Svc<F>) {
+    let ctx = Ctx::<F>::open().await;
+    let svc = ctx.service(Settings {
+        min_part_size: 0,
+        ..Settings::default()
+    });
     svc.create_repository(CreateRepositoryRequest {
         image_tag_mutability: TagMutability::from_wire(mutability).unwrap(),
         ..CreateRepositoryRequest::new(repo())
     })
     .await
     .unwrap();
-    svc
+    (ctx, svc)
 }
 
-async fn service() -> Svc {
-    service_with("MUTABLE").await
+async fn service<F: Backend>() -> (Ctx<F>, Svc<F>) {
+    service_with::<F>("MUTABLE").await
 }
 
 /// Uploads `data` as a layer of `REPO` in one part; returns its digest.
-async fn push_blob(svc: &Svc, data: &[u8]) -> String {
+async fn push_blob<M: MetadataStore, B: BlobStore>(svc: &Service<M, B>, data: &[u8]) -> String {
     let id = svc
         .initiate_layer_upload(InitiateLayerUploadRequest::new(repo()))
         .await
@@ -98,7 +126,7 @@ fn manifest(config: (&str, usize), layers: &[(&str, usize)], note: &str) -> Stri
 }
 
 /// A config and two layers pushed; returns a manifest over them.
-async fn image(svc: &Svc, note: &str) -> String {
+async fn image<M: MetadataStore, B: BlobStore>(svc: &Service<M, B>, note: &str) -> String {
     let config = format!(r#"{{"architecture":"amd64","os":"linux","note":"{note}"}}"#);
     let l1 = vec![1u8; 3000];
     let l2 = vec![2u8; 5000];
@@ -112,7 +140,11 @@ async fn image(svc: &Svc, note: &str) -> String {
     )
 }
 
-async fn put(svc: &Svc, manifest: &str, tag: Option<&str>) -> Result<PutImageResponse, EcrError> {
+async fn put<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    manifest: &str,
+    tag: Option<&str>,
+) -> Result<PutImageResponse, EcrError> {
     svc.put_image(PutImageRequest {
         image_tag: tag.map(|t| t.parse().unwrap()),
         ..PutImageRequest::new(repo(), manifest.into())
@@ -121,7 +153,10 @@ async fn put(svc: &Svc, manifest: &str, tag: Option<&str>) -> Result<PutImageRes
 }
 
 /// PutImage as the wire carries it, through the protocol's checks.
-async fn put_sent(svc: &Svc, req: wire::PutImageRequest) -> Result<PutImageResponse, EcrError> {
+async fn put_sent<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    req: wire::PutImageRequest,
+) -> Result<PutImageResponse, EcrError> {
     svc.put_image(req.try_into()?).await
 }
 
@@ -139,13 +174,20 @@ fn by_digest(digest: &str) -> ImageIdentifier {
     }
 }
 
-async fn get(svc: &Svc, ids: Vec<ImageIdentifier>) -> BatchGetImageResponse {
+async fn get<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    ids: Vec<ImageIdentifier>,
+) -> BatchGetImageResponse {
     svc.batch_get_image(BatchGetImageRequest::new(repo(), requested(ids)))
         .await
         .unwrap()
 }
 
-async fn list(svc: &Svc, max: Option<usize>, token: Option<PageToken>) -> ListImagesResponse {
+async fn list<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    max: Option<usize>,
+    token: Option<PageToken>,
+) -> ListImagesResponse {
     svc.list_images(ListImagesRequest {
         page: Page {
             max_results: max.unwrap_or(100),
@@ -157,9 +199,8 @@ async fn list(svc: &Svc, max: Option<usize>, token: Option<PageToken>) -> ListIm
     .unwrap()
 }
 
-#[tokio::test]
-async fn put_image_digest_is_the_sha256_of_the_manifest_as_sent() {
-    let svc = service().await;
+pub async fn put_image_digest_is_the_sha256_of_the_manifest_as_sent<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let m = image(&svc, "a").await;
     let out = put(&svc, &m, Some("v1")).await.unwrap();
     assert_eq!(
@@ -174,9 +215,8 @@ async fn put_image_digest_is_the_sha256_of_the_manifest_as_sent() {
     assert_eq!(got.images[0].image_manifest, m);
 }
 
-#[tokio::test]
-async fn put_image_twice_is_already_exists_and_a_new_tag_is_stored() {
-    let svc = service().await;
+pub async fn put_image_twice_is_already_exists_and_a_new_tag_is_stored<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let m = image(&svc, "a").await;
     put(&svc, &m, Some("v1")).await.unwrap();
     let err = put(&svc, &m, Some("v1")).await.unwrap_err();
@@ -193,10 +233,9 @@ async fn put_image_twice_is_already_exists_and_a_new_tag_is_stored() {
     );
 }
 
-#[tokio::test]
-async fn a_tag_moves_in_a_mutable_repository_and_not_in_an_immutable_one() {
+pub async fn a_tag_moves_in_a_mutable_repository_and_not_in_an_immutable_one<F: Backend>() {
     for (mutability, moves) in [("MUTABLE", true), ("IMMUTABLE", false)] {
-        let svc = service_with(mutability).await;
+        let (_ctx, svc) = service_with::<F>(mutability).await;
         let a = image(&svc, "a").await;
         let b = image(&svc, "b").await;
         put(&svc, &a, Some("latest")).await.unwrap();
@@ -222,9 +261,8 @@ async fn a_tag_moves_in_a_mutable_repository_and_not_in_an_immutable_one() {
     }
 }
 
-#[tokio::test]
-async fn put_image_needs_every_blob_in_the_repository_with_its_size() {
-    let svc = service().await;
+pub async fn put_image_needs_every_blob_in_the_repository_with_its_size<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let config = b"{}";
     let c = push_blob(&svc, config).await;
     let absent = digest(b"never pushed");
@@ -241,9 +279,8 @@ async fn put_image_needs_every_blob_in_the_repository_with_its_size() {
     assert_eq!(list(&svc, None, None).await.image_ids.len(), 0);
 }
 
-#[tokio::test]
-async fn put_image_checks_the_given_digest_the_tag_and_the_manifest() {
-    let svc = service().await;
+pub async fn put_image_checks_the_given_digest_the_tag_and_the_manifest<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let m = image(&svc, "a").await;
     let err = put_sent(
         &svc,
@@ -310,9 +347,8 @@ async fn put_image_checks_the_given_digest_the_tag_and_the_manifest() {
     assert_eq!(err.type_name(), "InvalidParameterException");
 }
 
-#[tokio::test]
-async fn an_index_needs_its_manifests_in_the_repository() {
-    let svc = service().await;
+pub async fn an_index_needs_its_manifests_in_the_repository<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let a = image(&svc, "a").await;
     let b = image(&svc, "b").await;
     let index = format!(
@@ -351,9 +387,8 @@ async fn an_index_needs_its_manifests_in_the_repository() {
     assert_eq!(details.image_details[0].image_size_in_bytes, 8000);
 }
 
-#[tokio::test]
-async fn batch_get_image_reports_each_failure_with_ecrs_codes() {
-    let svc = service().await;
+pub async fn batch_get_image_reports_each_failure_with_ecrs_codes<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let a = image(&svc, "a").await;
     let b = image(&svc, "b").await;
     put(&svc, &a, Some("a")).await.unwrap();
@@ -405,9 +440,8 @@ async fn batch_get_image_reports_each_failure_with_ecrs_codes() {
     assert_eq!(err.type_name(), "InvalidParameterException");
 }
 
-#[tokio::test]
-async fn list_images_pages_through_every_tag_and_untagged_image() {
-    let svc = service().await;
+pub async fn list_images_pages_through_every_tag_and_untagged_image<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let mut expected = Vec::new();
     for i in 0..5 {
         let m = image(&svc, &format!("img{i}")).await;
@@ -466,9 +500,8 @@ async fn list_images_pages_through_every_tag_and_untagged_image() {
     }
 }
 
-#[tokio::test]
-async fn describe_images_gives_details_and_missing_ids_fail_the_request() {
-    let svc = service().await;
+pub async fn describe_images_gives_details_and_missing_ids_fail_the_request<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let a = image(&svc, "a").await;
     put(&svc, &a, Some("one")).await.unwrap();
     put(&svc, &a, Some("two")).await.unwrap();
@@ -534,9 +567,8 @@ async fn describe_images_gives_details_and_missing_ids_fail_the_request() {
     );
 }
 
-#[tokio::test]
-async fn batch_delete_image_by_tag_keeps_the_image_until_its_last_tag_goes() {
-    let svc = service().await;
+pub async fn batch_delete_image_by_tag_keeps_the_image_until_its_last_tag_goes<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let a = image(&svc, "a").await;
     let da = digest(a.as_bytes());
     put(&svc, &a, Some("one")).await.unwrap();
@@ -568,9 +600,8 @@ async fn batch_delete_image_by_tag_keeps_the_image_until_its_last_tag_goes() {
     assert!(list(&svc, None, None).await.image_ids.is_empty());
 }
 
-#[tokio::test]
-async fn a_layer_is_downloadable_once_an_image_references_it() {
-    let svc = service().await;
+pub async fn a_layer_is_downloadable_once_an_image_references_it<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let data = vec![7u8; 4096];
     let d = push_blob(&svc, &data).await;
     // Through the protocol's checks: one digest sent is not a digest at all.
@@ -633,9 +664,8 @@ async fn a_layer_is_downloadable_once_an_image_references_it() {
     );
 }
 
-#[tokio::test]
-async fn a_large_manifest_is_kept_outside_the_record_and_read_back_exactly() {
-    let svc = service().await;
+pub async fn a_large_manifest_is_kept_outside_the_record_and_read_back_exactly<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let config = b"{}";
     let c = push_blob(&svc, config).await;
     let pad = "p".repeat(INLINE_MANIFEST_MAX + 10);
@@ -652,9 +682,8 @@ async fn a_large_manifest_is_kept_outside_the_record_and_read_back_exactly() {
     assert_eq!(get(&svc, vec![by_tag("big")]).await.failures.len(), 1);
 }
 
-#[tokio::test]
-async fn delete_repository_with_images_needs_force() {
-    let svc = service().await;
+pub async fn delete_repository_with_images_needs_force<F: Backend>() {
+    let (_ctx, svc) = service::<F>().await;
     let m = image(&svc, "a").await;
     put(&svc, &m, Some("v1")).await.unwrap();
     let delete = |force: Option<bool>| {
@@ -677,20 +706,16 @@ async fn delete_repository_with_images_needs_force() {
     );
 }
 
-#[tokio::test]
-async fn batch_get_image_refuses_a_response_larger_than_the_front_door_returns() {
-    let svc = Service::new(
-        MemoryMetadata::new(),
-        MemoryBlobs::new(),
-        Settings {
-            min_part_size: 0,
-            response_limit: Some(ResponseLimit {
-                max_bytes: 64 * 1024,
-                ..ecr_layer_upload::frontdoors::lambda::response_limit()
-            }),
-            ..Settings::default()
-        },
-    );
+pub async fn batch_get_image_refuses_a_response_larger_than_the_front_door_returns<F: Backend>() {
+    let ctx = Ctx::<F>::open().await;
+    let svc = ctx.service(Settings {
+        min_part_size: 0,
+        response_limit: Some(ResponseLimit {
+            max_bytes: 64 * 1024,
+            ..ecr_layer_upload::frontdoors::lambda::response_limit()
+        }),
+        ..Settings::default()
+    });
     svc.create_repository(CreateRepositoryRequest::new(repo()))
         .await
         .unwrap();
