@@ -1042,7 +1042,13 @@ pub async fn parts_beyond_the_maximum_layer_size_are_refused<F: Backend>() {
 
 /// Sweeps until upload `id` is gone; returns what the first sweep removed. On a shared backend
 /// other tests' expired uploads may go first, so it sweeps again while that makes progress.
+/// Held by every sweep of this suite. A sweep removes every expired upload of the store, and
+/// on a shared backend the tests run side by side: a test that looks at an expired upload before
+/// sweeping it holds this, so that another test's sweep cannot take the upload from under it.
+static SWEEPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn sweep_until_gone<F: Backend>(svc: &Svc<F>, id: &str) -> usize {
+    let _sweeping = SWEEPS.lock().await;
     let first = svc.sweep_expired(1000).await.unwrap();
     if F::SHARED {
         for _ in 0..50 {
@@ -1109,7 +1115,8 @@ pub async fn abandoned_uploads_are_absent_and_swept_with_their_bytes<F: Backend>
     assert_eq!(staged.len(), 2);
 
     // `live_upload` treats `expires_at <= now` as absent; the sweep takes `expires_at < now`.
-    // Two seconds past the last write satisfies both.
+    // Two seconds past the last write satisfies both. No other test sweeps meanwhile.
+    let no_sweeps = SWEEPS.lock().await;
     tokio::time::sleep(Duration::from_millis(2_100)).await;
 
     for svc in [&long, &short] {
@@ -1124,6 +1131,7 @@ pub async fn abandoned_uploads_are_absent_and_swept_with_their_bytes<F: Backend>
     }
     // Absent to the API, but still stored until swept (DynamoDB's TTL may lag by days).
     assert!(long.metadata().get_upload(&id).await.unwrap().is_some());
+    drop(no_sweeps);
 
     sweep_until_gone::<F>(&long, &id).await;
     assert!(
