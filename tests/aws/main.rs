@@ -13,3 +13,4 @@ mod suite;
 
 mod backend;
 mod contract;
+mod lifecycle;

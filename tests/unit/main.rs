@@ -13,6 +13,7 @@ mod contract;
 mod events;
 mod images;
 mod lambda_limits;
+mod lifecycle;
 mod local_backend;
 mod server_errors;
 mod service;
