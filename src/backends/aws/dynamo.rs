@@ -1047,14 +1047,20 @@ impl MetadataStore for DynamoMetadata {
 
     async fn create_upload(&self, upload: &UploadRecord) -> StoreResult<()> {
         let op = "create_upload";
+        let ours = upload_item(upload)?;
         for attempt in 1..=TRANSACTION_ATTEMPTS {
             // The upload first: cancellation reasons come in this order.
             let items = vec![
-                self.put_plain(upload_item(upload)?, Some("attribute_not_exists(pk)"))?,
+                self.put_plain(ours.clone(), Some("attribute_not_exists(pk)"))?,
                 self.put_plain(repo_upload_item(upload), None)?,
             ];
             match self.transact(op, items).await {
                 Ok(()) => return Ok(()),
+                // Exactly our item: an earlier attempt of this create (its answer lost) wrote
+                // it, with its ref.
+                Err(Cancelled::Condition(_, existing)) if same_doc(existing.as_ref(), &ours) => {
+                    return Ok(());
+                }
                 Err(Cancelled::Condition(..)) => return Err(StoreError::AlreadyExists),
                 Err(Cancelled::Other(e)) => return Err(e),
                 Err(Cancelled::Contention) => backoff(attempt).await,
