@@ -29,6 +29,9 @@ const MAX_ATTEMPTS: usize = 16;
 /// take it over (a crashed or timed-out completion; Lambda stops at 15 minutes).
 const COMPLETING_LEASE_MS: u64 = 16 * 60 * 1000;
 
+// A completion begun just before the age cap ends inside the lifecycle rules' margin.
+const _: () = assert!(COMPLETING_LEASE_MS.div_ceil(1000) + 5 * 60 <= super::UPLOAD_AGE_MARGIN_SECS);
+
 /// Where the assembled layer of an upload lives.
 fn blob_key(upload_id: &str) -> String {
     format!("layers/{upload_id}")
