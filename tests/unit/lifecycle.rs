@@ -147,3 +147,36 @@ fn template_lifecycle_rules_sit_above_the_upload_age_cap() {
     }
     assert!(text.contains("ECR_MAX_UPLOAD_AGE_SECS: !Ref MaxUploadAgeSeconds"));
 }
+
+/// The cap is a setting: flag and variable, its default the service's, and at least a minute.
+#[test]
+fn the_upload_age_cap_is_a_setting() {
+    use ecr_layer_upload::config::Config;
+    let parse = |args: &[&str], env: &[(&str, &str)]| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_args_and_env(&args, move |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    };
+    let age = |c: Result<Config, String>| c.map(|c| c.settings.max_upload_age_secs);
+    assert_eq!(age(parse(&[], &[])), Ok(DEFAULT_MAX_UPLOAD_AGE_SECS));
+    assert_eq!(
+        age(parse(&[], &[("ECR_MAX_UPLOAD_AGE_SECS", "7200")])),
+        Ok(7200)
+    );
+    assert_eq!(
+        age(parse(
+            &["--max-upload-age-secs", "3600"],
+            &[("ECR_MAX_UPLOAD_AGE_SECS", "7200")]
+        )),
+        Ok(3600)
+    );
+    for bad in ["59", "soon", "-1"] {
+        let err = age(parse(&[], &[("ECR_MAX_UPLOAD_AGE_SECS", bad)])).unwrap_err();
+        assert!(err.contains("ECR_MAX_UPLOAD_AGE_SECS"), "{bad}: {err}");
+    }
+}
