@@ -327,7 +327,9 @@ pub async fn complete_racing_delete_records_nothing<M: MetadataStore, B: BlobSto
         );
         tokio::spawn(async move { complete(&*svc, &name, &id, &[&d]).await })
     };
-    gate.reached().await;
+    tokio::time::timeout(std::time::Duration::from_secs(120), gate.reached())
+        .await
+        .expect("the completion reached the gate");
     delete(&svc, name).await.unwrap();
     create_repository(&*svc, name).await;
     gate.open();
