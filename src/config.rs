@@ -135,6 +135,15 @@ pub struct ServeArgs {
         default_value = "86400"
     )]
     pub upload_ttl_secs: String,
+    /// an upload older than this (from its creation) is gone, however active; keep it an hour
+    /// under the bucket's lifecycle rules (template.yaml)
+    #[arg(
+        long,
+        env = "ECR_MAX_UPLOAD_AGE_SECS",
+        value_name = "SECS",
+        default_value = "82800"
+    )]
+    pub max_upload_age_secs: String,
     /// base of the embedded backend's download URLs, as clients reach the server [default:
     /// `http://` + the bound address]
     #[arg(long, env = "ECR_PUBLIC_URL", value_name = "URL")]
@@ -325,6 +334,10 @@ impl Config {
         if upload_ttl_secs < 60 {
             return Err("ECR_UPLOAD_TTL_SECS: must be at least 60".into());
         }
+        let max_upload_age_secs = required("ECR_MAX_UPLOAD_AGE_SECS", args.max_upload_age_secs)?;
+        if max_upload_age_secs < 60 {
+            return Err("ECR_MAX_UPLOAD_AGE_SECS: must be at least 60".into());
+        }
         let public_url = nonempty(args.public_url)
             .map(|url| parse_public_url(&url))
             .transpose()?;
@@ -350,6 +363,7 @@ impl Config {
                 min_part_size,
                 s3_part_size,
                 upload_ttl_secs,
+                max_upload_age_secs,
                 response_limit: in_lambda.then(lambda::response_limit),
             },
         })

@@ -131,6 +131,22 @@ impl MetadataStore for MemoryMetadata {
         Ok(existed)
     }
 
+    async fn repository_uploads(
+        &self,
+        registry_id: &str,
+        name: &str,
+    ) -> StoreResult<Vec<UploadRecord>> {
+        let s = lock(&self.state);
+        let mut out: Vec<UploadRecord> = s
+            .uploads
+            .values()
+            .filter(|u| u.registry_id == registry_id && u.repository == name)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.upload_id.cmp(&b.upload_id));
+        Ok(out)
+    }
+
     async fn create_upload(&self, upload: &UploadRecord) -> StoreResult<()> {
         let mut s = lock(&self.state);
         if s.uploads.contains_key(&upload.upload_id) {
@@ -191,6 +207,12 @@ impl MetadataStore for MemoryMetadata {
         layer: &LayerRecord,
     ) -> StoreResult<Finish> {
         let mut s = lock(&self.state);
+        let repo = s
+            .repos
+            .get(&(upload.registry_id.clone(), upload.repository.clone()));
+        if repo.is_none_or(|r| r.incarnation != upload.repository_incarnation) {
+            return Ok(Finish::RepositoryGone);
+        }
         check_version(&s, upload)?;
         let key = (
             layer.registry_id.clone(),

@@ -36,6 +36,11 @@ pub struct RepositoryRecord {
     /// Stored as its wire string (`AES256`, `KMS` or `KMS_DSSE`).
     pub encryption_type: EncryptionType,
     pub kms_key: Option<String>,
+    /// Which life of the name this is: fresh at every CreateRepository, so that a repository
+    /// deleted and created again under the same name shares nothing with the old one. Records
+    /// written before incarnations existed read as `""`, the original incarnation.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +69,10 @@ pub struct UploadRecord {
     pub upload_id: String,
     pub registry_id: String,
     pub repository: String,
+    /// The [`RepositoryRecord::incarnation`] the upload was started in; it is live only while the
+    /// repository is that incarnation. Records written before incarnations read as `""`.
+    #[serde(default)]
+    pub repository_incarnation: String,
     /// Where the assembled layer will live in the blob store.
     pub blob_key: String,
     /// The blob store's multipart upload id for `blob_key`.
@@ -195,6 +204,9 @@ pub enum Finish {
     Recorded,
     /// A layer with that digest was already there (returned); the upload was retired anyway.
     LayerExists(LayerRecord),
+    /// The repository is gone, or is another incarnation than the upload's (deleted and created
+    /// again): nothing was written.
+    RepositoryGone,
 }
 
 pub trait MetadataStore: Send + Sync + 'static {
@@ -214,12 +226,20 @@ pub trait MetadataStore: Send + Sync + 'static {
         registry_id: &str,
     ) -> impl Future<Output = StoreResult<Vec<RepositoryRecord>>> + Send;
     /// Delete a repository and the layers, images and tags recorded in it; `Ok(false)` if there
-    /// was none.
+    /// was none. Its uploads are left to the caller ([`MetadataStore::repository_uploads`]).
     fn delete_repository(
         &self,
         registry_id: &str,
         name: &str,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// The uploads recorded for repository `name` of `registry_id`, of any incarnation and state,
+    /// whether or not the repository exists (those of a deleted one are still listed).
+    fn repository_uploads(
+        &self,
+        registry_id: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Vec<UploadRecord>>> + Send;
 
     /// Create an upload unless its id exists (`AlreadyExists`).
     fn create_upload(&self, upload: &UploadRecord) -> impl Future<Output = StoreResult<()>> + Send;
@@ -252,7 +272,9 @@ pub trait MetadataStore: Send + Sync + 'static {
         upload_id: &str,
     ) -> impl Future<Output = StoreResult<Vec<FlushedPart>>> + Send;
     /// Retire the upload (`upload` as in `update_upload`, state `Done`) and record `layer` unless
-    /// a layer with its registry, repository and digest exists, in one atomic step.
+    /// a layer with its registry, repository and digest exists, in one atomic step, on condition
+    /// that the upload's repository exists as the incarnation `upload.repository_incarnation`
+    /// (`RepositoryGone` otherwise, nothing written, whatever the upload's version).
     /// `Conflict` if the upload's version moved; then nothing is written.
     fn finish_upload(
         &self,

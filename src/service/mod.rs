@@ -5,7 +5,10 @@ mod repository;
 pub mod types;
 mod upload;
 
+use std::sync::Arc;
+
 pub(crate) use crate::domain::clock::now_ms;
+use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::error::EcrError;
 use crate::domain::model::{Page, PageToken, RegistryId, RepositoryName};
 use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
@@ -28,6 +31,10 @@ pub struct Settings {
     pub s3_part_size: u64,
     /// Seconds an unfinished upload lives after its last part.
     pub upload_ttl_secs: u64,
+    /// Seconds an upload may live from its creation, however active: past it the upload is gone
+    /// and swept. It keeps every upload inside the bucket's lifecycle rules (template.yaml),
+    /// which count from creation: they must sit at least [`UPLOAD_AGE_MARGIN_SECS`] above it.
+    pub max_upload_age_secs: u64,
     /// The front door's bound on one answer, if it has one. Only BatchGetImage, which returns
     /// whole manifests, can come near it.
     pub response_limit: Option<ResponseLimit>,
@@ -63,15 +70,27 @@ impl Default for Settings {
             min_part_size: 5_242_880,
             s3_part_size: 8 * 1024 * 1024,
             upload_ttl_secs: 86_400,
+            max_upload_age_secs: DEFAULT_MAX_UPLOAD_AGE_SECS,
             response_limit: None,
         }
     }
 }
 
+/// The default of [`Settings::max_upload_age_secs`]: 23 hours, an hour under the one-day
+/// lifecycle rules of template.yaml.
+pub const DEFAULT_MAX_UPLOAD_AGE_SECS: u64 = 23 * 3600;
+
+/// How far the bucket's lifecycle rules (abort incomplete multipart uploads, expire staging
+/// objects; both count from creation) must sit above [`Settings::max_upload_age_secs`]: a
+/// completion begun just before the cap may hold the upload for its lease (16 minutes), and the
+/// multipart upload is created a moment before the upload's record.
+pub const UPLOAD_AGE_MARGIN_SECS: u64 = 3600;
+
 pub struct Service<M, B> {
     meta: M,
     blobs: B,
     settings: Settings,
+    clock: Arc<dyn Clock>,
 }
 
 /// One page of `entries` (sorted by their keys): those after `after`, at most `max`, and the
@@ -98,7 +117,19 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             meta,
             blobs,
             settings,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same service reading the time from `clock` (tests move time with a manual clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Milliseconds since the epoch, by the service's clock.
+    pub(crate) fn clock_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn settings(&self) -> &Settings {

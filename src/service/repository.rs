@@ -1,9 +1,9 @@
 //! CreateRepository, DescribeRepositories, DeleteRepository.
 
+use super::Service;
 use super::types::*;
-use super::{Service, now_ms};
 use crate::domain::error::{EcrError, StoreError};
-use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
+use crate::ports::{BlobStore, MetadataStore, RepositoryRecord, UploadState};
 
 impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     pub(crate) fn repository_out(&self, r: &RepositoryRecord) -> Repository {
@@ -48,11 +48,14 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let record = RepositoryRecord {
             registry_id: registry.clone(),
             name: name.clone(),
-            created_at_ms: now_ms(),
+            created_at_ms: self.clock_ms(),
             image_tag_mutability: req.image_tag_mutability,
             scan_on_push: req.scan_on_push,
             encryption_type: req.encryption_type,
             kms_key: req.kms_key,
+            // Fresh for every creation: nothing of an earlier repository of this name (its
+            // uploads above all) counts in this one.
+            incarnation: uuid::Uuid::new_v4().simple().to_string(),
         };
         match self.meta.create_repository(&record).await {
             Ok(()) => Ok(CreateRepositoryResponse {
@@ -100,8 +103,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         })
     }
 
-    /// DeleteRepository: removes the repository and the layers, images and tags recorded in it;
-    /// a repository with images only with `force`.
+    /// DeleteRepository: removes the repository and the layers, images and tags recorded in it,
+    /// and ends its uploads (records, staged bytes, multipart uploads); a repository with images
+    /// only with `force`. An upload that slips in meanwhile is of the deleted incarnation: it
+    /// accepts nothing more and records no layer, and expires.
     pub async fn delete_repository(
         &self,
         req: DeleteRepositoryRequest,
@@ -132,8 +137,36 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 &record.name,
             ));
         }
+        self.end_uploads(&record).await;
         Ok(DeleteRepositoryResponse {
             repository: self.repository_out(&record),
         })
+    }
+
+    /// Removes the uploads of deleted incarnations of `record`'s name with their bytes (best
+    /// effort: what is left expires and is swept). The repository is read after the uploads are
+    /// listed: an upload listed was started before that read, so if the name is free then, or
+    /// another incarnation's, the upload's incarnation is a deleted one. Only uploads of the
+    /// incarnation read (one created again meanwhile) are left alone.
+    async fn end_uploads(&self, record: &RepositoryRecord) {
+        let (registry, name) = (&record.registry_id, &record.name);
+        let listed = self.meta.repository_uploads(registry, name).await;
+        let current = self.meta.get_repository(registry, name).await;
+        let (uploads, current) = match (listed, current) {
+            (Ok(uploads), Ok(current)) => (uploads, current.map(|r| r.incarnation)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(repository = %name, error = %crate::domain::error::chain(&e), "listing the deleted repository's uploads failed");
+                return;
+            }
+        };
+        for up in uploads
+            .iter()
+            .filter(|u| current.as_ref() != Some(&u.repository_incarnation))
+        {
+            if up.state != UploadState::Done {
+                self.drop_objects(vec![up.blob_key.clone()]).await;
+            }
+            self.forget(up).await;
+        }
     }
 }

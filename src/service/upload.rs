@@ -29,6 +29,9 @@ const MAX_ATTEMPTS: usize = 16;
 /// take it over (a crashed or timed-out completion; Lambda stops at 15 minutes).
 const COMPLETING_LEASE_MS: u64 = 16 * 60 * 1000;
 
+// A completion begun just before the age cap ends inside the lifecycle rules' margin.
+const _: () = assert!(COMPLETING_LEASE_MS.div_ceil(1000) + 5 * 60 <= super::UPLOAD_AGE_MARGIN_SECS);
+
 /// Where the assembled layer of an upload lives.
 fn blob_key(upload_id: &str) -> String {
     format!("layers/{upload_id}")
@@ -62,11 +65,12 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let upload_id = UploadId::random().into_string();
         let key = blob_key(&upload_id);
         let multipart_id = self.blobs.create_multipart(&key).await?;
-        let now = now_ms();
+        let now = self.clock_ms();
         let record = UploadRecord {
             upload_id: upload_id.clone(),
             registry_id: repo.registry_id,
             repository: repo.name,
+            repository_incarnation: repo.incarnation,
             blob_key: key,
             multipart_id,
             next_byte: 0,
@@ -78,7 +82,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             version: 1,
             created_at_ms: now,
             updated_at_ms: now,
-            expires_at: now / 1000 + self.settings.upload_ttl_secs,
+            expires_at: self.expiry(now, now),
         };
         self.meta.create_upload(&record).await?;
         Ok(InitiateLayerUploadResponse {
@@ -135,8 +139,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         Ok(out)
     }
 
-    /// The upload `upload_id` of repository `repo`, if it is live: present, of this repository,
-    /// not expired. Anything else is UploadNotFoundException.
+    /// The upload `upload_id` of repository `repo`, if it is live: present, of this repository
+    /// in its current incarnation (not of one deleted since), neither idle past its TTL nor
+    /// older than `max_upload_age_secs`. Anything else is UploadNotFoundException.
     async fn live_upload(
         &self,
         registry: &str,
@@ -149,24 +154,40 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             .get_upload(upload_id)
             .await?
             .ok_or_else(not_found)?;
+        let now_secs = self.clock_ms() / 1000;
         if up.registry_id != registry
             || up.repository != repo
-            || up.expires_at <= now_ms() / 1000
+            || up.expires_at <= now_secs
+            || up.created_at_ms / 1000 + self.settings.max_upload_age_secs <= now_secs
             || up.state == UploadState::Done
         {
+            return Err(not_found());
+        }
+        let current = self.meta.get_repository(registry, repo).await?;
+        if current.is_none_or(|r| r.incarnation != up.repository_incarnation) {
             return Err(not_found());
         }
         Ok(up)
     }
 
     fn touched(&self, up: &UploadRecord) -> UploadRecord {
-        let now = now_ms();
+        let now = self.clock_ms();
         UploadRecord {
             version: up.version + 1,
             updated_at_ms: now,
-            expires_at: now / 1000 + self.settings.upload_ttl_secs,
+            expires_at: self.expiry(up.created_at_ms, now),
             ..up.clone()
         }
+    }
+
+    /// The expiry (seconds) of an upload created at `created_ms` and written at `now_ms`:
+    /// `upload_ttl_secs` on, but no later than its age cap plus a completion lease, so that the
+    /// sweep and DynamoDB's TTL take it soon after the cap and never under a completion begun
+    /// before it.
+    fn expiry(&self, created_ms: u64, now_ms: u64) -> u64 {
+        let idle = now_ms / 1000 + self.settings.upload_ttl_secs;
+        let cap = created_ms / 1000 + self.settings.max_upload_age_secs;
+        idle.min(cap + COMPLETING_LEASE_MS.div_ceil(1000))
     }
 
     /// UploadLayerPart: accepts the next contiguous part of an upload.
@@ -566,6 +587,15 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         };
         match outcome {
             Finish::Recorded => Ok(answer),
+            Finish::RepositoryGone => {
+                // The repository was deleted during the completion: the upload went with it.
+                self.drop_objects(vec![up.blob_key.clone()]).await;
+                Err(EcrError::upload_not_found(
+                    &up.registry_id,
+                    &up.repository,
+                    &up.upload_id,
+                ))
+            }
             Finish::LayerExists(existing) => {
                 if existing.blob_key != up.blob_key {
                     self.drop_objects(vec![up.blob_key.clone()]).await;
@@ -589,7 +619,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     }
 
     /// Drops the staging objects, multipart upload and records of a finished upload.
-    async fn forget(&self, up: &UploadRecord) {
+    pub(super) async fn forget(&self, up: &UploadRecord) {
         match self.meta.list_segments(&up.upload_id, 0).await {
             Ok(segments) => {
                 self.drop_objects(segments.into_iter().map(|s| s.key).collect())
@@ -615,7 +645,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     /// embedded backend's counterpart of the bucket lifecycle rule and the DynamoDB TTL).
     /// Returns how many were removed.
     pub async fn sweep_expired(&self, limit: usize) -> Result<usize, EcrError> {
-        let expired = self.meta.expired_uploads(now_ms() / 1000, limit).await?;
+        let expired = self
+            .meta
+            .expired_uploads(self.clock_ms() / 1000, limit)
+            .await?;
         for up in &expired {
             if up.state != UploadState::Done {
                 self.drop_objects(vec![up.blob_key.clone()]).await;

@@ -918,6 +918,12 @@ async fn record_layer(m: &DynamoMetadata, repo: &str, seed: &str) -> LayerRecord
         repository: repo.into(),
         ..upload()
     };
+    // finish_upload records a layer only in an existing repository of the upload's
+    // incarnation: one is created for it, and its item alone removed after (callers want the
+    // layer without a repository item).
+    m.create_repository(&suite::repository(REGISTRY, repo))
+        .await
+        .unwrap();
     m.create_upload(&u).await.unwrap();
     let layer = LayerRecord {
         registry_id: REGISTRY.into(),
@@ -937,6 +943,14 @@ async fn record_layer(m: &DynamoMetadata, repo: &str, seed: &str) -> LayerRecord
         Finish::Recorded
     );
     m.delete_upload(&u.upload_id).await.unwrap();
+    m.client()
+        .delete_item()
+        .table_name(m.table())
+        .key("pk", AttributeValue::S(format!("REPO#{REGISTRY}")))
+        .key("sk", AttributeValue::S(repo.to_owned()))
+        .send()
+        .await
+        .unwrap();
     layer
 }
 

@@ -17,3 +17,4 @@ mod suite;
 
 mod backend;
 mod contract;
+mod lifecycle;

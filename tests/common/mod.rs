@@ -5,13 +5,15 @@
 //! - [`server`]: the real binary on a loopback port, and aws-sdk-ecr against it;
 //! - [`http`]: a plain HTTP/1.1 client for download URLs;
 //! - [`service`]: the service in-process: construction, settings, request helpers;
-//! - [`aws`]: the AWS backend's adapters against the local S3 and DynamoDB servers.
+//! - [`aws`]: the AWS backend's adapters against the local S3 and DynamoDB servers;
+//! - [`lifecycle`]: scenarios of repositories deleted and created again, and of upload age.
 
 // Each binary uses a different part of it.
 #![allow(dead_code, unused_imports)]
 
 pub mod aws;
 pub mod http;
+pub mod lifecycle;
 pub mod server;
 pub mod service;
 
@@ -72,6 +74,7 @@ pub fn open_upload(upload_id: &str, repository: &str) -> ecr_layer_upload::ports
         upload_id: upload_id.to_owned(),
         registry_id: REGISTRY.into(),
         repository: repository.into(),
+        repository_incarnation: String::new(),
         blob_key: format!("uploads/{upload_id}"),
         multipart_id: String::new(),
         next_byte: 0,

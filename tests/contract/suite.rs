@@ -55,6 +55,8 @@ macro_rules! metadata_behaviours {
             layers_are_scoped_by_registry_and_repository,
             delete_upload_removes_upload_segments_and_parts,
             expired_uploads_returns_only_expired_within_limit,
+            repository_uploads_lists_one_repositorys_uploads,
+            finish_upload_records_nothing_in_a_deleted_or_recreated_repository,
             set_layer_media_type_updates_a_recorded_layer_only,
             put_image_stores_a_new_image_then_reports_it_exists,
             put_image_moves_a_mutable_tag_and_keeps_the_old_image,
@@ -159,7 +161,7 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn repository(registry_id: &str, name: &str) -> RepositoryRecord {
+pub fn repository(registry_id: &str, name: &str) -> RepositoryRecord {
     RepositoryRecord {
         registry_id: registry_id.to_owned(),
         name: name.to_owned(),
@@ -168,6 +170,7 @@ fn repository(registry_id: &str, name: &str) -> RepositoryRecord {
         scan_on_push: false,
         encryption_type: ecr_layer_upload::domain::model::EncryptionType::Aes256,
         kms_key: None,
+        incarnation: String::new(),
     }
 }
 
@@ -178,6 +181,7 @@ fn upload() -> UploadRecord {
         upload_id: id.clone(),
         registry_id: unique("reg"),
         repository: "contract/repo".into(),
+        repository_incarnation: String::new(),
         blob_key: format!("uploads/{id}"),
         multipart_id: unique("mp"),
         next_byte: 0,
@@ -253,6 +257,14 @@ fn random_digest() -> String {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+/// Creates the repository of upload `u` (its original incarnation, as `upload()` starts in):
+/// `finish_upload` records layers only in an existing repository of the upload's incarnation.
+async fn repository_of<M: MetadataStore>(m: &M, u: &UploadRecord) {
+    m.create_repository(&repository(&u.registry_id, &u.repository))
+        .await
+        .unwrap();
 }
 
 fn is_conflict<T: std::fmt::Debug>(r: &Result<T, StoreError>) -> bool {
@@ -633,6 +645,7 @@ pub async fn parts_are_listed_in_number_order<M: MetadataStore>(m: &M) {
 
 pub async fn finish_upload_records_layer_then_reports_existing_layer<M: MetadataStore>(m: &M) {
     let u = upload();
+    repository_of(m, &u).await;
     m.create_upload(&u).await.unwrap();
     let u = bump(m, &u, 2).await;
     let digest = random_digest();
@@ -696,6 +709,7 @@ pub async fn finish_upload_with_stale_version_conflicts_and_records_nothing<M: M
     m: &M,
 ) {
     let u = upload();
+    repository_of(m, &u).await;
     m.create_upload(&u).await.unwrap();
     let current = bump(m, &u, 1).await;
     let digest = random_digest();
@@ -716,6 +730,7 @@ pub async fn finish_upload_with_stale_version_conflicts_and_records_nothing<M: M
 
     // A finish of a missing upload conflicts too.
     let ghost = upload();
+    repository_of(m, &ghost).await;
     let res = m
         .finish_upload(&retired(&ghost), &layer_for(&ghost, &digest, 1))
         .await;
@@ -727,10 +742,16 @@ pub async fn finish_upload_with_stale_version_conflicts_and_records_nothing<M: M
         None
     );
     m.delete_upload(&u.upload_id).await.unwrap();
+    for x in [&u, &ghost] {
+        m.delete_repository(&x.registry_id, &x.repository)
+            .await
+            .unwrap();
+    }
 }
 
 pub async fn layers_are_scoped_by_registry_and_repository<M: MetadataStore>(m: &M) {
     let u = upload();
+    repository_of(m, &u).await;
     m.create_upload(&u).await.unwrap();
     let digest = random_digest();
     let layer = layer_for(&u, &digest, 7);
@@ -851,6 +872,139 @@ pub async fn expired_uploads_returns_only_expired_within_limit<M: MetadataStore>
     );
 }
 
+pub async fn repository_uploads_lists_one_repositorys_uploads<M: MetadataStore>(m: &M) {
+    let a1 = UploadRecord {
+        repository_incarnation: "first".into(),
+        ..upload()
+    };
+    let registry = a1.registry_id.clone();
+    let a2 = UploadRecord {
+        registry_id: registry.clone(),
+        repository_incarnation: "second".into(),
+        ..upload()
+    };
+    let sibling = UploadRecord {
+        registry_id: registry.clone(),
+        repository: "contract/repo-sibling".into(),
+        ..upload()
+    };
+    let elsewhere = upload();
+    for u in [&a1, &a2, &sibling, &elsewhere] {
+        m.create_upload(u).await.unwrap();
+    }
+    let a2 = bump(m, &a2, 1).await;
+    let listed = |name: &'static str| {
+        let registry = registry.clone();
+        async move {
+            let mut found = m.repository_uploads(&registry, name).await.unwrap();
+            found.sort_by(|x, y| x.upload_id.cmp(&y.upload_id));
+            found
+        }
+    };
+    // Listed as stored, whatever their incarnation, with no repository record at all.
+    let mut expected = vec![a1.clone(), a2.clone()];
+    expected.sort_by(|x, y| x.upload_id.cmp(&y.upload_id));
+    assert_eq!(listed("contract/repo").await, expected);
+    assert_eq!(listed("contract/repo-sibling").await, vec![sibling.clone()]);
+    assert!(listed("contract/rep").await.is_empty(), "names match whole");
+
+    m.delete_upload(&a1.upload_id).await.unwrap();
+    assert_eq!(listed("contract/repo").await, vec![a2.clone()]);
+    for u in [&a2, &sibling, &elsewhere] {
+        m.delete_upload(&u.upload_id).await.unwrap();
+    }
+    assert!(listed("contract/repo").await.is_empty());
+}
+
+pub async fn finish_upload_records_nothing_in_a_deleted_or_recreated_repository<
+    M: MetadataStore,
+>(
+    m: &M,
+) {
+    let old = RepositoryRecord {
+        incarnation: unique("inc"),
+        ..repository(&unique("reg"), "contract/repo")
+    };
+    let (registry, name) = (old.registry_id.clone(), old.name.clone());
+    m.create_repository(&old).await.unwrap();
+    assert_eq!(
+        m.get_repository(&registry, &name).await.unwrap(),
+        Some(old.clone()),
+        "the incarnation is kept"
+    );
+    let u = UploadRecord {
+        registry_id: registry.clone(),
+        repository_incarnation: old.incarnation.clone(),
+        ..upload()
+    };
+    m.create_upload(&u).await.unwrap();
+    let u = bump(m, &u, 1).await;
+    let digest = random_digest();
+    let layer = layer_for(&u, &digest, 5);
+
+    // Deleted: nothing is recorded, and the upload is left as it was.
+    assert!(m.delete_repository(&registry, &name).await.unwrap());
+    assert_eq!(
+        m.finish_upload(&retired(&u), &layer).await.unwrap(),
+        Finish::RepositoryGone
+    );
+    assert_eq!(m.get_layer(&registry, &name, &digest).await.unwrap(), None);
+    assert_eq!(m.get_upload(&u.upload_id).await.unwrap(), Some(u.clone()));
+
+    // Created again under the same name: still nothing for the old incarnation's upload.
+    let new = RepositoryRecord {
+        incarnation: unique("inc"),
+        ..old.clone()
+    };
+    m.create_repository(&new).await.unwrap();
+    assert_eq!(
+        m.finish_upload(&retired(&u), &layer).await.unwrap(),
+        Finish::RepositoryGone
+    );
+    assert_eq!(m.get_layer(&registry, &name, &digest).await.unwrap(), None);
+    // Also when its version is stale: the repository decides first.
+    assert_eq!(
+        m.finish_upload(&retired(&retired(&u)), &layer)
+            .await
+            .unwrap(),
+        Finish::RepositoryGone
+    );
+    // An upload of the original incarnation (written before incarnations) is not the new one's.
+    let legacy = UploadRecord {
+        registry_id: registry.clone(),
+        ..upload()
+    };
+    m.create_upload(&legacy).await.unwrap();
+    assert_eq!(
+        m.finish_upload(&retired(&legacy), &layer_for(&legacy, &digest, 5))
+            .await
+            .unwrap(),
+        Finish::RepositoryGone
+    );
+
+    // The new incarnation's own upload records its layer.
+    let v = UploadRecord {
+        registry_id: registry.clone(),
+        repository_incarnation: new.incarnation.clone(),
+        ..upload()
+    };
+    m.create_upload(&v).await.unwrap();
+    let v_layer = layer_for(&v, &digest, 5);
+    assert_eq!(
+        m.finish_upload(&retired(&v), &v_layer).await.unwrap(),
+        Finish::Recorded
+    );
+    assert_eq!(
+        m.get_layer(&registry, &name, &digest).await.unwrap(),
+        Some(v_layer)
+    );
+
+    m.delete_repository(&registry, &name).await.unwrap();
+    for x in [&u, &legacy, &v] {
+        m.delete_upload(&x.upload_id).await.unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Image behaviours.
 
@@ -912,6 +1066,7 @@ async fn stored_image<M: MetadataStore>(m: &M, i: &ImageRecord) -> Option<ImageR
 
 pub async fn set_layer_media_type_updates_a_recorded_layer_only<M: MetadataStore>(m: &M) {
     let u = upload();
+    repository_of(m, &u).await;
     m.create_upload(&u).await.unwrap();
     let digest = random_digest();
     let layer = LayerRecord {

@@ -90,6 +90,7 @@ fn repository() -> RepositoryRecord {
         scan_on_push: false,
         encryption_type: ecr_layer_upload::domain::model::EncryptionType::Aes256,
         kms_key: None,
+        incarnation: String::new(),
     }
 }
 

@@ -136,9 +136,18 @@ async fn invoke_raw(svc: &Svc, name: &str) -> (u16, Value, String) {
 async fn seed_upload(svc: &Svc, repository: &str, upload_id: &str, key: &str) {
     let key = key.to_string();
     let multipart_id = svc.blobs().create_multipart(&key).await.unwrap();
+    // Of the repository as it is now, as InitiateLayerUpload records it.
+    let incarnation = svc
+        .metadata()
+        .get_repository(crate::common::REGISTRY, repository)
+        .await
+        .unwrap()
+        .map(|r| r.incarnation)
+        .unwrap_or_default();
     let record = UploadRecord {
         blob_key: key,
         multipart_id,
+        repository_incarnation: incarnation,
         expires_at: now().0 + 3600,
         ..open_upload(upload_id, repository)
     };

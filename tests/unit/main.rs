@@ -17,6 +17,7 @@ mod suite;
 mod contract;
 mod events;
 mod lambda_limits;
+mod lifecycle;
 mod local_backend;
 mod server_errors;
 mod service;

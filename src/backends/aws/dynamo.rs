@@ -4,6 +4,7 @@
 //! | ---------- | --------------------------- | ---------------------------------- | --------------- |
 //! | repository | `REPO#<registry>`           | `<name>`                           | —               |
 //! | upload     | `UPLOAD#<id>`               | `UPLOAD`                           | `expires_at`    |
+//! | upload ref | `REPO_UPLOAD#<registry>#<repo>` | `<upload id>`                  | + margin        |
 //! | segment    | `UPLOAD#<id>`               | `SEG#<offset, 20 digits>`          | + margin        |
 //! | part       | `UPLOAD#<id>`               | `PART#<number, 5 digits>`          | + margin        |
 //! | layer      | `LAYER#<registry>#<repo>`   | `<digest>`                         | —               |
@@ -12,11 +13,14 @@
 //!
 //! Every item carries its record as a JSON document in `doc`, plus `kind`, and the attributes
 //! that conditions and filters look at: `version` and `expiresAt` (numbers) on uploads; on
+//! repositories `incarnation` (absent on the original incarnation), which `finish_upload`
+//! checks in its transaction so that no layer lands in a repository deleted meanwhile; on
 //! layers `mediaType`, which an image sets after the layer was recorded and which wins over the
 //! one in `doc`; on tags `digest`, the image the tag names; on images `version`, counting the
 //! writes that made a tag name the image, and `manifest`, the manifest text kept outside `doc`
 //! (inside it every quote would be escaped, and a 256 KiB manifest could then pass DynamoDB's
-//! 400 KB item limit). Numbers are zero-padded in sort keys so that string order is numeric
+//! 400 KB item limit). An upload ref, written with its upload, lets DeleteRepository find the
+//! repository's uploads (the table has no index); `delete_upload` removes it last. Numbers are zero-padded in sort keys so that string order is numeric
 //! order; repository names, digests and tags sort by their bytes, which is `String` order.
 //! Repository names and tags cannot contain `#`, so partitions of two repositories never meet.
 //!
@@ -61,6 +65,7 @@ const EXPIRES_AT: &str = "expiresAt";
 const MEDIA_TYPE: &str = "mediaType";
 const DIGEST: &str = "digest";
 const MANIFEST: &str = "manifest";
+const INCARNATION: &str = "incarnation";
 /// A fresh id per `put_image` call on an image item, so that an SDK retry of a create whose
 /// answer was lost recognises its own item instead of reporting it as already there.
 const WRITE_ID: &str = "writeId";
@@ -149,6 +154,10 @@ fn upload_pk(upload_id: &str) -> String {
     format!("UPLOAD#{upload_id}")
 }
 
+fn repo_upload_pk(registry_id: &str, repository: &str) -> String {
+    format!("REPO_UPLOAD#{registry_id}#{repository}")
+}
+
 fn layer_pk(registry_id: &str, repository: &str) -> String {
     format!("LAYER#{registry_id}#{repository}")
 }
@@ -212,12 +221,27 @@ fn item(pk: String, sk: String, kind: &str, doc: AttributeValue) -> Item {
 }
 
 fn repository_item(r: &RepositoryRecord) -> StoreResult<Item> {
-    Ok(item(
+    let mut it = item(
         repo_pk(&r.registry_id),
         r.name.clone(),
         "repository",
         to_doc(r)?,
-    ))
+    );
+    if !r.incarnation.is_empty() {
+        it.insert(INCARNATION.to_owned(), s(&r.incarnation));
+    }
+    Ok(it)
+}
+
+/// The ref that lists upload `u` under its repository.
+fn repo_upload_item(u: &UploadRecord) -> Item {
+    let mut it = key(
+        repo_upload_pk(&u.registry_id, &u.repository),
+        u.upload_id.clone(),
+    );
+    it.insert(KIND.to_owned(), s("repository-upload"));
+    it.insert(EXPIRES_AT.to_owned(), side_ttl(u));
+    it
 }
 
 fn upload_item(u: &UploadRecord) -> StoreResult<Item> {
@@ -881,6 +905,36 @@ impl DynamoMetadata {
         Ok(())
     }
 
+    /// A transaction item that holds only while the upload's repository is the incarnation the
+    /// upload was started in.
+    fn repository_is(&self, upload: &UploadRecord) -> StoreResult<TransactWriteItem> {
+        let k = key(repo_pk(&upload.registry_id), upload.repository.clone());
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(k))
+            .expression_attribute_names("#incarnation", INCARNATION);
+        let check = if upload.repository_incarnation.is_empty() {
+            // The original incarnation: a repository item written without one.
+            check
+                .condition_expression("attribute_exists(pk) AND attribute_not_exists(#incarnation)")
+        } else {
+            check
+                .condition_expression("#incarnation = :incarnation")
+                .expression_attribute_values(":incarnation", s(&upload.repository_incarnation))
+        };
+        Ok(TransactWriteItem::builder()
+            .condition_check(built("a condition check", check.build())?)
+            .build())
+    }
+
+    /// Whether the upload's repository is gone or another incarnation now (a consistent read).
+    async fn repository_gone(&self, upload: &UploadRecord) -> StoreResult<bool> {
+        let repo = self
+            .get_repository(&upload.registry_id, &upload.repository)
+            .await?;
+        Ok(repo.is_none_or(|r| r.incarnation != upload.repository_incarnation))
+    }
+
     /// Writes `upload` (version condition) and `side` in one transaction.
     async fn update_with_side(&self, upload: &UploadRecord, side: Item) -> StoreResult<()> {
         let op = "update_upload";
@@ -964,8 +1018,57 @@ impl MetadataStore for DynamoMetadata {
         Ok(existed)
     }
 
+    async fn repository_uploads(
+        &self,
+        registry_id: &str,
+        name: &str,
+    ) -> StoreResult<Vec<UploadRecord>> {
+        let op = "repository_uploads";
+        let refs = self
+            .query_all(
+                op,
+                repo_upload_pk(registry_id, name),
+                None,
+                HashMap::new(),
+                true,
+            )
+            .await?;
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            // A ref whose upload is gone was left by an interrupted delete_upload.
+            if let Some(id) = string_attr(&r, SK)
+                && let Some(upload) = self.get_upload(id).await?
+            {
+                out.push(upload);
+            }
+        }
+        Ok(out)
+    }
+
     async fn create_upload(&self, upload: &UploadRecord) -> StoreResult<()> {
-        self.create("create_upload", upload_item(upload)?).await
+        let op = "create_upload";
+        let ours = upload_item(upload)?;
+        for attempt in 1..=TRANSACTION_ATTEMPTS {
+            // The upload first: cancellation reasons come in this order.
+            let items = vec![
+                self.put_plain(ours.clone(), Some("attribute_not_exists(pk)"))?,
+                self.put_plain(repo_upload_item(upload), None)?,
+            ];
+            match self.transact(op, items).await {
+                Ok(()) => return Ok(()),
+                // Exactly our item: an earlier attempt of this create (its answer lost) wrote
+                // it, with its ref.
+                Err(Cancelled::Condition(_, existing)) if same_doc(existing.as_ref(), &ours) => {
+                    return Ok(());
+                }
+                Err(Cancelled::Condition(..)) => return Err(StoreError::AlreadyExists),
+                Err(Cancelled::Other(e)) => return Err(e),
+                Err(Cancelled::Contention) => backoff(attempt).await,
+            }
+        }
+        Err(StoreError::failure(format!(
+            "{op}: transaction kept conflicting with concurrent ones"
+        )))
     }
 
     async fn get_upload(&self, upload_id: &str) -> StoreResult<Option<UploadRecord>> {
@@ -1045,11 +1148,19 @@ impl MetadataStore for DynamoMetadata {
             let items = vec![
                 put_upload,
                 self.put_plain(layer_it.clone(), Some("attribute_not_exists(pk)"))?,
+                self.repository_is(upload)?,
             ];
-            match self.transact(op, items).await {
+            let res = self.transact(op, items).await;
+            if matches!(res, Err(Cancelled::Condition(..))) && self.repository_gone(upload).await? {
+                // Whichever condition was reported first, nothing was written.
+                return Ok(Finish::RepositoryGone);
+            }
+            match res {
                 Ok(()) => return Ok(Finish::Recorded),
                 // The upload moved (or is gone): nothing was written.
                 Err(Cancelled::Condition(0, _)) => return Err(StoreError::Conflict),
+                // The repository changed between the transaction and the read: look again.
+                Err(Cancelled::Condition(2, _)) => backoff(attempt).await,
                 Err(Cancelled::Condition(_, existing)) => {
                     // The layer exists. Retire the upload alone, then answer the stored layer.
                     let existing = match existing.filter(|i| i.contains_key(DOC)) {
@@ -1077,16 +1188,32 @@ impl MetadataStore for DynamoMetadata {
 
     async fn delete_upload(&self, upload_id: &str) -> StoreResult<()> {
         let op = "delete_upload";
-        let keys = self
-            .query_all(op, upload_pk(upload_id), None, HashMap::new(), true)
+        let items = self
+            .query_all(op, upload_pk(upload_id), None, HashMap::new(), false)
             .await?;
+        let only_key = |i: &Item| {
+            key(
+                string_attr(i, PK).unwrap_or_default().to_owned(),
+                string_attr(i, SK).unwrap_or_default().to_owned(),
+            )
+        };
         // The upload item last, so that an interrupted delete leaves an upload item through
-        // which a later cleanup finds the rest.
-        let (upload, rest): (Vec<Item>, Vec<Item>) = keys.into_iter().partition(|k| {
-            k.get(SK).and_then(|v| v.as_s().ok()).map(String::as_str) == Some(UPLOAD_SK)
-        });
-        self.delete_keys(op, rest).await?;
-        self.delete_keys(op, upload).await
+        // which a later cleanup finds the rest; its ref under the repository after it.
+        let (upload, rest): (Vec<Item>, Vec<Item>) = items
+            .into_iter()
+            .partition(|i| string_attr(i, SK) == Some(UPLOAD_SK));
+        self.delete_keys(op, rest.iter().map(only_key).collect())
+            .await?;
+        let refs = upload
+            .iter()
+            .map(from_item::<UploadRecord>)
+            .collect::<StoreResult<Vec<_>>>()?
+            .into_iter()
+            .map(|u| key(repo_upload_pk(&u.registry_id, &u.repository), u.upload_id))
+            .collect();
+        self.delete_keys(op, upload.iter().map(only_key).collect())
+            .await?;
+        self.delete_keys(op, refs).await
     }
 
     async fn expired_uploads(&self, now_secs: u64, limit: usize) -> StoreResult<Vec<UploadRecord>> {
@@ -1430,6 +1557,7 @@ mod tests {
             upload_id: "u".into(),
             registry_id: "r".into(),
             repository: "p".into(),
+            repository_incarnation: String::new(),
             blob_key: "k".into(),
             multipart_id: "m".into(),
             next_byte: 0,

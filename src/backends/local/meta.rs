@@ -299,6 +299,29 @@ impl MetadataStore for LocalMetadata {
         .await
     }
 
+    async fn repository_uploads(
+        &self,
+        registry_id: &str,
+        name: &str,
+    ) -> StoreResult<Vec<UploadRecord>> {
+        let (registry_id, name) = (registry_id.to_owned(), name.to_owned());
+        self.read("repository_uploads", move |txn| {
+            // Uploads are keyed by id: a scan, fine for the few uploads a data directory holds
+            // (finished ones are removed) and for an operation as rare as DeleteRepository.
+            let uploads = txn.open_table(UPLOADS).db()?;
+            let mut out = Vec::new();
+            for item in uploads.iter().db()? {
+                let (_, value) = item.db()?;
+                let upload: UploadRecord = decode(value.value())?;
+                if upload.registry_id == registry_id && upload.repository == name {
+                    out.push(upload);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn create_upload(&self, upload: &UploadRecord) -> StoreResult<()> {
         let upload = upload.clone();
         self.write("create_upload", move |txn| {
@@ -398,6 +421,16 @@ impl MetadataStore for LocalMetadata {
     ) -> StoreResult<Finish> {
         let (upload, layer) = (upload.clone(), layer.clone());
         self.write("finish_upload", move |txn| {
+            let repository: Option<RepositoryRecord> = txn
+                .open_table(REPOS)
+                .db()?
+                .get((upload.registry_id.as_str(), upload.repository.as_str()))
+                .db()?
+                .map(|g| decode(g.value()))
+                .transpose()?;
+            if repository.is_none_or(|r| r.incarnation != upload.repository_incarnation) {
+                return Ok(Finish::RepositoryGone);
+            }
             let stored = check_version(&txn.open_table(UPLOADS).db()?, &upload)?;
             let outcome = {
                 let mut layers = txn.open_table(LAYERS).db()?;
