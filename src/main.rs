@@ -156,7 +156,13 @@ async fn run<M: MetadataStore, B: BlobStore>(
         part_size = config.settings.part_size,
         "serving the ECR layer-upload API"
     );
-    frontdoors::http::serve(svc, downloads, listener, shutdown_signal())
+    frontdoors::http::serve(
+        svc,
+        downloads,
+        listener,
+        config.server_limits.clone(),
+        shutdown_signal(),
+    )
         .await
         .map_err(|e| e.to_string())
 }
