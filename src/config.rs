@@ -289,7 +289,10 @@ fn default_max_connections() -> usize {
 /// The soft "Max open files" of a `/proc/<pid>/limits` text.
 fn open_files_limit(limits: &str) -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.strip_prefix("Max open files")?.split_whitespace().next()?;
+    let soft = line
+        .strip_prefix("Max open files")?
+        .split_whitespace()
+        .next()?;
     match soft {
         "unlimited" => Some(u64::MAX),
         n => n.parse().ok(),
@@ -400,14 +403,20 @@ impl Config {
         let secs = |name: &str, value: String| -> Result<std::time::Duration, String> {
             match value.parse::<u64>() {
                 Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n)),
-                _ => Err(format!("{name}: '{value}' is not a whole number of seconds above 0")),
+                _ => Err(format!(
+                    "{name}: '{value}' is not a whole number of seconds above 0"
+                )),
             }
         };
         let max_connections = match nonempty(args.max_connections) {
             None => default_max_connections(),
             Some(v) => match v.parse::<usize>() {
                 Ok(n) if n > 0 => n,
-                _ => return Err(format!("ECR_MAX_CONNECTIONS: '{v}' is not a number above 0")),
+                _ => {
+                    return Err(format!(
+                        "ECR_MAX_CONNECTIONS: '{v}' is not a number above 0"
+                    ));
+                }
             },
         };
         let max_buffered_bytes = required("ECR_MAX_BUFFERED_BYTES", args.max_buffered_bytes)?;
@@ -767,7 +776,9 @@ mod tests {
                     Max open files            128                  4096                 files\n";
         assert_eq!(open_files_limit(text), Some(128));
         assert_eq!(
-            open_files_limit("Max open files            unlimited            unlimited            files"),
+            open_files_limit(
+                "Max open files            unlimited            unlimited            files"
+            ),
             Some(u64::MAX)
         );
         assert_eq!(open_files_limit("nothing"), None);

@@ -163,8 +163,8 @@ async fn run<M: MetadataStore, B: BlobStore>(
         config.server_limits.clone(),
         shutdown_signal(),
     )
-        .await
-        .map_err(|e| e.to_string())
+    .await
+    .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

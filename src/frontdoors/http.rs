@@ -148,11 +148,9 @@ pub async fn serve<M: MetadataStore, B: BlobStore>(
                         Ok(resp) => resp,
                         Err(_) => ecr::request_timed_out(request_timeout).map(full),
                     };
-                    Ok::<_, std::convert::Infallible>(resp.map(|body| {
-                        Tracked {
-                            inner: body,
-                            _busy: busy,
-                        }
+                    Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked {
+                        inner: body,
+                        _busy: busy,
                     }))
                 }
             });
@@ -212,10 +210,7 @@ impl Connections {
     /// Asks the oldest connection with no request in progress to close; false if there is none.
     fn evict_oldest_idle(&self) -> bool {
         let open = self.lock();
-        match open
-            .values()
-            .find(|c| c.busy.load(Ordering::SeqCst) == 0)
-        {
+        match open.values().find(|c| c.busy.load(Ordering::SeqCst) == 0) {
             Some(conn) => {
                 conn.evict.notify_one();
                 true
@@ -283,7 +278,10 @@ impl RateLimitedLog {
 
     fn warn(&mut self, e: &std::io::Error) {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
             self.suppressed += 1;
             return;
         }

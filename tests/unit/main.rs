@@ -10,6 +10,8 @@ mod common;
 mod suite;
 
 mod contract;
+mod decoder_bounds;
+mod decoder_props;
 mod events;
 mod images;
 mod lambda_limits;
