@@ -45,6 +45,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Built once at start-up and taken apart at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum CliCommand {
     /// Serve the API (the default): the Lambda runtime loop inside AWS Lambda, HTTP elsewhere
