@@ -100,21 +100,25 @@ pub async fn serve<M: MetadataStore, B: BlobStore>(
             },
             () = &mut shutdown => return Ok(()),
         };
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                // Full: close the connection that has waited longest without a request, and
-                // wait for its slot (or any other) to free.
-                if !conns.evict_oldest_idle() {
-                    tracing::debug!(%peer, "every connection is busy; waiting for a slot");
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => return Ok(()),
-                    },
-                    () = &mut shutdown => return Ok(()),
-                }
+        // Full: close the connection that has waited longest without a request, and take its
+        // slot (or any other) once free; if every one is busy, new connections wait in the
+        // listen backlog meanwhile.
+        let slot = loop {
+            if let Ok(slot) = slots.clone().try_acquire_owned() {
+                break slot;
+            }
+            let evicted = conns.evict_oldest_idle();
+            if !evicted {
+                tracing::debug!(%peer, "every connection is busy; waiting for a slot");
+            }
+            let recheck = Duration::from_millis(if evicted { 100 } else { 1000 });
+            tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => break slot,
+                    Err(_) => return Ok(()),
+                },
+                () = tokio::time::sleep(recheck) => {}
+                () = &mut shutdown => return Ok(()),
             }
         };
         let svc = svc.clone();
