@@ -15,6 +15,7 @@ use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::service::Settings;
 
 pub use crate::domain::limits::{MAX_LAYER_PART, S3_MIN_PART_SIZE};
+use crate::frontdoors::http::Limits;
 use crate::frontdoors::lambda;
 
 /// Set by AWS Lambda (and `cargo lambda watch`): the binary then runs the Lambda runtime loop.
@@ -44,6 +45,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Built once at start-up and taken apart at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum CliCommand {
     /// Serve the API (the default): the Lambda runtime loop inside AWS Lambda, HTTP elsewhere
@@ -148,6 +151,53 @@ pub struct ServeArgs {
     /// `http://` + the bound address]
     #[arg(long, env = "ECR_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// local server: a request's head must arrive whole within this long of the server waiting
+    /// for it (so a kept-alive connection with no next request is closed after it too)
+    #[arg(
+        long,
+        env = "ECR_HEADER_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "30"
+    )]
+    pub header_timeout_secs: String,
+    /// local server: the longest silence allowed in the middle of a request body
+    #[arg(
+        long,
+        env = "ECR_IDLE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "30"
+    )]
+    pub idle_timeout_secs: String,
+    /// local server: a whole request body must arrive within this long
+    #[arg(
+        long,
+        env = "ECR_BODY_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "300"
+    )]
+    pub body_timeout_secs: String,
+    /// local server: a request not answered within this long gets `ServerException` (500)
+    #[arg(
+        long,
+        env = "ECR_REQUEST_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "900"
+    )]
+    pub request_timeout_secs: String,
+    /// local server: connections open at once; beyond it the longest-idle connection is closed,
+    /// or new ones wait if all are busy [default: half the open-file limit (`ulimit -n`), at
+    /// most `1024`]
+    #[arg(long, env = "ECR_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// local server: request body bytes held at once across requests (≥ 32 MiB); beyond it a
+    /// request gets `LimitExceededException`, which SDKs retry
+    #[arg(
+        long,
+        env = "ECR_MAX_BUFFERED_BYTES",
+        value_name = "BYTES",
+        default_value = "268435456"
+    )]
+    pub max_buffered_bytes: String,
     /// log filter; request bodies and blobs are never logged
     #[arg(long, env = "RUST_LOG", value_name = "FILTER", default_value = "info")]
     pub log: String,
@@ -234,6 +284,30 @@ pub struct Config {
     /// The log filter (`RUST_LOG`), checked.
     pub log_filter: String,
     pub settings: Settings,
+    /// The local server's time, connection and memory bounds.
+    pub server_limits: Limits,
+}
+
+/// `ECR_MAX_CONNECTIONS` when unset: half the soft open-file limit (the other half is left for
+/// the backend's files), at most 1024; 256 where the limit cannot be read.
+fn default_max_connections() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| open_files_limit(&text))
+        .map_or(256, |n| (n / 2).clamp(1, 1024) as usize)
+}
+
+/// The soft "Max open files" of a `/proc/<pid>/limits` text.
+fn open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .strip_prefix("Max open files")?
+        .split_whitespace()
+        .next()?;
+    match soft {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
 }
 
 impl Config {
@@ -341,6 +415,41 @@ impl Config {
         let public_url = nonempty(args.public_url)
             .map(|url| parse_public_url(&url))
             .transpose()?;
+        let secs = |name: &str, value: String| -> Result<std::time::Duration, String> {
+            match value.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n)),
+                _ => Err(format!(
+                    "{name}: '{value}' is not a whole number of seconds above 0"
+                )),
+            }
+        };
+        let max_connections = match nonempty(args.max_connections) {
+            None => default_max_connections(),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(format!(
+                        "ECR_MAX_CONNECTIONS: '{v}' is not a number above 0"
+                    ));
+                }
+            },
+        };
+        let max_buffered_bytes = required("ECR_MAX_BUFFERED_BYTES", args.max_buffered_bytes)?;
+        if max_buffered_bytes < crate::protocols::ecr::MAX_BODY as u64 {
+            return Err(format!(
+                "ECR_MAX_BUFFERED_BYTES: {max_buffered_bytes} is less than one request of the \
+                 largest size ({} bytes)",
+                crate::protocols::ecr::MAX_BODY
+            ));
+        }
+        let server_limits = Limits {
+            header_timeout: secs("ECR_HEADER_TIMEOUT_SECS", args.header_timeout_secs)?,
+            idle_timeout: secs("ECR_IDLE_TIMEOUT_SECS", args.idle_timeout_secs)?,
+            body_timeout: secs("ECR_BODY_TIMEOUT_SECS", args.body_timeout_secs)?,
+            request_timeout: secs("ECR_REQUEST_TIMEOUT_SECS", args.request_timeout_secs)?,
+            max_connections,
+            max_buffered_bytes: usize::try_from(max_buffered_bytes).unwrap_or(usize::MAX),
+        };
         let log_filter = args.log;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             return Err(format!(
@@ -366,6 +475,7 @@ impl Config {
                 max_upload_age_secs,
                 response_limit: in_lambda.then(lambda::response_limit),
             },
+            server_limits,
         })
     }
 }
@@ -646,6 +756,48 @@ mod tests {
         assert_eq!(c.settings.upload_ttl_secs, 600);
         assert_eq!(c.public_url.as_deref(), Some("http://h"));
         assert_eq!(c.log_filter, "debug");
+    }
+
+    #[test]
+    fn server_limits_have_defaults_and_are_checked() {
+        let c = parse(&[], &[]).unwrap();
+        let l = &c.server_limits;
+        assert_eq!(l.header_timeout.as_secs(), 30);
+        assert_eq!(l.idle_timeout.as_secs(), 30);
+        assert_eq!(l.body_timeout.as_secs(), 300);
+        assert_eq!(l.request_timeout.as_secs(), 900);
+        assert!((1..=1024).contains(&l.max_connections));
+        assert_eq!(l.max_buffered_bytes, 256 << 20);
+        let c = parse(
+            &["--max-connections", "7", "--header-timeout-secs", "2"],
+            &[("ECR_MAX_BUFFERED_BYTES", "67108864")],
+        )
+        .unwrap();
+        assert_eq!(c.server_limits.max_connections, 7);
+        assert_eq!(c.server_limits.header_timeout.as_secs(), 2);
+        assert_eq!(c.server_limits.max_buffered_bytes, 64 << 20);
+        for (flag, value) in [
+            ("--header-timeout-secs", "0"),
+            ("--idle-timeout-secs", "x"),
+            ("--max-connections", "0"),
+            ("--max-buffered-bytes", "1048576"),
+        ] {
+            assert!(parse(&[flag, value], &[]).is_err(), "{flag} {value}");
+        }
+    }
+
+    #[test]
+    fn the_open_file_limit_is_read_from_proc() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units\n\
+                    Max open files            128                  4096                 files\n";
+        assert_eq!(open_files_limit(text), Some(128));
+        assert_eq!(
+            open_files_limit(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            Some(u64::MAX)
+        );
+        assert_eq!(open_files_limit("nothing"), None);
     }
 
     #[test]

@@ -156,9 +156,15 @@ async fn run<M: MetadataStore, B: BlobStore>(
         part_size = config.settings.part_size,
         "serving the ECR layer-upload API"
     );
-    frontdoors::http::serve(svc, downloads, listener, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    frontdoors::http::serve(
+        svc,
+        downloads,
+        listener,
+        config.server_limits.clone(),
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

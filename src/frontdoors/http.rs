@@ -2,27 +2,72 @@
 //! backend's download URLs (`GET`/`HEAD` of a URL the blob store signed), whose objects are
 //! streamed from the store with `Range` support.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::error::{StoreError, chain};
 use crate::ports::{BlobStore, DownloadRefused, MetadataStore, SignedDownloads};
-use crate::protocols::ecr::{self, MAX_BODY};
+use crate::protocols::ecr;
 use crate::service::Service;
 
 /// The download URLs this server answers itself, if the blob store issues any.
 pub type Downloads = Option<Arc<dyn SignedDownloads>>;
+
+/// The local server's bounds on time, connections and buffered request bytes (see README's
+/// Configuration: `--header-timeout-secs` and the settings after it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// A request's head must arrive whole within this long of the server starting to wait for it
+    /// (on a new connection, or after the previous answer on a kept-alive one).
+    pub header_timeout: Duration,
+    /// The longest silence in the middle of a request body.
+    pub idle_timeout: Duration,
+    /// A whole request body must arrive within this long.
+    pub body_timeout: Duration,
+    /// The answer's head must be ready within this long of the request's head.
+    pub request_timeout: Duration,
+    /// Connections open at once; beyond it the connection that has waited longest without a
+    /// request in progress is closed to make room, or, if every one is busy, new connections
+    /// wait in the listen backlog.
+    pub max_connections: usize,
+    /// Request body bytes held at once across all requests; a request that cannot get room for
+    /// its next bytes within [`BUFFER_WAIT`] is answered `LimitExceededException`, which SDKs
+    /// retry.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(900),
+            max_connections: 512,
+            max_buffered_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// How long a request waits for room under [`Limits::max_buffered_bytes`] before it is refused.
+pub const BUFFER_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` resolves; connections in flight are then dropped (every state change
 /// is a single atomic write, so a cut request leaves nothing half-done).
@@ -30,42 +75,322 @@ pub async fn serve<M: MetadataStore, B: BlobStore>(
     svc: Arc<Service<M, B>>,
     downloads: Downloads,
     listener: TcpListener,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
+    let limits = Arc::new(limits);
+    let budget = Arc::new(Semaphore::new(
+        limits.max_buffered_bytes.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let conns = Arc::new(Connections::default());
+    let mut accept_errors = RateLimitedLog::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // Out of file descriptors and similar: back off instead of spinning, and log
+                    // a burst once rather than once per failure.
+                    accept_errors.warn(&e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => return Ok(()),
         };
+        // Full: close the connection that has waited longest without a request, and take its
+        // slot (or any other) once free; if every one is busy, new connections wait in the
+        // listen backlog meanwhile.
+        let slot = loop {
+            if let Ok(slot) = slots.clone().try_acquire_owned() {
+                break slot;
+            }
+            let evicted = conns.evict_oldest_idle();
+            if !evicted {
+                tracing::debug!(%peer, "every connection is busy; waiting for a slot");
+            }
+            let recheck = Duration::from_millis(if evicted { 100 } else { 1000 });
+            tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => break slot,
+                    Err(_) => return Ok(()),
+                },
+                () = tokio::time::sleep(recheck) => {}
+                () = &mut shutdown => return Ok(()),
+            }
+        };
         let svc = svc.clone();
         let downloads = downloads.clone();
+        let limits = limits.clone();
+        let budget = budget.clone();
+        let (id, conn) = conns.open();
+        let conns = conns.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let busy_conn = conn.clone();
+            let request_timeout = limits.request_timeout;
+            let header_timeout = limits.header_timeout;
             let service = service_fn(move |req| {
                 let svc = svc.clone();
                 let downloads = downloads.clone();
+                let limits = limits.clone();
+                let budget = budget.clone();
+                let busy = Busy::start(&busy_conn);
                 async move {
-                    Ok::<_, std::convert::Infallible>(
-                        respond(&svc, downloads.as_deref(), req).await,
+                    let reading = Reading {
+                        limits: &limits,
+                        budget: &budget,
+                    };
+                    let resp = match tokio::time::timeout(
+                        request_timeout,
+                        respond(&svc, downloads.as_deref(), &reading, req),
                     )
+                    .await
+                    {
+                        Ok(resp) => resp,
+                        Err(_) => ecr::request_timed_out(request_timeout).map(full),
+                    };
+                    Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked {
+                        inner: body,
+                        _busy: busy,
+                    }))
                 }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(served);
+            loop {
+                tokio::select! {
+                    ended = served.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = conn.evict.notified() => {
+                        if conn.busy.load(Ordering::SeqCst) == 0 {
+                            tracing::debug!(%peer, "idle connection closed to make room");
+                            break;
+                        }
+                    }
+                }
             }
+            conns.close(id);
         });
     }
+}
+
+/// One open connection: how many of its requests are in progress, and the signal to close it
+/// if it has none.
+#[derive(Default)]
+struct Connection {
+    busy: AtomicUsize,
+    evict: Notify,
+}
+
+/// The open connections, oldest first.
+#[derive(Default)]
+struct Connections {
+    next: AtomicU64,
+    open: Mutex<BTreeMap<u64, Arc<Connection>>>,
+}
+
+impl Connections {
+    fn open(&self) -> (u64, Arc<Connection>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Connection::default());
+        self.lock().insert(id, conn.clone());
+        (id, conn)
+    }
+
+    fn close(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Asks the oldest connection with no request in progress to close; false if there is none.
+    fn evict_oldest_idle(&self) -> bool {
+        let open = self.lock();
+        match open.values().find(|c| c.busy.load(Ordering::SeqCst) == 0) {
+            Some(conn) => {
+                conn.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Connection>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request in progress on its connection, from its head until its answer is sent or dropped.
+struct Busy(Arc<Connection>);
+
+impl Busy {
+    fn start(conn: &Arc<Connection>) -> Busy {
+        conn.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(conn.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An answer's body that keeps its request counted as in progress until it is sent.
+struct Tracked {
+    inner: ResponseBody,
+    _busy: Busy,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A warning logged at most once per [`RateLimitedLog::EVERY`], with the count of those left out.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn warn(&mut self, e: &std::io::Error) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(error = %e, suppressed = self.suppressed, "accept failed");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// What reading a request body is bounded by.
+struct Reading<'a> {
+    limits: &'a Limits,
+    budget: &'a Arc<Semaphore>,
+}
+
+/// A request body held whole, with its bytes' share of the buffered-bytes budget, returned when
+/// the last reference to the bytes is dropped.
+struct Held {
+    bytes: Vec<u8>,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Why a request body was not read whole.
+enum Unread {
+    TooLarge,
+    NoRoom,
+    TimedOut(Duration),
+    Cut(hyper::Error),
+}
+
+/// Reads a body of at most `limit` bytes within the time limits, taking room from the budget
+/// for each piece as it arrives.
+async fn read_body(
+    reading: &Reading<'_>,
+    headers: &HeaderMap,
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Bytes, Unread> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Unread::TooLarge);
+    }
+    let limits = reading.limits;
+    let deadline = tokio::time::Instant::now() + limits.body_timeout;
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut room: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let next = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + limits.idle_timeout),
+            body.frame(),
+        )
+        .await;
+        let frame = match next {
+            Err(_) => {
+                let waited = if tokio::time::Instant::now() >= deadline {
+                    limits.body_timeout
+                } else {
+                    limits.idle_timeout
+                };
+                return Err(Unread::TimedOut(waited));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(Unread::Cut(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if buf.len() + data.len() > limit {
+            return Err(Unread::TooLarge);
+        }
+        if !data.is_empty() {
+            let n = u32::try_from(data.len()).map_err(|_| Unread::TooLarge)?;
+            let more = match reading.budget.clone().try_acquire_many_owned(n) {
+                Ok(p) => p,
+                Err(_) => match tokio::time::timeout(
+                    BUFFER_WAIT,
+                    reading.budget.clone().acquire_many_owned(n),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(Unread::NoRoom),
+                },
+            };
+            match &mut room {
+                Some(r) => r.merge(more),
+                None => room = Some(more),
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from_owner(Held {
+        bytes: buf,
+        _room: room,
+    }))
 }
 
 /// Body of the local server's answers: API answers in one piece, downloads streamed.
@@ -84,6 +409,7 @@ fn empty() -> ResponseBody {
 async fn respond<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
     downloads: Option<&dyn SignedDownloads>,
+    reading: &Reading<'_>,
     req: http::Request<Incoming>,
 ) -> http::Response<ResponseBody> {
     // The API is POST only, so GET and HEAD are free for download URLs; any other request, at
@@ -96,11 +422,16 @@ async fn respond<M: MetadataStore, B: BlobStore>(
         return download(svc.blobs(), head, req.headers(), resolved).await;
     }
     let (parts, body) = req.into_parts();
-    let response = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => {
-            ecr::handle(svc, http::Request::from_parts(parts, collected.to_bytes())).await
-        }
-        Err(e) => ecr::unreadable_body(e.is::<http_body_util::LengthLimitError>(), &e),
+    let limit = ecr::body_limit(&parts.headers);
+    let response = match read_body(reading, &parts.headers, body, limit).await {
+        Ok(bytes) => ecr::handle(svc, http::Request::from_parts(parts, bytes)).await,
+        Err(Unread::TooLarge) => ecr::body_too_large(&parts.headers),
+        Err(Unread::NoRoom) => ecr::no_room_for_body(),
+        Err(Unread::TimedOut(after)) => ecr::unreadable_body(
+            false,
+            &format_args!("no complete body within {} s", after.as_secs()),
+        ),
+        Err(Unread::Cut(e)) => ecr::unreadable_body(false, &e),
     };
     response.map(full)
 }

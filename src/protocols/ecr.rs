@@ -71,6 +71,101 @@ impl Operation {
 /// members, and some slack so that a slightly oversized blob still gets the modelled answer.
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
 
+/// Largest request body of every operation but UploadLayerPart and PutImage. ECR's model bounds
+/// all their members: the largest legitimate one, CreateRepository with 200 tags of the longest
+/// keys and values or BatchCheckLayerAvailability with 100 digests of 1000 characters, stays
+/// under 1.3 MB even with every character written as a JSON `\u` escape of a surrogate pair
+/// (12 bytes); this leaves margin over that.
+pub const MAX_SMALL_BODY: usize = 2 * 1024 * 1024;
+
+fn target_of(headers: &http::HeaderMap) -> Option<Operation> {
+    headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Operation::from_target)
+}
+
+/// The largest body read for `op`: [`MAX_BODY`] for the two operations that carry blobs and
+/// manifests, [`MAX_SMALL_BODY`] for the others and for targets not served.
+pub fn op_body_limit(op: Option<Operation>) -> usize {
+    match op {
+        Some(Operation::UploadLayerPart | Operation::PutImage) => MAX_BODY,
+        _ => MAX_SMALL_BODY,
+    }
+}
+
+/// The largest body read for the request with these headers (see [`op_body_limit`]).
+pub fn body_limit(headers: &http::HeaderMap) -> usize {
+    op_body_limit(target_of(headers))
+}
+
+/// The refusal of a body over its operation's limit.
+fn too_large(op: Option<Operation>, target: &str) -> EcrError {
+    match op {
+        None => unknown_operation(target),
+        // The blob is what makes these large.
+        Some(Operation::UploadLayerPart | Operation::PutImage) => crate::domain::invalid(
+            "layerPartBlob",
+            format_args!(
+                "must have length less than or equal to {}",
+                crate::domain::limits::MAX_LAYER_PART
+            ),
+        ),
+        Some(op) => EcrError::InvalidParameter(format!(
+            "The request body is larger than the {MAX_SMALL_BODY} bytes {op:?} accepts"
+        )),
+    }
+}
+
+fn unknown_operation(target: &str) -> EcrError {
+    EcrError::UnknownOperation(if target.is_empty() {
+        "Missing X-Amz-Target header".into()
+    } else {
+        format!("Unknown operation {target}")
+    })
+}
+
+/// The answer to a request whose body is over its operation's limit, left unread: the modelled
+/// error, and `Connection: close`.
+pub fn body_too_large(headers: &http::HeaderMap) -> Response<Bytes> {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    closing(&too_large(Operation::from_target(target), target))
+}
+
+/// The answer to a request the server has no room to buffer now: `LimitExceededException`, which
+/// SDKs retry after a pause, and `Connection: close`, since the body is left unread.
+pub fn no_room_for_body() -> Response<Bytes> {
+    tracing::warn!("request refused: the buffered-bytes limit is reached");
+    closing(&EcrError::LimitExceeded(
+        "The server holds as many request bytes as it may at once; retry the request".into(),
+    ))
+}
+
+/// The answer to a request not answered within the local server's request time limit.
+pub fn request_timed_out(after: std::time::Duration) -> Response<Bytes> {
+    tracing::warn!(secs = after.as_secs(), "request timed out");
+    closing(&EcrError::Server(format!(
+        "The request was not answered within {} s; retry it",
+        after.as_secs()
+    )))
+}
+
+fn closing(err: &EcrError) -> Response<Bytes> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut resp = respond(
+        StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
+        error_body(err),
+        Some(err.type_name()),
+        &request_id,
+    );
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// Handles one request of any front door.
 pub async fn handle<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
@@ -85,12 +180,11 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
         .unwrap_or("")
         .to_string();
     let body: &[u8] = req.body();
-    let result = match Operation::from_target(&target) {
-        None => Err(EcrError::UnknownOperation(if target.is_empty() {
-            "Missing X-Amz-Target header".into()
-        } else {
-            format!("Unknown operation {target}")
-        })),
+    let op = Operation::from_target(&target);
+    let result = match op {
+        None => Err(unknown_operation(&target)),
+        // A front door that read the body whole already (Lambda's) gets the same bound.
+        Some(_) if body.len() > op_body_limit(op) => Err(too_large(op, &target)),
         Some(op) => dispatch(svc, op, body).await,
     };
     let status = match &result {
@@ -149,16 +243,7 @@ pub fn unreadable_body(too_large: bool, cause: &dyn std::fmt::Display) -> Respon
     } else {
         EcrError::Serialization(format!("could not read the request body: {cause}"))
     };
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let mut resp = respond(
-        StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
-        error_body(&err),
-        Some(err.type_name()),
-        &request_id,
-    );
-    resp.headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    resp
+    closing(&err)
 }
 
 /// An answer of the protocol: the JSON body, its content type, the request id and, for errors,

@@ -8,3 +8,4 @@ mod common;
 
 mod push;
 mod sdk_ecr;
+mod server_limits;

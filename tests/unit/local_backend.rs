@@ -116,6 +116,7 @@ mod downloads {
             svc,
             Some(Arc::new(blobs.clone())),
             listener,
+            server::Limits::default(),
             async move {
                 let _ = stopped.await;
             },

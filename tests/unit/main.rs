@@ -15,6 +15,8 @@ mod service_suite;
 mod suite;
 
 mod contract;
+mod decoder_bounds;
+mod decoder_props;
 mod events;
 mod lambda_limits;
 mod lifecycle;

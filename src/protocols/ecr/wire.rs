@@ -5,8 +5,11 @@
 //! `InvalidParameterException` (see src/domain/model.rs for the rules and their wording). What
 //! passes is a typed request whose values the service takes as they are.
 
+use std::marker::PhantomData;
+
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::de::{SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::domain::error::EcrError;
 use crate::domain::limits::MAX_LAYER_PART;
@@ -22,6 +25,45 @@ use crate::service::types::ImageIdentifier as SentImageId;
 const DEFAULT_PAGE: usize = 100;
 /// `imageManifest` length bound of the model.
 const MANIFEST_MAX: usize = 4_194_304;
+
+/// Reads a JSON list member keeping at most `MAX + 1` of its elements, so that a list of millions
+/// costs no more memory than one of `MAX + 1`, and the member's length check (`MAX` is its
+/// model's bound) still refuses it with the same message. Every element is still read into its
+/// type (and then dropped), so a malformed element past the bound is reported as before.
+fn at_most<'de, D, T, const MAX: usize>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct AtMost<T, const MAX: usize>(Vec<T>);
+
+    impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for AtMost<T, MAX> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Elements<T, const MAX: usize>(PhantomData<T>);
+            impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for Elements<T, MAX> {
+                type Value = Vec<T>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    // As serde's own `Vec` says, so the answers read the same.
+                    f.write_str("a sequence")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                    let hint = seq.size_hint().unwrap_or(0).min(MAX + 1);
+                    let mut kept = Vec::with_capacity(hint);
+                    while let Some(element) = seq.next_element::<T>()? {
+                        if kept.len() <= MAX {
+                            kept.push(element);
+                        }
+                    }
+                    Ok(kept)
+                }
+            }
+            d.deserialize_seq(Elements::<T, MAX>(PhantomData))
+                .map(AtMost)
+        }
+    }
+
+    Ok(Option::<AtMost<T, MAX>>::deserialize(d)?.map(|a| a.0))
+}
 
 fn registry(id: Option<String>) -> Result<Option<RegistryId>, EcrError> {
     id.map(|id| RegistryId::parse("registryId", &id))
@@ -128,6 +170,7 @@ pub struct CompleteLayerUploadRequest {
     pub registry_id: Option<String>,
     pub repository_name: Option<String>,
     pub upload_id: Option<String>,
+    #[serde(default, deserialize_with = "at_most::<_, _, 100>")]
     pub layer_digests: Option<Vec<String>>,
 }
 
@@ -177,6 +220,7 @@ pub struct Tag {
 pub struct CreateRepositoryRequest {
     pub registry_id: Option<String>,
     pub repository_name: Option<String>,
+    #[serde(default, deserialize_with = "at_most::<_, _, 200>")]
     pub tags: Option<Vec<Tag>>,
     pub image_tag_mutability: Option<String>,
     pub image_scanning_configuration: Option<ImageScanningConfiguration>,
@@ -238,6 +282,7 @@ impl TryFrom<CreateRepositoryRequest> for typed::CreateRepositoryRequest {
 #[serde(rename_all = "camelCase")]
 pub struct DescribeRepositoriesRequest {
     pub registry_id: Option<String>,
+    #[serde(default, deserialize_with = "at_most::<_, _, 100>")]
     pub repository_names: Option<Vec<String>>,
     pub next_token: Option<String>,
     pub max_results: Option<i64>,
@@ -299,6 +344,7 @@ impl TryFrom<DeleteRepositoryRequest> for typed::DeleteRepositoryRequest {
 pub struct BatchCheckLayerAvailabilityRequest {
     pub registry_id: Option<String>,
     pub repository_name: Option<String>,
+    #[serde(default, deserialize_with = "at_most::<_, _, 100>")]
     pub layer_digests: Option<Vec<String>>,
 }
 
@@ -396,7 +442,9 @@ impl TryFrom<PutImageRequest> for typed::PutImageRequest {
 pub struct BatchGetImageRequest {
     pub registry_id: Option<String>,
     pub repository_name: Option<String>,
+    #[serde(default, deserialize_with = "at_most::<_, _, 100>")]
     pub image_ids: Option<Vec<ImageIdentifier>>,
+    #[serde(default, deserialize_with = "at_most::<_, _, 100>")]
     pub accepted_media_types: Option<Vec<String>>,
 }
 
@@ -473,6 +521,7 @@ impl TryFrom<ListImagesRequest> for typed::ListImagesRequest {
 pub struct DescribeImagesRequest {
     pub registry_id: Option<String>,
     pub repository_name: Option<String>,
+    #[serde(default, deserialize_with = "at_most::<_, _, 100>")]
     pub image_ids: Option<Vec<ImageIdentifier>>,
     pub next_token: Option<String>,
     pub max_results: Option<i64>,
@@ -516,6 +565,7 @@ impl TryFrom<DescribeImagesRequest> for typed::DescribeImagesRequest {
 pub struct BatchDeleteImageRequest {
     pub registry_id: Option<String>,
     pub repository_name: Option<String>,
+    #[serde(default, deserialize_with = "at_most::<_, _, 100>")]
     pub image_ids: Option<Vec<ImageIdentifier>>,
 }
 
