@@ -81,8 +81,11 @@ fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// Answers one request. An API request runs to its end in a task of its own once its body is
+/// read: a client that disconnects or times out (hyper then drops this future) does not cut a
+/// CompleteLayerUpload halfway, and the client's retry finds the finished upload.
 async fn respond<M: MetadataStore, B: BlobStore>(
-    svc: &Service<M, B>,
+    svc: &Arc<Service<M, B>>,
     downloads: Option<&dyn SignedDownloads>,
     req: http::Request<Incoming>,
 ) -> http::Response<ResponseBody> {
@@ -98,7 +101,24 @@ async fn respond<M: MetadataStore, B: BlobStore>(
     let (parts, body) = req.into_parts();
     let response = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => {
-            ecr::handle(svc, http::Request::from_parts(parts, collected.to_bytes())).await
+            let req = http::Request::from_parts(parts, collected.to_bytes());
+            let svc = svc.clone();
+            match tokio::spawn(async move { ecr::handle(&svc, req).await }).await {
+                Ok(response) => response,
+                // A panic in the handler: the client gets ServerException, which it retries.
+                Err(e) => {
+                    tracing::error!(error = %e, "request handler failed");
+                    let err = crate::domain::error::EcrError::Server(
+                        crate::domain::error::INTERNAL_MESSAGE.into(),
+                    );
+                    ecr::respond(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        ecr::error_body(&err),
+                        Some(err.type_name()),
+                        &uuid::Uuid::new_v4().to_string(),
+                    )
+                }
+            }
         }
         Err(e) => ecr::unreadable_body(e.is::<http_body_util::LengthLimitError>(), &e),
     };

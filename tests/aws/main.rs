@@ -12,4 +12,5 @@ mod common;
 mod suite;
 
 mod backend;
+mod completion;
 mod contract;

@@ -5,12 +5,14 @@
 //! - [`server`]: the real binary on a loopback port, and aws-sdk-ecr against it;
 //! - [`http`]: a plain HTTP/1.1 client for download URLs;
 //! - [`service`]: the service in-process: construction, settings, request helpers;
-//! - [`aws`]: the AWS backend's adapters against the local S3 and DynamoDB servers.
+//! - [`aws`]: the AWS backend's adapters against the local S3 and DynamoDB servers;
+//! - [`completion`]: CompleteLayerUpload cut, met and retried, as scenarios on any backend.
 
 // Each binary uses a different part of it.
 #![allow(dead_code, unused_imports)]
 
 pub mod aws;
+pub mod completion;
 pub mod http;
 pub mod server;
 pub mod service;

@@ -6,5 +6,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod completion_cuts;
 mod push;
 mod sdk_ecr;

@@ -9,6 +9,7 @@ mod common;
 #[path = "../contract/suite.rs"]
 mod suite;
 
+mod completion;
 mod contract;
 mod events;
 mod images;
