@@ -552,8 +552,17 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         // dropped (a Lambda stopped), both stop and the lease runs out for a retry to take over.
         let lease = Mutex::new(up);
         let mut assembled = false;
+        let work = async {
+            let result = self
+                .assemble_and_verify(&lease, &digests, &mut assembled)
+                .await;
+            // Waits out a heartbeat write in flight (it holds the record), so that dropping the
+            // heartbeat below never cuts a write whose outcome the record in hand would miss.
+            drop(lease.lock().await);
+            result
+        };
         let result = tokio::select! {
-            result = self.assemble_and_verify(&lease, &digests, &mut assembled) => result,
+            result = work => result,
             never = self.keep_lease(&lease) => match never {},
         };
         let up = lease.into_inner();

@@ -36,6 +36,12 @@ async fn complete_during_complete_is_retryable_and_then_succeeds() {
 }
 
 #[tokio::test]
+async fn a_long_completion_keeps_its_lease() {
+    let repo = repo_name("long");
+    completion::a_long_completion_keeps_its_lease(gated(&repo).await, &repo).await;
+}
+
+#[tokio::test]
 async fn dropped_completion_is_taken_over_within_30_s() {
     let repo = repo_name("dropped");
     completion::dropped_completion_is_taken_over(gated(&repo).await, &repo).await;

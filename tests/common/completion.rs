@@ -182,6 +182,39 @@ pub async fn complete_during_complete<M: MetadataStore, B: BlobStore>(
     assert_eq!(err.type_name(), "UploadNotFoundException");
 }
 
+/// A completion that takes longer than the lease keeps it by its heartbeat: a CompleteLayerUpload
+/// sent after the lease time is still answered retryably, not handed the upload, and the first
+/// completion ends with success.
+pub async fn a_long_completion_keeps_its_lease<M: MetadataStore, B: BlobStore>(
+    svc: GatedService<M, B>,
+    repo: &str,
+) {
+    use ecr_layer_upload::service::COMPLETING_LEASE_MS;
+    let (id, d) = uploaded(&svc, repo, 3000, 5).await;
+    svc.blobs().shut();
+    let first = tokio::spawn({
+        let (svc, repo, id, d) = (svc.clone(), repo.to_owned(), id.clone(), d.clone());
+        async move { complete(&svc, &repo, &id, &[&d]).await }
+    });
+    svc.blobs().reached(1).await;
+    tokio::time::sleep(Duration::from_millis(COMPLETING_LEASE_MS + 2000)).await;
+    // A request that took the upload over would wait at the gate too.
+    let second = tokio::time::timeout(Duration::from_secs(5), complete(&svc, repo, &id, &[&d]))
+        .await
+        .expect("the live completion was taken over");
+    assert_retryable(&second.unwrap_err(), &id);
+    assert_eq!(
+        svc.blobs().waiting.load(Ordering::SeqCst),
+        1,
+        "nobody took the live completion over"
+    );
+    svc.blobs().open();
+    let out = first.await.unwrap().unwrap();
+    assert_completed(&out, &id, repo, &d);
+    let again = complete(&svc, repo, &id, &[&d]).await.unwrap();
+    assert_completed(&again, &id, repo, &d);
+}
+
 /// A completion dropped halfway (its request future cancelled, as a stopped Lambda or a cut
 /// connection without a detached task would) leaves a lease that runs out: retries get a
 /// retryable error, then one takes the completion over and succeeds within 30 s.

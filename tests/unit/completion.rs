@@ -25,6 +25,11 @@ async fn complete_during_complete_is_retryable_and_then_succeeds() {
 }
 
 #[tokio::test]
+async fn a_long_completion_keeps_its_lease() {
+    completion::a_long_completion_keeps_its_lease(gated("app").await, "app").await;
+}
+
+#[tokio::test]
 async fn dropped_completion_is_taken_over_within_30_s() {
     completion::dropped_completion_is_taken_over(gated("app").await, "app").await;
 }
