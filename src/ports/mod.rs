@@ -45,8 +45,9 @@ pub enum UploadState {
     /// CompleteLayerUpload is assembling and verifying it, under a lease that the running
     /// completion renews (`updated_at_ms`); a stale lease is taken over by the next one.
     Completing,
-    /// The multipart upload was assembled but the completion failed (a digest that does not
-    /// match, a backend failure): no more parts, and CompleteLayerUpload may be tried again.
+    /// A completion failed (a digest that does not match, a backend failure) after the multipart
+    /// upload was or may have been assembled: no more parts, and CompleteLayerUpload may be
+    /// tried again.
     Assembled,
     /// Completed: the id is retired.
     Done,

@@ -490,7 +490,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             Err(e) => return Err(e),
         };
         let mut taken = false;
+        let mut prior = up.state;
         for _ in 0..MAX_ATTEMPTS {
+            prior = up.state;
             match up.state {
                 UploadState::Open | UploadState::Assembled => {}
                 UploadState::Completing => {
@@ -570,9 +572,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             Ok(layer) => self.record_layer(up, layer).await,
             Err(err) => {
                 // A wrong digest or a backend failure: hand the upload back so that a retry (with
-                // the right digest) can finish it. Once assembled, it takes no more parts.
+                // the right digest) can finish it. Once assembled (perhaps by a completion taken
+                // over), it takes no more parts.
                 let mut back = self.touched(&up);
-                back.state = if assembled {
+                back.state = if assembled || prior != UploadState::Open {
                     UploadState::Assembled
                 } else {
                     UploadState::Open
