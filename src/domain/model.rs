@@ -160,8 +160,8 @@ impl Algorithm {
 /// `sha256` hex is held in lower case, as registries compute it, so that an upper-case `sha256`
 /// digest names the same layer; other algorithms keep their hex as sent. Equality is exact on
 /// the algorithm: `SHA256:<hex>` is another algorithm than `sha256:<hex>`, so it is neither
-/// the key of a layer nor checked against the bytes when an upload completes (what the service
-/// has always answered; see [`Digest::is_sha256`]).
+/// the key of a layer nor a digest CompleteLayerUpload can verify; a digest list without an
+/// exact `sha256` one is refused there (see [`Digest::is_sha256`]).
 ///
 /// good: `sha256:ab12`, `sha512:FF`, `a.b+c_d-e:0`; bad: `sha256:`, `:ab`, `sha256:xyz`,
 /// `sha256`, ``

@@ -406,8 +406,11 @@ fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// Answers one request. An API request runs to its end in a task of its own once its body is
+/// read: a client that disconnects or times out (hyper then drops this future) does not cut a
+/// CompleteLayerUpload halfway, and the client's retry finds the finished upload.
 async fn respond<M: MetadataStore, B: BlobStore>(
-    svc: &Service<M, B>,
+    svc: &Arc<Service<M, B>>,
     downloads: Option<&dyn SignedDownloads>,
     reading: &Reading<'_>,
     req: http::Request<Incoming>,
@@ -424,7 +427,28 @@ async fn respond<M: MetadataStore, B: BlobStore>(
     let (parts, body) = req.into_parts();
     let limit = ecr::body_limit(&parts.headers);
     let response = match read_body(reading, &parts.headers, body, limit).await {
-        Ok(bytes) => ecr::handle(svc, http::Request::from_parts(parts, bytes)).await,
+        Ok(bytes) => {
+            // Detached from the connection: a client that goes away does not cut the request
+            // (a cut CompleteLayerUpload would otherwise hold its upload).
+            let req = http::Request::from_parts(parts, bytes);
+            let svc = svc.clone();
+            match tokio::spawn(async move { ecr::handle(&svc, req).await }).await {
+                Ok(response) => response,
+                // A panic in the handler: the client gets ServerException, which it retries.
+                Err(e) => {
+                    tracing::error!(error = %e, "request handler failed");
+                    let err = crate::domain::error::EcrError::Server(
+                        crate::domain::error::INTERNAL_MESSAGE.into(),
+                    );
+                    ecr::respond(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        ecr::error_body(&err),
+                        Some(err.type_name()),
+                        &uuid::Uuid::new_v4().to_string(),
+                    )
+                }
+            }
+        }
         Err(Unread::TooLarge) => ecr::body_too_large(&parts.headers),
         Err(Unread::NoRoom) => ecr::no_room_for_body(),
         Err(Unread::TimedOut(after)) => ecr::unreadable_body(

@@ -47,9 +47,14 @@ pub struct RepositoryRecord {
 pub enum UploadState {
     /// Accepting parts.
     Open,
-    /// CompleteLayerUpload is assembling and verifying it.
+    /// CompleteLayerUpload is assembling and verifying it, under a lease that the running
+    /// completion renews (`updated_at_ms`); a stale lease is taken over by the next one.
     Completing,
-    /// Completed, failed verification, or abandoned: the id is retired.
+    /// A completion failed (a digest that does not match, a backend failure) after the multipart
+    /// upload was or may have been assembled: no more parts, and CompleteLayerUpload may be
+    /// tried again.
+    Assembled,
+    /// Completed: the id is retired.
     Done,
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::types::*;
-use super::{Service, now_ms};
+use super::Service;
 use crate::domain;
 use crate::domain::error::EcrError;
 use crate::domain::manifest::{self, Kind};
@@ -90,7 +90,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             media_type: parsed.media_type,
             artifact_media_type: parsed.artifact_media_type.clone(),
             size,
-            pushed_at_ms: now_ms(),
+            pushed_at_ms: self.clock_ms(),
             blobs: parsed
                 .blobs()
                 .iter()

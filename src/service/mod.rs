@@ -7,14 +7,13 @@ mod upload;
 
 use std::sync::Arc;
 
-pub(crate) use crate::domain::clock::now_ms;
 use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::error::EcrError;
 use crate::domain::model::{Page, PageToken, RegistryId, RepositoryName};
 use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 
 pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
-pub use upload::staging_key;
+pub use upload::{COMPLETING_LEASE_MS, HEARTBEAT, staging_key};
 
 /// What the operations need to know about their deployment, fixed at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]

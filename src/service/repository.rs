@@ -166,7 +166,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             if up.state != UploadState::Done {
                 self.drop_objects(vec![up.blob_key.clone()]).await;
             }
-            self.forget(up).await;
+            self.forget(up, true).await;
         }
     }
 }

@@ -6,14 +6,29 @@
 //! is written as the next multipart part and the segments are dropped. Because segments are only
 //! appended and the prefix rule depends on nothing else, every writer that flushes part `n`
 //! writes the same bytes, so racing flushers are harmless. Completion flushes only the tail.
+//!
+//! CompleteLayerUpload holds the upload in `Completing` under a short lease that the running
+//! completion renews every [`HEARTBEAT`]; a completion that died (its process killed, its
+//! Lambda stopped) is taken over by the next CompleteLayerUpload once [`COMPLETING_LEASE_MS`]
+//! passed without a beat. Every step of a completion is safe to run again or twice at once
+//! (parts are deterministic, completing a completed multipart upload succeeds, the final write
+//! is conditional), so a takeover needs no trust in the lease. A CompleteLayerUpload that meets
+//! a live completion answers `ServerException` (HTTP 500), which the AWS SDKs and the aws CLI
+//! retry. A completed upload's outcome stays answerable: its layer record keeps the upload's
+//! blob key, so a retried CompleteLayerUpload with the layer's digest gets the same success.
+
+use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
 
 use super::types::*;
-use super::{Service, now_ms};
+use super::Service;
 use crate::domain::error::{EcrError, StoreError};
+use crate::domain::invalid;
 use crate::domain::limits::MAX_LAYER_SIZE;
 use crate::domain::model::{Digest as LayerDigest, LayerAvailability, UploadId};
 use crate::ports::{
@@ -25,9 +40,13 @@ use crate::ports::{
 /// tried again before answering ServerException.
 const MAX_ATTEMPTS: usize = 16;
 
-/// How long a CompleteLayerUpload may hold an upload in `Completing` before another request may
-/// take it over (a crashed or timed-out completion; Lambda stops at 15 minutes).
-const COMPLETING_LEASE_MS: u64 = 16 * 60 * 1000;
+/// How long an upload stays in `Completing` without a heartbeat of its completion before another
+/// CompleteLayerUpload takes it over (the completion died with its process or Lambda).
+pub const COMPLETING_LEASE_MS: u64 = 10_000;
+
+/// How often a running completion renews its lease: well inside [`COMPLETING_LEASE_MS`], so that
+/// a late write or two does not hand a live completion over.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 // A completion begun just before the age cap ends inside the lifecycle rules' margin.
 const _: () = assert!(COMPLETING_LEASE_MS.div_ceil(1000) + 5 * 60 <= super::UPLOAD_AGE_MARGIN_SECS);
@@ -41,6 +60,13 @@ fn blob_key(upload_id: &str) -> String {
 /// the key so that a losing concurrent writer can never overwrite the winner's bytes.
 pub fn staging_key(upload_id: &str, offset: u64, sha256_hex: &str) -> String {
     format!("staging/{upload_id}/{offset:020}-{}", &sha256_hex[..16])
+}
+
+/// The retryable answer to a CompleteLayerUpload that meets another one at work on the upload.
+fn completion_in_progress(upload_id: &str) -> EcrError {
+    EcrError::Server(format!(
+        "The upload with id '{upload_id}' is being completed by another request; retry the request"
+    ))
 }
 
 fn invalid_part(up: &UploadRecord, message: String) -> EcrError {
@@ -211,7 +237,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             upload_id: up.upload_id.clone(),
             last_byte_received: up.next_byte.saturating_sub(1),
         };
-        if up.state != UploadState::Open {
+        if up.state == UploadState::Completing {
             return Err(EcrError::upload_not_found(
                 &repo.registry_id,
                 &repo.name,
@@ -226,13 +252,6 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     blob.len()
                 ),
             ));
-        }
-        if last >= MAX_LAYER_SIZE {
-            // Beyond this, S3's 10,000 parts of `s3_part_size` could not hold the layer either.
-            return Err(EcrError::LimitExceeded(format!(
-                "The layer would exceed the maximum layer size of {} bytes",
-                MAX_LAYER_SIZE
-            )));
         }
         let sha = hex::encode(Sha256::digest(&blob));
         let fingerprint = PartFingerprint {
@@ -263,12 +282,31 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 }
                 return Err(err);
             }
+            if up.state == UploadState::Assembled {
+                // A CompleteLayerUpload assembled the parts (and then failed): the upload
+                // takes no more bytes, only another CompleteLayerUpload.
+                return Err(invalid_part(
+                    &up,
+                    format!(
+                        "The parts of upload '{upload_id}' were already assembled by CompleteLayerUpload; complete the upload with the layer's digest"
+                    ),
+                ));
+            }
             if up.state != UploadState::Open {
                 return Err(EcrError::upload_not_found(
                     &repo.registry_id,
                     &repo.name,
                     &upload_id,
                 ));
+            }
+            // After contiguity: a part that does not continue the upload is answered as such
+            // (InvalidLayerPartException), never as a limit.
+            if last >= MAX_LAYER_SIZE {
+                // Beyond this, S3's 10,000 parts of `s3_part_size` could not hold the layer either.
+                return Err(EcrError::LimitExceeded(format!(
+                    "The layer would exceed the maximum layer size of {} bytes",
+                    MAX_LAYER_SIZE
+                )));
             }
             if !staged {
                 self.blobs.put_object(&key, blob.clone()).await?;
@@ -441,22 +479,55 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         &self,
         req: CompleteLayerUploadRequest,
     ) -> Result<CompleteLayerUploadResponse, EcrError> {
+        let digests = req.layer_digests;
+        // Only sha256 can be verified, and algorithms are compared exactly (`SHA256` is not
+        // `sha256`): a list without one would record bytes nobody checked. Refused before
+        // anything is read, as a constraint of the request, and the upload stays as it was.
+        if !digests.iter().any(LayerDigest::is_sha256) {
+            return Err(invalid(
+                "layerDigests",
+                "must include a digest of algorithm sha256 (lower case), the one the registry verifies",
+            ));
+        }
         let repo = self
             .repository(req.registry_id.as_ref(), &req.repository_name)
             .await?;
         let upload_id = req.upload_id.into_string();
-        let digests = req.layer_digests;
         let (registry, name) = (repo.registry_id.as_str(), repo.name.as_str());
-        let not_found = || EcrError::upload_not_found(registry, name, &upload_id);
+        let given: Vec<String> = digests
+            .iter()
+            .filter(|d| d.is_sha256())
+            .map(ToString::to_string)
+            .collect();
 
         // Take the upload into `Completing`, so that no part lands while it is assembled.
-        let mut up = self.live_upload(registry, name, &upload_id).await?;
+        let mut up = match self.live_upload(registry, name, &upload_id).await {
+            Ok(up) => up,
+            Err(EcrError::UploadNotFound(_)) => {
+                return self
+                    .completed_answer(registry, name, &upload_id, &given)
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
         let mut taken = false;
+        let mut prior = up.state;
         for _ in 0..MAX_ATTEMPTS {
-            let stale_completion = up.state == UploadState::Completing
-                && now_ms().saturating_sub(up.updated_at_ms) > COMPLETING_LEASE_MS;
-            if up.state != UploadState::Open && !stale_completion {
-                return Err(not_found());
+            prior = up.state;
+            match up.state {
+                UploadState::Open | UploadState::Assembled => {}
+                UploadState::Completing => {
+                    let silent_ms = self.clock_ms().saturating_sub(up.updated_at_ms);
+                    if silent_ms <= COMPLETING_LEASE_MS {
+                        return Err(completion_in_progress(&upload_id));
+                    }
+                    tracing::info!(upload_id = %upload_id, silent_ms, "taking over a completion that stopped");
+                }
+                UploadState::Done => {
+                    return self
+                        .completed_answer(registry, name, &upload_id, &given)
+                        .await;
+                }
             }
             if up.next_byte == 0 {
                 return Err(EcrError::EmptyUpload(format!(
@@ -481,7 +552,15 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     break;
                 }
                 Err(StoreError::Conflict) => {
-                    up = self.live_upload(registry, name, &upload_id).await?;
+                    up = match self.live_upload(registry, name, &upload_id).await {
+                        Ok(up) => up,
+                        Err(EcrError::UploadNotFound(_)) => {
+                            return self
+                                .completed_answer(registry, name, &upload_id, &given)
+                                .await;
+                        }
+                        Err(e) => return Err(e),
+                    };
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -492,19 +571,36 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             ));
         }
 
-        let result = self.assemble_and_verify(&mut up, &digests).await;
+        // The work and the heartbeat that keeps the lease, in this one task: if the request is
+        // dropped (a Lambda stopped), both stop and the lease runs out for a retry to take over.
+        let lease = Mutex::new(up);
+        let mut assembled = false;
+        let work = async {
+            let result = self
+                .assemble_and_verify(&lease, &digests, &mut assembled)
+                .await;
+            // Waits out a heartbeat write in flight (it holds the record), so that dropping the
+            // heartbeat below never cuts a write whose outcome the record in hand would miss.
+            drop(lease.lock().await);
+            result
+        };
+        let result = tokio::select! {
+            result = work => result,
+            never = self.keep_lease(&lease) => match never {},
+        };
+        let up = lease.into_inner();
         match result {
             Ok(layer) => self.record_layer(up, layer).await,
-            Err(err @ EcrError::InvalidLayer(_)) => {
-                // The bytes are not the layer the client meant: retire the upload and its object.
-                self.retire(&up).await;
-                self.drop_objects(vec![up.blob_key.clone()]).await;
-                Err(err)
-            }
             Err(err) => {
-                // A backend failure: hand the upload back so that the client's retry can finish.
+                // A wrong digest or a backend failure: hand the upload back so that a retry (with
+                // the right digest) can finish it. Once assembled (perhaps by a completion taken
+                // over), it takes no more parts.
                 let mut back = self.touched(&up);
-                back.state = UploadState::Open;
+                back.state = if assembled || prior != UploadState::Open {
+                    UploadState::Assembled
+                } else {
+                    UploadState::Open
+                };
                 if let Err(e) = self.meta.update_upload(&back, SideWrite::None).await {
                     tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "could not reopen upload");
                 }
@@ -513,30 +609,98 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         }
     }
 
-    /// Flushes the tail, assembles the multipart upload, and hashes the assembled object.
+    /// Renews the lease of a running completion every [`HEARTBEAT`]; never returns. Holds the
+    /// record while it writes, as the completion does while it flushes, so that a conflict can
+    /// only mean that another request took the upload over: then it stops beating (the
+    /// completion goes on; its final conditional write tells it how it ended).
+    async fn keep_lease(&self, lease: &Mutex<UploadRecord>) -> Infallible {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            let mut up = lease.lock().await;
+            let next = self.touched(&up);
+            match self.meta.update_upload(&next, SideWrite::None).await {
+                Ok(()) => *up = next,
+                Err(StoreError::Conflict) => {
+                    tracing::warn!(upload_id = %up.upload_id, "completion taken over by another request");
+                    drop(up);
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "completion heartbeat failed");
+                }
+            }
+        }
+    }
+
+    /// The answer to a CompleteLayerUpload of an upload that is no longer live: the success it
+    /// had if it recorded the layer of one of the `sha256` digests `given` (the layer's blob is
+    /// the upload's), LayerAlreadyExists if it was retired because such a layer was there
+    /// already, else UploadNotFoundException.
+    async fn completed_answer(
+        &self,
+        registry: &str,
+        name: &str,
+        upload_id: &str,
+        given: &[String],
+    ) -> Result<CompleteLayerUploadResponse, EcrError> {
+        let own_blob = blob_key(upload_id);
+        let mut existing = None;
+        for digest in given {
+            if let Some(layer) = self.meta.get_layer(registry, name, digest).await? {
+                if layer.blob_key == own_blob {
+                    return Ok(CompleteLayerUploadResponse {
+                        registry_id: registry.to_owned(),
+                        repository_name: name.to_owned(),
+                        upload_id: upload_id.to_owned(),
+                        layer_digest: layer.digest,
+                    });
+                }
+                existing.get_or_insert(layer.digest);
+            }
+        }
+        if let Some(digest) = existing
+            && let Some(up) = self.meta.get_upload(upload_id).await?
+            && up.state == UploadState::Done
+            && up.registry_id == registry
+            && up.repository == name
+        {
+            return Err(layer_exists(&digest, name, registry));
+        }
+        Err(EcrError::upload_not_found(registry, name, upload_id))
+    }
+
+    /// Flushes the tail, assembles the multipart upload, and hashes the assembled object;
+    /// `assembled` tells whether the multipart upload was completed (then it takes no parts).
     async fn assemble_and_verify(
         &self,
-        up: &mut UploadRecord,
+        lease: &Mutex<UploadRecord>,
         digests: &[LayerDigest],
+        assembled: &mut bool,
     ) -> Result<LayerRecord, EcrError> {
-        self.flush_full_parts(up, None).await?;
-        let tail = self
-            .meta
-            .list_segments(&up.upload_id, up.flushed_bytes)
-            .await?;
-        if !tail.is_empty() {
-            self.flush_segments(up, &tail, None).await?;
-        }
-        if up.flushed_bytes != up.next_byte {
-            return Err(EcrError::Server(format!(
-                "upload {} holds {} of {} bytes after the final flush",
-                up.upload_id, up.flushed_bytes, up.next_byte
-            )));
-        }
+        let up = {
+            // The record is held while the flushes write it (see `keep_lease`).
+            let mut up = lease.lock().await;
+            self.flush_full_parts(&mut up, None).await?;
+            let tail = self
+                .meta
+                .list_segments(&up.upload_id, up.flushed_bytes)
+                .await?;
+            if !tail.is_empty() {
+                self.flush_segments(&mut up, &tail, None).await?;
+            }
+            if up.flushed_bytes != up.next_byte {
+                return Err(EcrError::Server(format!(
+                    "upload {} holds {} of {} bytes after the final flush",
+                    up.upload_id, up.flushed_bytes, up.next_byte
+                )));
+            }
+            up.clone()
+        };
         let parts = self.meta.list_parts(&up.upload_id).await?;
         self.blobs
             .complete_multipart(&up.blob_key, &up.multipart_id, &parts)
             .await?;
+        *assembled = true;
 
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -552,9 +716,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             )));
         }
         let computed = LayerDigest::sha256(&hasher.finalize());
-        // Only sha256 digests can be checked; digests of other algorithms are taken on trust.
-        let mut sha256_given = digests.iter().filter(|d| d.is_sha256()).peekable();
-        if sha256_given.peek().is_some() && !sha256_given.any(|d| *d == computed) {
+        // Only exact `sha256` digests are compared (the request has at least one); a digest of
+        // another algorithm can be neither verified nor refuted.
+        if !digests.contains(&computed) {
             return Err(EcrError::InvalidLayer(
                 "None of the provided layer digests match the calculated layer digest".into(),
             ));
@@ -566,7 +730,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             blob_key: up.blob_key.clone(),
             size,
             media_type: None,
-            created_at_ms: now_ms(),
+            created_at_ms: self.clock_ms(),
         })
     }
 
@@ -577,8 +741,23 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     ) -> Result<CompleteLayerUploadResponse, EcrError> {
         let mut done = self.touched(&up);
         done.state = UploadState::Done;
-        let outcome = self.meta.finish_upload(&done, &layer).await?;
-        self.forget(&up).await;
+        let outcome = match self.meta.finish_upload(&done, &layer).await {
+            Ok(outcome) => outcome,
+            Err(StoreError::Conflict) => {
+                // Another request took the completion over: it ended it, or is still at it.
+                let (registry, name) = (up.registry_id.as_str(), up.repository.as_str());
+                return match self.meta.get_upload(&up.upload_id).await? {
+                    Some(now) if now.state != UploadState::Done => {
+                        Err(completion_in_progress(&up.upload_id))
+                    }
+                    _ => {
+                        self.completed_answer(registry, name, &up.upload_id, &[layer.digest])
+                            .await
+                    }
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
         let answer = CompleteLayerUploadResponse {
             registry_id: up.registry_id.clone(),
             repository_name: up.repository.clone(),
@@ -586,9 +765,14 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             layer_digest: layer.digest.clone(),
         };
         match outcome {
-            Finish::Recorded => Ok(answer),
+            Finish::Recorded => {
+                // The layer record (whose blob is the upload's) answers a retry from now on.
+                self.forget(&up, true).await;
+                Ok(answer)
+            }
             Finish::RepositoryGone => {
                 // The repository was deleted during the completion: the upload went with it.
+                self.forget(&up, true).await;
                 self.drop_objects(vec![up.blob_key.clone()]).await;
                 Err(EcrError::upload_not_found(
                     &up.registry_id,
@@ -597,29 +781,19 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 ))
             }
             Finish::LayerExists(existing) => {
+                // The retired record stays until it expires, so that a retry gets this answer.
+                self.forget(&up, false).await;
                 if existing.blob_key != up.blob_key {
                     self.drop_objects(vec![up.blob_key.clone()]).await;
                 }
-                Err(EcrError::LayerAlreadyExists(format!(
-                    "The layer with digest '{}' already exists in the repository with name '{}' in registry with id '{}'",
-                    layer.digest, up.repository, up.registry_id
-                )))
+                Err(layer_exists(&layer.digest, &up.repository, &up.registry_id))
             }
         }
     }
 
-    /// Marks an upload done (best effort) and forgets its records.
-    async fn retire(&self, up: &UploadRecord) {
-        let mut done = self.touched(up);
-        done.state = UploadState::Done;
-        if let Err(e) = self.meta.update_upload(&done, SideWrite::None).await {
-            tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "could not retire upload");
-        }
-        self.forget(up).await;
-    }
-
-    /// Drops the staging objects, multipart upload and records of a finished upload.
-    pub(super) async fn forget(&self, up: &UploadRecord) {
+    /// Drops the staging objects and multipart upload of a finished upload, and its records if
+    /// `records`.
+    pub(super) async fn forget(&self, up: &UploadRecord, records: bool) {
         match self.meta.list_segments(&up.upload_id, 0).await {
             Ok(segments) => {
                 self.drop_objects(segments.into_iter().map(|s| s.key).collect())
@@ -635,6 +809,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             .await
         {
             tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "multipart abort failed");
+        }
+        if !records {
+            return;
         }
         if let Err(e) = self.meta.delete_upload(&up.upload_id).await {
             tracing::warn!(upload_id = %up.upload_id, error = %crate::domain::error::chain(&e), "upload cleanup failed");
@@ -653,10 +830,16 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             if up.state != UploadState::Done {
                 self.drop_objects(vec![up.blob_key.clone()]).await;
             }
-            self.forget(up).await;
+            self.forget(up, true).await;
         }
         Ok(expired.len())
     }
+}
+
+fn layer_exists(digest: &str, repository: &str, registry: &str) -> EcrError {
+    EcrError::LayerAlreadyExists(format!(
+        "The layer with digest '{digest}' already exists in the repository with name '{repository}' in registry with id '{registry}'"
+    ))
 }
 
 /// ECR words the minimum as "5MB".

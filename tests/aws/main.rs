@@ -16,5 +16,6 @@ mod service_suite;
 mod suite;
 
 mod backend;
+mod completion;
 mod contract;
 mod lifecycle;

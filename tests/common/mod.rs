@@ -7,11 +7,13 @@
 //! - [`service`]: the service in-process: construction, settings, request helpers;
 //! - [`aws`]: the AWS backend's adapters against the local S3 and DynamoDB servers;
 //! - [`lifecycle`]: scenarios of repositories deleted and created again, and of upload age.
+//! - [`completion`]: CompleteLayerUpload cut, met and retried, as scenarios on any backend.
 
 // Each binary uses a different part of it.
 #![allow(dead_code, unused_imports)]
 
 pub mod aws;
+pub mod completion;
 pub mod http;
 pub mod lifecycle;
 pub mod server;

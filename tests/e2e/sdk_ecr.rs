@@ -210,10 +210,20 @@ async fn typed_errors_reach_the_caller() {
         .send()
         .await
         .unwrap_err();
+    // The upload stays for a retry with the right digest.
     assert!(matches!(
         err.into_service_error(),
-        CompleteLayerUploadError::UploadNotFoundException(_)
+        CompleteLayerUploadError::InvalidLayerException(_)
     ));
+    let done = ecr
+        .complete_layer_upload()
+        .repository_name(&name)
+        .upload_id(&id)
+        .layer_digests(digest(b"0123456789"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.layer_digest(), Some(digest(b"0123456789").as_str()));
 
     let empty = ecr
         .initiate_layer_upload()
