@@ -166,6 +166,13 @@ class Watcher:
         cmd = [cargo, "lambda", "watch", "-A", HOST, "-P", str(port),
                # Built once for the run: edits made meanwhile must not restart the function.
                "--ignore-changes", "--env-file", str(env_file)]
+        # The watcher builds what is deployed, without the push client (Cargo.toml's
+        # package.metadata.lambda). LAMBDA_WATCH_FEATURES=default builds it with the features of the
+        # test build instead, so that `make test` reuses that build rather than compiling again:
+        # the function's code is the same, only the push subcommand is added.
+        features = env.get("LAMBDA_WATCH_FEATURES", "").strip()
+        if features:
+            cmd += ["--features", features]
         log(f"starting: {' '.join(cmd)}  (log: {log_path.relative_to(ROOT)})")
         self.log_file = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
