@@ -9,8 +9,8 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::types::*;
 use super::Service;
+use super::types::*;
 use crate::domain;
 use crate::domain::error::EcrError;
 use crate::domain::manifest::{self, Kind};

@@ -25,8 +25,8 @@ use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use super::types::*;
 use super::Service;
+use super::types::*;
 use crate::domain::error::{EcrError, StoreError};
 use crate::domain::invalid;
 use crate::domain::limits::MAX_LAYER_SIZE;
