@@ -32,8 +32,8 @@ use crate::domain::invalid;
 use crate::domain::limits::MAX_LAYER_SIZE;
 use crate::domain::model::{Digest as LayerDigest, LayerAvailability, UploadId};
 use crate::ports::{
-    BlobStore, Finish, FlushedPart, LayerRecord, MetadataStore, PartFingerprint, SideWrite,
-    StagedSegment, UploadRecord, UploadState,
+    BlobStore, Finish, FlushedPart, LayerRecord, MetadataStore, PartFingerprint, RepositoryRecord,
+    SideWrite, StagedSegment, UploadRecord, UploadState,
 };
 
 /// How often a write that lost only to an unrelated change (a flush bumping the version) is
@@ -170,10 +170,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     /// older than `max_upload_age_secs`. Anything else is UploadNotFoundException.
     async fn live_upload(
         &self,
-        registry: &str,
-        repo: &str,
+        repository: &RepositoryRecord,
         upload_id: &str,
     ) -> Result<UploadRecord, EcrError> {
+        let (registry, repo) = (repository.registry_id.as_str(), repository.name.as_str());
         let not_found = || EcrError::upload_not_found(registry, repo, upload_id);
         let up = self
             .meta
@@ -186,11 +186,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             || up.expires_at <= now_secs
             || up.created_at_ms / 1000 + self.settings.max_upload_age_secs <= now_secs
             || up.state == UploadState::Done
+            // An upload of an earlier repository of this name (`repository` was read by this
+            // request; a delete since then took the upload record with it).
+            || up.repository_incarnation != repository.incarnation
         {
-            return Err(not_found());
-        }
-        let current = self.meta.get_repository(registry, repo).await?;
-        if current.is_none_or(|r| r.incarnation != up.repository_incarnation) {
             return Err(not_found());
         }
         Ok(up)
@@ -228,9 +227,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let (first, last) = (req.part_first_byte, req.part_last_byte);
         let blob = req.layer_part_blob;
 
-        let mut up = self
-            .live_upload(&repo.registry_id, &repo.name, &upload_id)
-            .await?;
+        let mut up = self.live_upload(&repo, &upload_id).await?;
         let answer = |up: &UploadRecord| UploadLayerPartResponse {
             registry_id: up.registry_id.clone(),
             repository_name: up.repository.clone(),
@@ -344,9 +341,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     });
                 }
                 Err(StoreError::Conflict) => {
-                    up = self
-                        .live_upload(&repo.registry_id, &repo.name, &upload_id)
-                        .await?;
+                    up = self.live_upload(&repo, &upload_id).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -501,7 +496,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             .collect();
 
         // Take the upload into `Completing`, so that no part lands while it is assembled.
-        let mut up = match self.live_upload(registry, name, &upload_id).await {
+        let mut up = match self.live_upload(&repo, &upload_id).await {
             Ok(up) => up,
             Err(EcrError::UploadNotFound(_)) => {
                 return self
@@ -552,7 +547,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     break;
                 }
                 Err(StoreError::Conflict) => {
-                    up = match self.live_upload(registry, name, &upload_id).await {
+                    up = match self.live_upload(&repo, &upload_id).await {
                         Ok(up) => up,
                         Err(EcrError::UploadNotFound(_)) => {
                             return self
