@@ -14,7 +14,7 @@ use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::service::Settings;
 
-pub use crate::domain::limits::{MAX_LAYER_PART, S3_MIN_PART_SIZE};
+use crate::domain::limits::{MAX_LAYER_PART, S3_MAX_PART_SIZE, S3_MIN_PART_SIZE};
 use crate::frontdoors::http::Limits;
 use crate::frontdoors::lambda;
 
@@ -399,7 +399,7 @@ impl Config {
                 .map_err(|_| format!("{name}: '{value}' is not a whole number of bytes"))
         };
         let s3_part_size = required("ECR_S3_PART_SIZE", args.s3_part_size)?;
-        if !(S3_MIN_PART_SIZE..=5 * 1024 * 1024 * 1024).contains(&s3_part_size) {
+        if !(S3_MIN_PART_SIZE..=S3_MAX_PART_SIZE).contains(&s3_part_size) {
             return Err(format!(
                 "ECR_S3_PART_SIZE: {s3_part_size} must be between {S3_MIN_PART_SIZE} and 5 GiB"
             ));
