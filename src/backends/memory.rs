@@ -71,6 +71,55 @@ impl MemoryMetadata {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// `put_image`, on condition that the repository is `incarnation` when one is named.
+    fn put_image_if(
+        &self,
+        incarnation: Option<&str>,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> StoreResult<PutImageOutcome> {
+        let mut s = lock(&self.state);
+        if let Some(incarnation) = incarnation {
+            let repo = s
+                .repos
+                .get(&(image.registry_id.clone(), image.repository.clone()));
+            if repo.is_none_or(|r| r.incarnation != incarnation) {
+                return Ok(PutImageOutcome::RepositoryGone);
+            }
+        }
+        let image_key = key3(&image.registry_id, &image.repository, &image.digest);
+        let image_exists = s.images.contains_key(&image_key);
+        if let Some(tag) = tag {
+            let tag_key = key3(&image.registry_id, &image.repository, tag);
+            match s.tags.get(&tag_key) {
+                Some(t) if t.digest == image.digest && image_exists => {
+                    return Ok(PutImageOutcome::AlreadyExists);
+                }
+                Some(t) if t.digest != image.digest && immutable_tags => {
+                    return Ok(PutImageOutcome::TagImmutable {
+                        digest: t.digest.clone(),
+                    });
+                }
+                _ => {}
+            }
+            s.tags.insert(
+                tag_key,
+                TagRecord {
+                    registry_id: image.registry_id.clone(),
+                    repository: image.repository.clone(),
+                    tag: tag.to_owned(),
+                    digest: image.digest.clone(),
+                    updated_at_ms: image.pushed_at_ms,
+                },
+            );
+        } else if image_exists {
+            return Ok(PutImageOutcome::AlreadyExists);
+        }
+        s.images.entry(image_key).or_insert_with(|| image.clone());
+        Ok(PutImageOutcome::Stored)
+    }
 }
 
 /// The compare half of the compare-and-set every upload write does.
@@ -289,37 +338,17 @@ impl MetadataStore for MemoryMetadata {
         tag: Option<&str>,
         immutable_tags: bool,
     ) -> StoreResult<PutImageOutcome> {
-        let mut s = lock(&self.state);
-        let image_key = key3(&image.registry_id, &image.repository, &image.digest);
-        let image_exists = s.images.contains_key(&image_key);
-        if let Some(tag) = tag {
-            let tag_key = key3(&image.registry_id, &image.repository, tag);
-            match s.tags.get(&tag_key) {
-                Some(t) if t.digest == image.digest && image_exists => {
-                    return Ok(PutImageOutcome::AlreadyExists);
-                }
-                Some(t) if t.digest != image.digest && immutable_tags => {
-                    return Ok(PutImageOutcome::TagImmutable {
-                        digest: t.digest.clone(),
-                    });
-                }
-                _ => {}
-            }
-            s.tags.insert(
-                tag_key,
-                TagRecord {
-                    registry_id: image.registry_id.clone(),
-                    repository: image.repository.clone(),
-                    tag: tag.to_owned(),
-                    digest: image.digest.clone(),
-                    updated_at_ms: image.pushed_at_ms,
-                },
-            );
-        } else if image_exists {
-            return Ok(PutImageOutcome::AlreadyExists);
-        }
-        s.images.entry(image_key).or_insert_with(|| image.clone());
-        Ok(PutImageOutcome::Stored)
+        self.put_image_if(None, image, tag, immutable_tags)
+    }
+
+    async fn put_image_in(
+        &self,
+        incarnation: &str,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> StoreResult<PutImageOutcome> {
+        self.put_image_if(Some(incarnation), image, tag, immutable_tags)
     }
 
     async fn get_image(

@@ -181,6 +181,9 @@ pub enum PutImageOutcome {
     AlreadyExists,
     /// The tag names the image `digest` and tags are immutable: nothing was written.
     TagImmutable { digest: String },
+    /// ([`MetadataStore::put_image_in`] only) The repository is gone, or is another incarnation
+    /// than the one named: nothing was written.
+    RepositoryGone,
 }
 
 /// Why a download URL presented to the local server is refused.
@@ -316,6 +319,17 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// written). Image and tag already in place: `AlreadyExists`, nothing written.
     fn put_image(
         &self,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> impl Future<Output = StoreResult<PutImageOutcome>> + Send;
+    /// `put_image` on condition that the image's repository exists as the incarnation
+    /// `incarnation` ([`RepositoryRecord::incarnation`]), checked in the same atomic step as
+    /// the write: otherwise `RepositoryGone` and nothing is written. So an image never lands in
+    /// a repository deleted (and perhaps created again) after PutImage read it.
+    fn put_image_in(
+        &self,
+        incarnation: &str,
         image: &ImageRecord,
         tag: Option<&str>,
         immutable_tags: bool,

@@ -105,7 +105,14 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         };
         let immutable = repo.image_tag_mutability.is_immutable();
         let tag = req.image_tag.as_ref().map(|t| t.as_str());
-        match self.meta.put_image(&record, tag, immutable).await? {
+        // On condition that the repository is still the incarnation read above: one deleted
+        // (and perhaps created again) meanwhile gets no image.
+        let outcome = self
+            .meta
+            .put_image_in(&repo.incarnation, &record, tag, immutable)
+            .await?;
+        match outcome {
+            PutImageOutcome::RepositoryGone => Err(EcrError::repository_not_found(registry, name)),
             PutImageOutcome::Stored => Ok(PutImageResponse {
                 image: Image {
                     registry_id: registry.to_string(),

@@ -19,6 +19,7 @@ mod contract;
 mod decoder_bounds;
 mod decoder_props;
 mod events;
+mod image_race;
 mod lambda_limits;
 mod lifecycle;
 mod local_backend;

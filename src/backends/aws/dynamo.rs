@@ -908,19 +908,34 @@ impl DynamoMetadata {
     /// A transaction item that holds only while the upload's repository is the incarnation the
     /// upload was started in.
     fn repository_is(&self, upload: &UploadRecord) -> StoreResult<TransactWriteItem> {
-        let k = key(repo_pk(&upload.registry_id), upload.repository.clone());
+        self.repository_is_incarnation(
+            &upload.registry_id,
+            &upload.repository,
+            &upload.repository_incarnation,
+        )
+    }
+
+    /// A transaction item that holds only while repository `name` is the incarnation
+    /// `incarnation`.
+    fn repository_is_incarnation(
+        &self,
+        registry_id: &str,
+        name: &str,
+        incarnation: &str,
+    ) -> StoreResult<TransactWriteItem> {
+        let k = key(repo_pk(registry_id), name.to_owned());
         let check = ConditionCheck::builder()
             .table_name(&self.table)
             .set_key(Some(k))
             .expression_attribute_names("#incarnation", INCARNATION);
-        let check = if upload.repository_incarnation.is_empty() {
+        let check = if incarnation.is_empty() {
             // The original incarnation: a repository item written without one.
             check
                 .condition_expression("attribute_exists(pk) AND attribute_not_exists(#incarnation)")
         } else {
             check
                 .condition_expression("#incarnation = :incarnation")
-                .expression_attribute_values(":incarnation", s(&upload.repository_incarnation))
+                .expression_attribute_values(":incarnation", s(incarnation))
         };
         Ok(TransactWriteItem::builder()
             .condition_check(built("a condition check", check.build())?)
@@ -933,6 +948,147 @@ impl DynamoMetadata {
             .get_repository(&upload.registry_id, &upload.repository)
             .await?;
         Ok(repo.is_none_or(|r| r.incarnation != upload.repository_incarnation))
+    }
+
+    /// Whether repository `name` is gone or another incarnation than `incarnation` (a
+    /// consistent read).
+    async fn repository_not(
+        &self,
+        registry_id: &str,
+        name: &str,
+        incarnation: &str,
+    ) -> StoreResult<bool> {
+        let repo = self.get_repository(registry_id, name).await?;
+        Ok(repo.is_none_or(|r| r.incarnation != incarnation))
+    }
+
+    /// `put_image`, on condition that the repository is `incarnation` when one is named: a
+    /// condition check on the repository item then joins the write's transaction.
+    async fn put_image_if(
+        &self,
+        incarnation: Option<&str>,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> StoreResult<PutImageOutcome> {
+        let op = "put_image";
+        let (registry, name) = (image.registry_id.as_str(), image.repository.as_str());
+        let repo_check = incarnation
+            .map(|inc| self.repository_is_incarnation(registry, name, inc))
+            .transpose()?;
+        let Some(tag) = tag else {
+            return match (incarnation, repo_check) {
+                (Some(inc), Some(check)) => self.put_untagged_image_in(inc, image, check).await,
+                _ => self.put_untagged_image(image).await,
+            };
+        };
+        let tag_record = TagRecord {
+            registry_id: image.registry_id.clone(),
+            repository: image.repository.clone(),
+            tag: tag.to_owned(),
+            digest: image.digest.clone(),
+            updated_at_ms: image.pushed_at_ms,
+        };
+        let write_id = uuid::Uuid::new_v4().to_string();
+        let key = image_key(&image.registry_id, &image.repository, &image.digest);
+        for attempt in 1..=TRANSACTION_ATTEMPTS {
+            // The read only chooses which transaction to try; its conditions decide.
+            let exists = self.image_version(op, key.clone()).await?.is_some();
+            // The image first: cancellation reasons come in this order.
+            let mut items = vec![
+                self.image_write(image, exists, &write_id)?,
+                self.tag_write(&tag_record, exists, immutable_tags)?,
+            ];
+            items.extend(repo_check.clone());
+            let res = self.transact(op, items).await;
+            if let Some(inc) = incarnation
+                && matches!(res, Err(Cancelled::Condition(..)))
+                && self.repository_not(registry, name, inc).await?
+            {
+                // Whichever condition was reported first, nothing was written.
+                return Ok(PutImageOutcome::RepositoryGone);
+            }
+            match res {
+                Ok(()) => return Ok(PutImageOutcome::Stored),
+                // The image appeared or went since the read: look again.
+                Err(Cancelled::Condition(0, _)) => backoff(attempt).await,
+                // The repository changed between the transaction and the read: look again.
+                Err(Cancelled::Condition(2, _)) => backoff(attempt).await,
+                Err(Cancelled::Condition(_, stored)) => {
+                    let named = match stored.as_ref().and_then(|i| string_attr(i, DIGEST)) {
+                        Some(d) => Some(d.to_owned()),
+                        None => self
+                            .get_tag(&image.registry_id, &image.repository, tag)
+                            .await?
+                            .map(|t| t.digest),
+                    };
+                    match named {
+                        // Only reachable with the image there: its condition held.
+                        Some(d) if d == image.digest => return Ok(PutImageOutcome::AlreadyExists),
+                        Some(d) if immutable_tags => {
+                            return Ok(PutImageOutcome::TagImmutable { digest: d });
+                        }
+                        // The tag moved or went since the transaction: try again.
+                        _ => backoff(attempt).await,
+                    }
+                }
+                Err(Cancelled::Other(e)) => return Err(e),
+                Err(Cancelled::Contention) => backoff(attempt).await,
+            }
+        }
+        Err(StoreError::failure(format!(
+            "{op}: the image and its tag kept changing under concurrent writes"
+        )))
+    }
+
+    /// `put_image` without a tag, on condition that the repository is `incarnation`: the
+    /// create-only put and the check on the repository in one transaction.
+    async fn put_untagged_image_in(
+        &self,
+        incarnation: &str,
+        image: &ImageRecord,
+        repo_check: TransactWriteItem,
+    ) -> StoreResult<PutImageOutcome> {
+        let op = "put_image";
+        let (registry, name) = (image.registry_id.as_str(), image.repository.as_str());
+        let write_id = uuid::Uuid::new_v4().to_string();
+        for attempt in 1..=TRANSACTION_ATTEMPTS {
+            let items = vec![
+                self.put_plain(
+                    image_item(image, 1, &write_id)?,
+                    Some("attribute_not_exists(pk)"),
+                )?,
+                repo_check.clone(),
+            ];
+            let res = self.transact(op, items).await;
+            if matches!(res, Err(Cancelled::Condition(..)))
+                && self.repository_not(registry, name, incarnation).await?
+            {
+                return Ok(PutImageOutcome::RepositoryGone);
+            }
+            match res {
+                Ok(()) => return Ok(PutImageOutcome::Stored),
+                Err(Cancelled::Condition(0, stored)) => {
+                    // An SDK retry of our own applied transaction finds our item.
+                    let ours = stored
+                        .as_ref()
+                        .and_then(|i| string_attr(i, WRITE_ID))
+                        .is_some_and(|w| w == write_id);
+                    return Ok(if ours {
+                        PutImageOutcome::Stored
+                    } else {
+                        PutImageOutcome::AlreadyExists
+                    });
+                }
+                Err(Cancelled::Condition(..)) | Err(Cancelled::Contention) => {
+                    backoff(attempt).await
+                }
+                Err(Cancelled::Other(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::failure(format!(
+            "{op}: transaction kept conflicting with concurrent ones"
+        )))
     }
 
     /// Writes `upload` (version condition) and `side` in one transaction.
@@ -1304,56 +1460,18 @@ impl MetadataStore for DynamoMetadata {
         tag: Option<&str>,
         immutable_tags: bool,
     ) -> StoreResult<PutImageOutcome> {
-        let op = "put_image";
-        let Some(tag) = tag else {
-            return self.put_untagged_image(image).await;
-        };
-        let tag_record = TagRecord {
-            registry_id: image.registry_id.clone(),
-            repository: image.repository.clone(),
-            tag: tag.to_owned(),
-            digest: image.digest.clone(),
-            updated_at_ms: image.pushed_at_ms,
-        };
-        let write_id = uuid::Uuid::new_v4().to_string();
-        let key = image_key(&image.registry_id, &image.repository, &image.digest);
-        for attempt in 1..=TRANSACTION_ATTEMPTS {
-            // The read only chooses which transaction to try; its conditions decide.
-            let exists = self.image_version(op, key.clone()).await?.is_some();
-            // The image first: cancellation reasons come in this order.
-            let items = vec![
-                self.image_write(image, exists, &write_id)?,
-                self.tag_write(&tag_record, exists, immutable_tags)?,
-            ];
-            match self.transact(op, items).await {
-                Ok(()) => return Ok(PutImageOutcome::Stored),
-                // The image appeared or went since the read: look again.
-                Err(Cancelled::Condition(0, _)) => backoff(attempt).await,
-                Err(Cancelled::Condition(_, stored)) => {
-                    let named = match stored.as_ref().and_then(|i| string_attr(i, DIGEST)) {
-                        Some(d) => Some(d.to_owned()),
-                        None => self
-                            .get_tag(&image.registry_id, &image.repository, tag)
-                            .await?
-                            .map(|t| t.digest),
-                    };
-                    match named {
-                        // Only reachable with the image there: its condition held.
-                        Some(d) if d == image.digest => return Ok(PutImageOutcome::AlreadyExists),
-                        Some(d) if immutable_tags => {
-                            return Ok(PutImageOutcome::TagImmutable { digest: d });
-                        }
-                        // The tag moved or went since the transaction: try again.
-                        _ => backoff(attempt).await,
-                    }
-                }
-                Err(Cancelled::Other(e)) => return Err(e),
-                Err(Cancelled::Contention) => backoff(attempt).await,
-            }
-        }
-        Err(StoreError::failure(format!(
-            "{op}: the image and its tag kept changing under concurrent writes"
-        )))
+        self.put_image_if(None, image, tag, immutable_tags).await
+    }
+
+    async fn put_image_in(
+        &self,
+        incarnation: &str,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> StoreResult<PutImageOutcome> {
+        self.put_image_if(Some(incarnation), image, tag, immutable_tags)
+            .await
     }
 
     async fn get_image(

@@ -157,6 +157,71 @@ impl LocalMetadata {
         })
         .await
     }
+
+    /// `put_image`, on condition that the repository is `incarnation` when one is named,
+    /// checked inside the write transaction.
+    async fn put_image_if(
+        &self,
+        incarnation: Option<&str>,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> StoreResult<PutImageOutcome> {
+        let (image, tag) = (image.clone(), tag.map(str::to_owned));
+        let incarnation = incarnation.map(str::to_owned);
+        self.write("put_image", move |txn| {
+            let (reg, repo) = (image.registry_id.as_str(), image.repository.as_str());
+            if let Some(incarnation) = &incarnation {
+                let repository: Option<RepositoryRecord> = txn
+                    .open_table(REPOS)
+                    .db()?
+                    .get((reg, repo))
+                    .db()?
+                    .map(|g| decode(g.value()))
+                    .transpose()?;
+                if repository.is_none_or(|r| &r.incarnation != incarnation) {
+                    return Ok(PutImageOutcome::RepositoryGone);
+                }
+            }
+            let mut images = txn.open_table(IMAGES).db()?;
+            let image_key = (reg, repo, image.digest.as_str());
+            let image_exists = images.get(image_key).db()?.is_some();
+            if let Some(tag) = &tag {
+                let mut tags = txn.open_table(TAGS).db()?;
+                let tag_key = (reg, repo, tag.as_str());
+                let current: Option<TagRecord> = tags
+                    .get(tag_key)
+                    .db()?
+                    .map(|g| decode(g.value()))
+                    .transpose()?;
+                match current {
+                    Some(t) if t.digest == image.digest && image_exists => {
+                        return Ok(PutImageOutcome::AlreadyExists);
+                    }
+                    Some(t) if t.digest != image.digest && immutable_tags => {
+                        return Ok(PutImageOutcome::TagImmutable { digest: t.digest });
+                    }
+                    _ => {}
+                }
+                let record = TagRecord {
+                    registry_id: image.registry_id.clone(),
+                    repository: image.repository.clone(),
+                    tag: tag.clone(),
+                    digest: image.digest.clone(),
+                    updated_at_ms: image.pushed_at_ms,
+                };
+                tags.insert(tag_key, encode(&record)?.as_slice()).db()?;
+            } else if image_exists {
+                return Ok(PutImageOutcome::AlreadyExists);
+            }
+            // An existing record is kept as it is: its push time is the first push's.
+            if !image_exists {
+                images.insert(image_key, encode(&image)?.as_slice()).db()?;
+            }
+            Ok(PutImageOutcome::Stored)
+        })
+        .await
+    }
 }
 
 /// Loads the stored upload and checks it is the version `upload` was derived from; the
@@ -569,47 +634,18 @@ impl MetadataStore for LocalMetadata {
         tag: Option<&str>,
         immutable_tags: bool,
     ) -> StoreResult<PutImageOutcome> {
-        let (image, tag) = (image.clone(), tag.map(str::to_owned));
-        self.write("put_image", move |txn| {
-            let (reg, repo) = (image.registry_id.as_str(), image.repository.as_str());
-            let mut images = txn.open_table(IMAGES).db()?;
-            let image_key = (reg, repo, image.digest.as_str());
-            let image_exists = images.get(image_key).db()?.is_some();
-            if let Some(tag) = &tag {
-                let mut tags = txn.open_table(TAGS).db()?;
-                let tag_key = (reg, repo, tag.as_str());
-                let current: Option<TagRecord> = tags
-                    .get(tag_key)
-                    .db()?
-                    .map(|g| decode(g.value()))
-                    .transpose()?;
-                match current {
-                    Some(t) if t.digest == image.digest && image_exists => {
-                        return Ok(PutImageOutcome::AlreadyExists);
-                    }
-                    Some(t) if t.digest != image.digest && immutable_tags => {
-                        return Ok(PutImageOutcome::TagImmutable { digest: t.digest });
-                    }
-                    _ => {}
-                }
-                let record = TagRecord {
-                    registry_id: image.registry_id.clone(),
-                    repository: image.repository.clone(),
-                    tag: tag.clone(),
-                    digest: image.digest.clone(),
-                    updated_at_ms: image.pushed_at_ms,
-                };
-                tags.insert(tag_key, encode(&record)?.as_slice()).db()?;
-            } else if image_exists {
-                return Ok(PutImageOutcome::AlreadyExists);
-            }
-            // An existing record is kept as it is: its push time is the first push's.
-            if !image_exists {
-                images.insert(image_key, encode(&image)?.as_slice()).db()?;
-            }
-            Ok(PutImageOutcome::Stored)
-        })
-        .await
+        self.put_image_if(None, image, tag, immutable_tags).await
+    }
+
+    async fn put_image_in(
+        &self,
+        incarnation: &str,
+        image: &ImageRecord,
+        tag: Option<&str>,
+        immutable_tags: bool,
+    ) -> StoreResult<PutImageOutcome> {
+        self.put_image_if(Some(incarnation), image, tag, immutable_tags)
+            .await
     }
 
     async fn get_image(
