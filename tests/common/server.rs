@@ -11,7 +11,12 @@ pub struct Server {
     child: Child,
     pub endpoint: String,
     _data: tempfile::TempDir,
+    /// The server's log lines (its stdout) so far, the first [`KEPT_LOG_LINES`] of them.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+/// How many log lines a [`Server`] keeps for [`Server::log_lines`].
+const KEPT_LOG_LINES: usize = 100_000;
 
 impl Server {
     pub fn start(extra_env: &[(&str, &str)]) -> Server {
@@ -47,9 +52,16 @@ impl Server {
         let mut child = cmd.spawn().expect("start ecr-layer-upload");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut kept) = kept.lock()
+                    && kept.len() < KEPT_LOG_LINES
+                {
+                    kept.push(line.clone());
+                }
                 if let (false, Some(addr)) = (sent, line.split("addr=").nth(1)) {
                     let addr = addr.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
@@ -76,6 +88,7 @@ impl Server {
             child,
             endpoint: format!("http://{addr}"),
             _data: data,
+            log,
         }
     }
 
@@ -89,6 +102,11 @@ impl Server {
             .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
             .build();
         aws_sdk_ecr::Client::from_conf(conf)
+    }
+
+    /// The log lines the server has written so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

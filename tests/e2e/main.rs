@@ -8,5 +8,6 @@ mod common;
 
 mod completion_cuts;
 mod push;
+mod request_limits;
 mod sdk_ecr;
 mod server_limits;
