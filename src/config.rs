@@ -147,6 +147,15 @@ pub struct ServeArgs {
         default_value = "82800"
     )]
     pub max_upload_age_secs: String,
+    /// embedded backend: bytes no record owns (deleted repositories' layers, files of cut
+    /// writes) are removed once they are this old; at start-up, cut writes go at once
+    #[arg(
+        long,
+        env = "ECR_GC_GRACE_SECS",
+        value_name = "SECS",
+        default_value = "86400"
+    )]
+    pub gc_grace_secs: String,
     /// base of the embedded backend's download URLs, as clients reach the server [default:
     /// `http://` + the bound address]
     #[arg(long, env = "ECR_PUBLIC_URL", value_name = "URL")]
@@ -286,6 +295,8 @@ pub struct Config {
     pub settings: Settings,
     /// The local server's time, connection and memory bounds.
     pub server_limits: Limits,
+    /// Embedded backend: how old unowned bytes must be before they are removed.
+    pub gc_grace: std::time::Duration,
 }
 
 /// `ECR_MAX_CONNECTIONS` when unset: half the soft open-file limit (the other half is left for
@@ -412,6 +423,8 @@ impl Config {
         if max_upload_age_secs < 60 {
             return Err("ECR_MAX_UPLOAD_AGE_SECS: must be at least 60".into());
         }
+        let gc_grace =
+            std::time::Duration::from_secs(required("ECR_GC_GRACE_SECS", args.gc_grace_secs)?);
         let public_url = nonempty(args.public_url)
             .map(|url| parse_public_url(&url))
             .transpose()?;
@@ -476,6 +489,7 @@ impl Config {
                 response_limit: in_lambda.then(lambda::response_limit),
             },
             server_limits,
+            gc_grace,
         })
     }
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ecr_layer_upload::backends::aws::{DynamoMetadata, S3Blobs};
-use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata};
+use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata, reconcile};
 use ecr_layer_upload::config::{Backend, Cli, CliCommand, Config};
 use ecr_layer_upload::frontdoors::{self, http::Downloads};
 use ecr_layer_upload::ports::{BlobStore, MetadataStore};
@@ -96,6 +96,7 @@ async fn start(config: Config) -> Result<(), String> {
                 blobs = blobs.with_public_url(&format!("http://{addr}"));
             }
             let downloads: Downloads = Some(Arc::new(blobs.clone()));
+            spawn_reconciler(meta.clone(), blobs.clone(), config.gc_grace).await;
             let svc = Arc::new(Service::new(meta, blobs, config.settings.clone()));
             spawn_sweeper(svc.clone());
             run(svc, downloads, &config, listener).await
@@ -132,6 +133,37 @@ fn spawn_sweeper<M: MetadataStore, B: BlobStore>(svc: Arc<Service<M, B>>) {
                     tracing::warn!(error = %ecr_layer_upload::domain::error::chain(&e), "sweep failed")
                 }
             }
+        }
+    });
+}
+
+/// The embedded backend removes what no record owns: once before serving (what a crash cut),
+/// then every hour (what is older than `grace`); see src/backends/local/reconcile.rs.
+async fn spawn_reconciler(meta: LocalMetadata, blobs: LocalBlobs, grace: std::time::Duration) {
+    let pass = move |at_start: bool| {
+        let (meta, blobs) = (meta.clone(), blobs.clone());
+        async move {
+            let clock = ecr_layer_upload::domain::clock::SystemClock;
+            match reconcile(&meta, &blobs, at_start, grace, &clock).await {
+                Ok(r) if r.files == 0 => {}
+                Ok(r) => tracing::info!(
+                    files = r.files,
+                    bytes = r.bytes,
+                    "unowned blob files removed"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %ecr_layer_upload::domain::error::chain(&e), "reconciling the blob files failed")
+                }
+            }
+        }
+    };
+    pass(true).await;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            pass(false).await;
         }
     });
 }

@@ -23,5 +23,6 @@ mod image_race;
 mod lambda_limits;
 mod lifecycle;
 mod local_backend;
+mod orphans;
 mod server_errors;
 mod service;

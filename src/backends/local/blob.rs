@@ -113,6 +113,11 @@ impl LocalBlobs {
         .with_public_url(DEFAULT_PUBLIC_URL))
     }
 
+    /// The object and multipart directories (for `super::reconcile`).
+    pub(super) fn dirs(&self) -> (PathBuf, PathBuf) {
+        (self.roots.objects.clone(), self.roots.multipart.clone())
+    }
+
     /// Download URLs start with `url` (`http://host:port`, optionally with a path prefix), the
     /// address under which clients reach the local server.
     pub fn with_public_url(mut self, url: &str) -> Self {

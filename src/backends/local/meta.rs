@@ -772,3 +772,47 @@ impl MetadataStore for LocalMetadata {
         .await
     }
 }
+
+/// What the state owns in the blob directories, read in one snapshot (see
+/// `super::reconcile`).
+#[derive(Debug, Default)]
+pub(super) struct Owned {
+    /// Every upload: id → (multipart id, blob key, whether it is `Done`).
+    pub uploads: std::collections::HashMap<String, (String, String, bool)>,
+    /// Keys of the staged segments of every upload.
+    pub segment_keys: std::collections::HashSet<String>,
+    /// Blob keys of every layer record, of every repository.
+    pub layer_keys: std::collections::HashSet<String>,
+    /// Blob keys of every image's manifest kept outside its record.
+    pub manifest_keys: std::collections::HashSet<String>,
+}
+
+impl LocalMetadata {
+    /// Everything the state refers to in the blob store, from one consistent snapshot.
+    pub(super) async fn owned(&self) -> StoreResult<Owned> {
+        self.read("reconcile", |txn| {
+            let mut owned = Owned::default();
+            for item in txn.open_table(UPLOADS).db()?.iter().db()? {
+                let u: UploadRecord = decode(item.db()?.1.value())?;
+                let done = u.state == crate::ports::UploadState::Done;
+                owned
+                    .uploads
+                    .insert(u.upload_id, (u.multipart_id, u.blob_key, done));
+            }
+            for item in txn.open_table(SEGMENTS).db()?.iter().db()? {
+                let s: StagedSegment = decode(item.db()?.1.value())?;
+                owned.segment_keys.insert(s.key);
+            }
+            for item in txn.open_table(LAYERS).db()?.iter().db()? {
+                let l: LayerRecord = decode(item.db()?.1.value())?;
+                owned.layer_keys.insert(l.blob_key);
+            }
+            for item in txn.open_table(IMAGES).db()?.iter().db()? {
+                let i: ImageRecord = decode(item.db()?.1.value())?;
+                owned.manifest_keys.extend(i.manifest_key);
+            }
+            Ok(owned)
+        })
+        .await
+    }
+}

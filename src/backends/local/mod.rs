@@ -9,14 +9,20 @@
 //!   part. Every write goes to a temporary file, is fsynced and renamed into place, so a reader
 //!   or a restart sees either the old or the new content, never a torn one.
 //!
+//! - [`reconcile`] removes what no record owns any more from the blob directories: temporary
+//!   files of writes a crash cut, staging objects and multipart directories of no live upload,
+//!   and layer and manifest bytes no record references (after a grace period).
+//!
 //! Both are cheap to clone (an `Arc` inside) and may be shared across tasks. Both do their
 //! blocking work on tokio's blocking pool, never on a runtime worker.
 
 mod blob;
 mod meta;
+mod reconcile;
 
 pub use blob::LocalBlobs;
 pub use meta::LocalMetadata;
+pub use reconcile::{Reconciled, reconcile};
 
 use crate::domain::error::StoreError;
 use crate::ports::StoreResult;
