@@ -21,10 +21,21 @@ step "local S3 and DynamoDB servers"
 started=0
 if ! scripts/services.sh status >/dev/null 2>&1; then
     started=1
+    # Servers started here keep their state in a directory of this run's own: the suites leave
+    # objects and items behind, which would otherwise pile up run after run. It is removed when
+    # the run passes, and kept (with the servers' logs) when it fails.
+    ECR_SERVICES_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ecr-test-services.XXXXXX")"
+    export ECR_SERVICES_DIR
 fi
 cleanup() {
+    local status=$?
     if [ "$started" = 1 ]; then
         scripts/services.sh down || true
+        if [ "$status" = 0 ]; then
+            rm -rf "$ECR_SERVICES_DIR"
+        else
+            echo "test.sh: the servers' state and logs are kept in $ECR_SERVICES_DIR" >&2
+        fi
     fi
 }
 trap cleanup EXIT
