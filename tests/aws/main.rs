@@ -18,5 +18,6 @@ mod suite;
 mod backend;
 mod completion;
 mod contract;
+mod faults;
 mod image_race;
 mod lifecycle;

@@ -8,6 +8,7 @@
 //! - [`aws`]: the AWS backend's adapters against the local S3 and DynamoDB servers;
 //! - [`lifecycle`]: scenarios of repositories deleted and created again, and of upload age.
 //! - [`completion`]: CompleteLayerUpload cut, met and retried, as scenarios on any backend.
+//! - [`faults`]: faults injected into the AWS backend's SDK clients, and a retrying client.
 //! - [`image_race`]: PutImage racing DeleteRepository, on the port and the service.
 
 // Each binary uses a different part of it.
@@ -15,6 +16,7 @@
 
 pub mod aws;
 pub mod completion;
+pub mod faults;
 pub mod http;
 pub mod image_race;
 pub mod lifecycle;
