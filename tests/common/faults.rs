@@ -102,7 +102,7 @@ impl Faults {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                (x % 1000 < per_mille).then_some(if x % 2 == 0 {
+                (x % 1000 < per_mille).then_some(if x.is_multiple_of(2) {
                     Fault::Fail
                 } else {
                     Fault::LoseAnswer
