@@ -21,3 +21,4 @@ mod contract;
 mod faults;
 mod image_race;
 mod lifecycle;
+mod soak;

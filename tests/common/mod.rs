@@ -9,6 +9,7 @@
 //! - [`lifecycle`]: scenarios of repositories deleted and created again, and of upload age.
 //! - [`completion`]: CompleteLayerUpload cut, met and retried, as scenarios on any backend.
 //! - [`faults`]: faults injected into the AWS backend's SDK clients, and a retrying client.
+//! - [`soak`]: the soak run of `make soak`.
 //! - [`image_race`]: PutImage racing DeleteRepository, on the port and the service.
 
 // Each binary uses a different part of it.
@@ -22,6 +23,7 @@ pub mod image_race;
 pub mod lifecycle;
 pub mod server;
 pub mod service;
+pub mod soak;
 
 pub use http::{http_get, http_request};
 pub use server::{Server, create_repository, push_blob};

@@ -26,3 +26,4 @@ mod local_backend;
 mod orphans;
 mod server_errors;
 mod service;
+mod soak;
