@@ -80,15 +80,15 @@ fn a_request_not_answered_in_time_gets_a_retryable_error() {
     );
     trickler.join().unwrap();
 
-    // Still serving, and a request answered in time is not touched by the limit.
+    // Still serving, and a request answered in time is not touched by the limit (the backend's
+    // store may be shared with other tests: only the answer's success is checked).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let ecr = server.ecr_client();
     rt.block_on(async {
-        let out = ecr.describe_repositories().send().await.unwrap();
-        assert!(out.repositories().is_empty());
+        ecr.describe_repositories().send().await.unwrap();
     });
 }
 
