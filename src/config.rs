@@ -474,6 +474,8 @@ impl Config {
                 upload_ttl_secs,
                 max_upload_age_secs,
                 response_limit: in_lambda.then(lambda::response_limit),
+                registry_host: None,
+                create_on_push: false,
             },
             server_limits,
         })
