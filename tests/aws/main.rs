@@ -8,6 +8,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../oci/suite.rs"]
+mod oci_suite;
 #[path = "../service/images.rs"]
 mod service_images;
 #[path = "../service/suite.rs"]
@@ -19,3 +21,4 @@ mod backend;
 mod completion;
 mod contract;
 mod lifecycle;
+mod oci;

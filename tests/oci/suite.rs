@@ -81,7 +81,8 @@ pub async fn call_with<M: MetadataStore, B: BlobStore>(
         req = req.header(*k, *v);
     }
     let req = req.body(pieces(body)).unwrap();
-    let resp = oci::handle(svc, delivery, req).await;
+    // Boxed: the handler's future over the AWS SDK's is too large for a test thread's stack.
+    let resp = Box::pin(oci::handle(svc, delivery, req)).await;
     let (parts, payload) = resp.into_parts();
     let body = match payload {
         Payload::Full(b) => b.to_vec(),
@@ -986,35 +987,47 @@ macro_rules! oci_scenarios {
     ($make:expr) => {
         #[tokio::test]
         async fn base_route() {
-            oci_suite::base_route($make(Settings::default()).await).await
+            Box::pin(oci_suite::base_route($make(Settings::default()).await)).await
         }
         #[tokio::test]
         async fn push_and_pull_blobs() {
-            oci_suite::push_and_pull_blobs($make(Settings::default()).await).await
+            Box::pin(oci_suite::push_and_pull_blobs(
+                $make(Settings::default()).await,
+            ))
+            .await
         }
         #[tokio::test]
         async fn upload_errors() {
-            oci_suite::upload_errors($make(Settings::default()).await).await
+            Box::pin(oci_suite::upload_errors($make(Settings::default()).await)).await
         }
         #[tokio::test]
         async fn manifests_and_tags() {
-            oci_suite::manifests_and_tags($make(Settings::default()).await).await
+            Box::pin(oci_suite::manifests_and_tags(
+                $make(Settings::default()).await,
+            ))
+            .await
         }
         #[tokio::test]
         async fn referrers() {
-            oci_suite::referrers($make(Settings::default()).await).await
+            Box::pin(oci_suite::referrers($make(Settings::default()).await)).await
         }
         #[tokio::test]
         async fn mount_and_catalog() {
-            oci_suite::mount_and_catalog($make(Settings::default()).await).await
+            Box::pin(oci_suite::mount_and_catalog(
+                $make(Settings::default()).await,
+            ))
+            .await
         }
         #[tokio::test]
         async fn ecr_push_oci_pull() {
-            oci_suite::ecr_push_oci_pull($make(Settings::default()).await).await
+            Box::pin(oci_suite::ecr_push_oci_pull(
+                $make(Settings::default()).await,
+            ))
+            .await
         }
         #[tokio::test]
         async fn lambda_delivery() {
-            oci_suite::lambda_delivery($make(Settings::default()).await).await
+            Box::pin(oci_suite::lambda_delivery($make(Settings::default()).await)).await
         }
         #[tokio::test]
         async fn create_on_push() {
@@ -1022,7 +1035,7 @@ macro_rules! oci_scenarios {
                 create_on_push: true,
                 ..Settings::default()
             };
-            oci_suite::create_on_push($make(settings).await).await
+            Box::pin(oci_suite::create_on_push($make(settings).await)).await
         }
     };
 }
