@@ -501,7 +501,7 @@ fn check_chunk(
         set(h, header::RANGE, wire::held_range(held));
         Box::new(resp)
     };
-    let Ok((first, last)) = wire::content_range(value) else {
+    let Some((first, last)) = wire::content_range(value) else {
         return Err(bad("Content-Range must be <start>-<end>".into()));
     };
     if first != held {
