@@ -128,6 +128,13 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
     Response::from_parts(parts, body)
 }
 
+/// The largest `/v2/` request body a Function URL delivers: a blob chunk is not text, so it
+/// arrives base64-encoded in the event, which must fit [`PAYLOAD_LIMIT`] with
+/// [`ENVELOPE_MARGIN`] to spare.
+pub fn oci_body_limit() -> u64 {
+    (PAYLOAD_LIMIT - ENVELOPE_MARGIN) / 4 * 3
+}
+
 /// Handles a request of the OCI API (src/protocols/oci.rs): blobs are answered with a redirect
 /// to the blob store, since an answer is capped at [`PAYLOAD_LIMIT`] bytes.
 async fn oci_event<M: MetadataStore, B: BlobStore>(
@@ -135,7 +142,7 @@ async fn oci_event<M: MetadataStore, B: BlobStore>(
     req: http::Request<Bytes>,
 ) -> Response<Body> {
     let delivery = oci::Delivery::Redirect {
-        max_request: PAYLOAD_LIMIT,
+        max_request: oci_body_limit(),
     };
     let req = req.map(oci::whole_body);
     let (parts, payload) = oci::handle(svc, delivery, req).await.into_parts();

@@ -407,7 +407,7 @@ fn over_cap(max_request: u64) -> OciError {
         StatusCode::PAYLOAD_TOO_LARGE,
         "SIZE_INVALID",
         format!(
-            "a request to this registry carries at most {max_request} bytes (the AWS Lambda request payload limit); send the blob in chunks (PATCH with Content-Range) of at most that size, or push with `ecr-layer-upload push`"
+            "a request to this registry carries a body of at most {max_request} bytes (AWS Lambda's request payload limit); send the blob in chunks of at most that size (PATCH with Content-Range), or push with `ecr-layer-upload push`, which uses the ECR API"
         ),
     )
 }
