@@ -7,6 +7,7 @@
 mod common;
 
 mod completion_cuts;
+mod oci_client;
 mod oci_clients;
 mod push;
 mod sdk_ecr;
