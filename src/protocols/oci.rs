@@ -140,9 +140,10 @@ async fn answer<M: MetadataStore, B: BlobStore>(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let Some(route) = wire::route(path) else {
+        // One of the specification's codes: no such operation here.
         return Err(OciError::new(
             StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            "UNSUPPORTED",
             format!("no such route: {path}"),
         ));
     };
