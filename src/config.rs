@@ -156,10 +156,19 @@ pub struct ServeArgs {
         default_value = "86400"
     )]
     pub gc_grace_secs: String,
-    /// base of the embedded backend's download URLs, as clients reach the server [default:
-    /// `http://` + the bound address]
+    /// where clients reach the server: the base of the embedded backend's download URLs, and its
+    /// host and port start every `repositoryUri` [default: `http://` + the bound address]
     #[arg(long, env = "ECR_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// a push through the OCI API (`/v2/`) to a repository that does not exist creates it
+    /// (`true`) instead of answering NAME_UNKNOWN, as ECR does (`false`)
+    #[arg(
+        long,
+        env = "ECR_CREATE_ON_PUSH",
+        value_name = "BOOL",
+        default_value = "false"
+    )]
+    pub create_on_push: String,
     /// local server: a request's head must arrive whole within this long of the server waiting
     /// for it (so a kept-alive connection with no next request is closed after it too)
     #[arg(
@@ -428,6 +437,16 @@ impl Config {
         let public_url = nonempty(args.public_url)
             .map(|url| parse_public_url(&url))
             .transpose()?;
+        let registry_host = public_url.as_deref().map(url_authority);
+        let create_on_push = match args.create_on_push.trim() {
+            "true" | "1" => true,
+            "false" | "0" | "" => false,
+            other => {
+                return Err(format!(
+                    "ECR_CREATE_ON_PUSH: '{other}' is not true or false"
+                ));
+            }
+        };
         let secs = |name: &str, value: String| -> Result<std::time::Duration, String> {
             match value.parse::<u64>() {
                 Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n)),
@@ -487,11 +506,21 @@ impl Config {
                 upload_ttl_secs,
                 max_upload_age_secs,
                 response_limit: in_lambda.then(lambda::response_limit),
+                // The public URL's authority; without one, the address bound (set at start-up).
+                registry_host,
+                create_on_push,
             },
             server_limits,
             gc_grace,
         })
     }
+}
+
+/// The `host[:port]` of a URL: how `repositoryUri` names the registry (`docker push` takes no
+/// scheme).
+pub fn url_authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest).to_string()
 }
 
 /// Checks an `ECR_PUBLIC_URL` and drops its trailing `/`s.

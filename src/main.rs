@@ -58,6 +58,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The address clients reach the listener at. A wildcard address is not one to connect to;
+/// loopback surely reaches it, and ECR_PUBLIC_URL names any other.
+fn reachable(l: &tokio::net::TcpListener) -> Result<std::net::SocketAddr, String> {
+    let mut addr = l.local_addr().map_err(|e| e.to_string())?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(addr)
+}
+
 async fn start(config: Config) -> Result<(), String> {
     // Bound before the backends are built: the embedded backend's download URLs name the address
     // actually bound (`--listen` may ask for port 0). Inside Lambda the runtime loop serves.
@@ -69,6 +82,13 @@ async fn start(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         Some(l)
     };
+    let mut config = config;
+    if config.settings.registry_host.is_none()
+        && let Some(l) = &listener
+    {
+        // `repositoryUri` names the address clients reach: the one bound.
+        config.settings.registry_host = Some(reachable(l)?.to_string());
+    }
     match config.backend {
         Backend::Local => {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -84,16 +104,7 @@ async fn start(config: Config) -> Result<(), String> {
             if let Some(url) = &config.public_url {
                 blobs = blobs.with_public_url(url);
             } else if let Some(l) = &listener {
-                let mut addr = l.local_addr().map_err(|e| e.to_string())?;
-                // A wildcard address is not one to connect to; loopback surely reaches it, and
-                // ECR_PUBLIC_URL names any other.
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(match addr.ip() {
-                        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                    });
-                }
-                blobs = blobs.with_public_url(&format!("http://{addr}"));
+                blobs = blobs.with_public_url(&format!("http://{}", reachable(l)?));
             }
             let downloads: Downloads = Some(Arc::new(blobs.clone()));
             spawn_reconciler(meta.clone(), blobs.clone(), config.gc_grace).await;

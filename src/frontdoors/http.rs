@@ -24,7 +24,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::error::{StoreError, chain};
 use crate::ports::{BlobStore, DownloadRefused, MetadataStore, SignedDownloads};
-use crate::protocols::ecr;
+use crate::protocols::{ecr, oci};
 use crate::service::Service;
 
 /// The download URLs this server answers itself, if the blob store issues any.
@@ -424,6 +424,9 @@ async fn respond<M: MetadataStore, B: BlobStore>(
         let head = req.method() == Method::HEAD;
         return download(svc.blobs(), head, req.headers(), resolved).await;
     }
+    if oci::wire::is_oci_path(req.uri().path()) {
+        return oci_request(svc, reading.limits.idle_timeout, req).await;
+    }
     let (parts, body) = req.into_parts();
     let limit = ecr::body_limit(&parts.headers);
     let response = match read_body(reading, &parts.headers, body, limit).await {
@@ -458,6 +461,54 @@ async fn respond<M: MetadataStore, B: BlobStore>(
         Err(Unread::Cut(e)) => ecr::unreadable_body(false, &e),
     };
     response.map(full)
+}
+
+/// Answers a request of the OCI API (src/protocols/oci.rs): its body is handed over as it
+/// arrives (a layer pushed in one request is written part by part, never held whole), and a
+/// blob is streamed back. Like an API request, it runs in a task of its own.
+async fn oci_request<M: MetadataStore, B: BlobStore>(
+    svc: &Arc<Service<M, B>>,
+    idle: Duration,
+    req: http::Request<Incoming>,
+) -> http::Response<ResponseBody> {
+    let (parts, body) = req.into_parts();
+    let stream = futures_util::stream::unfold(Some(body), move |state| async move {
+        let mut body = state?;
+        loop {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Err(_) => {
+                    let e = oci::BodyError(format!("no data for {} s", idle.as_secs()));
+                    return Some((Err(e), None));
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => return Some((Err(oci::BodyError(e.to_string())), None)),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some((Ok(data), Some(body)));
+                    }
+                }
+            }
+        }
+    });
+    let req = http::Request::from_parts(parts, Box::pin(stream) as oci::BodyStream);
+    let svc = svc.clone();
+    let answer = tokio::spawn(async move { oci::handle(&svc, oci::Delivery::Serve, req).await });
+    match answer.await {
+        Ok(resp) => resp.map(|payload| match payload {
+            oci::Payload::Full(bytes) => full(bytes),
+            oci::Payload::Blob(stream) => {
+                StreamBody::new(stream.map_ok(Frame::data).map_err(|e| {
+                    tracing::error!(error = %chain(&e), "blob download cut");
+                    std::io::Error::other(e)
+                }))
+                .boxed_unsync()
+            }
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "request handler failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
 }
 
 /// Answers a download URL: 403 if refused, 404 if the object is gone, else the object or the

@@ -14,7 +14,7 @@ use http::HeaderValue;
 use lambda_http::{Body, Request, Response};
 
 use crate::ports::{BlobStore, MetadataStore};
-use crate::protocols::ecr;
+use crate::protocols::{ecr, oci};
 use crate::service::{ResponseLimit, Service};
 
 /// The synchronous invocation payload limit of AWS Lambda (request and response).
@@ -112,6 +112,9 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
         Body::Binary(b) => Bytes::from(b),
         _ => Bytes::new(),
     };
+    if oci::wire::is_oci_path(parts.uri.path()) {
+        return oci_event(svc, http::Request::from_parts(parts, body)).await;
+    }
     let (mut parts, body) = ecr::handle(svc, http::Request::from_parts(parts, body))
         .await
         .into_parts();
@@ -121,6 +124,38 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
     let body = match String::from_utf8(Vec::from(body)) {
         Ok(text) => Body::Text(text),
         Err(e) => Body::Binary(e.into_bytes()),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// The largest `/v2/` request body a Function URL delivers: a blob chunk is not text, so it
+/// arrives base64-encoded in the event, which must fit [`PAYLOAD_LIMIT`] with
+/// [`ENVELOPE_MARGIN`] to spare.
+pub fn oci_body_limit() -> u64 {
+    (PAYLOAD_LIMIT - ENVELOPE_MARGIN) / 4 * 3
+}
+
+/// Handles a request of the OCI API (src/protocols/oci.rs): blobs are answered with a redirect
+/// to the blob store, since an answer is capped at [`PAYLOAD_LIMIT`] bytes.
+async fn oci_event<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    req: http::Request<Bytes>,
+) -> Response<Body> {
+    let delivery = oci::Delivery::Redirect {
+        max_request: oci_body_limit(),
+    };
+    let req = req.map(oci::whole_body);
+    let (parts, payload) = oci::handle(svc, delivery, req).await.into_parts();
+    let body = match payload {
+        oci::Payload::Full(bytes) if bytes.is_empty() => Body::Empty,
+        oci::Payload::Full(bytes) => Body::Binary(bytes.to_vec()),
+        // Never under `Redirect`: blobs are not answered with their bytes.
+        oci::Payload::Blob(_) => {
+            tracing::error!("a blob answer reached the Lambda front door");
+            let mut resp = Response::new(Body::Empty);
+            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            return resp;
+        }
     };
     Response::from_parts(parts, body)
 }

@@ -2,5 +2,7 @@
 //! answers into an `http::Response<Bytes>`, without knowing which front door carried it.
 //!
 //! - [`ecr`]: Amazon ECR's AWS JSON 1.1 API (`POST /`, `X-Amz-Target`).
+//! - [`oci`]: the OCI Distribution API (`/v2/...`) on the same service.
 
 pub mod ecr;
+pub mod oci;

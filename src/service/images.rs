@@ -213,7 +213,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     }
 
     /// The manifest text of an image record.
-    async fn manifest_text(&self, image: &ImageRecord) -> Result<String, EcrError> {
+    pub(super) async fn manifest_text(&self, image: &ImageRecord) -> Result<String, EcrError> {
         if let Some(text) = &image.manifest {
             return Ok(text.clone());
         }
@@ -229,7 +229,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
 
     /// Resolves an image identifier the way BatchGetImage and BatchDeleteImage do: a failure
     /// entry for what cannot be found or is malformed.
-    async fn find_image(
+    pub(super) async fn find_image(
         &self,
         repo: &RepositoryRecord,
         requested: &RequestedImage,

@@ -1,6 +1,7 @@
 //! The service: ECR's operations over the storage ports, independent of wire and backend.
 
 mod images;
+mod oci;
 mod repository;
 pub mod types;
 mod upload;
@@ -13,6 +14,7 @@ use crate::domain::model::{Page, PageToken, RegistryId, RepositoryName};
 use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 
 pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
+pub use oci::{Blob, Reference, StoredManifest};
 pub use upload::{COMPLETING_LEASE_MS, HEARTBEAT, staging_key};
 
 /// What the operations need to know about their deployment, fixed at start-up.
@@ -37,6 +39,12 @@ pub struct Settings {
     /// The front door's bound on one answer, if it has one. Only BatchGetImage, which returns
     /// whole manifests, can come near it.
     pub response_limit: Option<ResponseLimit>,
+    /// The registry's address as clients reach it (`host[:port]`), the start of every
+    /// `repositoryUri`; `None` names ECR's own (`<registry>.dkr.ecr.<region>.amazonaws.com`).
+    pub registry_host: Option<String>,
+    /// A push through the OCI API (`/v2/`) to a repository that does not exist creates it
+    /// (with ECR's defaults) instead of answering NAME_UNKNOWN.
+    pub create_on_push: bool,
 }
 
 /// A front door's bound on the size of one answer, with its way of counting: BatchGetImage stops
@@ -71,6 +79,8 @@ impl Default for Settings {
             upload_ttl_secs: 86_400,
             max_upload_age_secs: DEFAULT_MAX_UPLOAD_AGE_SECS,
             response_limit: None,
+            registry_host: None,
+            create_on_push: false,
         }
     }
 }

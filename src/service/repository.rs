@@ -15,10 +15,13 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             ),
             registry_id: r.registry_id.clone(),
             repository_name: r.name.clone(),
-            repository_uri: format!(
-                "{}.dkr.ecr.{region}.amazonaws.com/{}",
-                r.registry_id, r.name
-            ),
+            repository_uri: match &self.settings.registry_host {
+                Some(host) => format!("{host}/{}", r.name),
+                None => format!(
+                    "{}.dkr.ecr.{region}.amazonaws.com/{}",
+                    r.registry_id, r.name
+                ),
+            },
             created_at: r.created_at_ms as f64 / 1000.0,
             image_tag_mutability: r.image_tag_mutability,
             image_scanning_configuration: ImageScanningConfigurationOut {

@@ -168,7 +168,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     /// The upload `upload_id` of repository `repo`, if it is live: present, of this repository
     /// in its current incarnation (not of one deleted since), neither idle past its TTL nor
     /// older than `max_upload_age_secs`. Anything else is UploadNotFoundException.
-    async fn live_upload(
+    pub(super) async fn live_upload(
         &self,
         repository: &RepositoryRecord,
         upload_id: &str,
@@ -474,6 +474,16 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         &self,
         req: CompleteLayerUploadRequest,
     ) -> Result<CompleteLayerUploadResponse, EcrError> {
+        self.complete_upload(req, self.settings.min_part_size).await
+    }
+
+    /// CompleteLayerUpload with its own bound on non-final parts: the OCI API's chunks may be of
+    /// any size (the staged segments coalesce into multipart parts of `s3_part_size` either way).
+    pub(super) async fn complete_upload(
+        &self,
+        req: CompleteLayerUploadRequest,
+        min_part_size: u64,
+    ) -> Result<CompleteLayerUploadResponse, EcrError> {
         let digests = req.layer_digests;
         // Only sha256 can be verified, and algorithms are compared exactly (`SHA256` is not
         // `sha256`): a list without one would record bytes nobody checked. Refused before
@@ -529,13 +539,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     "The upload with id '{upload_id}' in the repository with name '{name}' in registry with id '{registry}' cannot be completed because it does not have any parts"
                 )));
             }
-            if up
-                .smallest_nonfinal_part
-                .is_some_and(|s| s < self.settings.min_part_size)
-            {
+            if up.smallest_nonfinal_part.is_some_and(|s| s < min_part_size) {
                 return Err(EcrError::LayerPartTooSmall(format!(
                     "All layer parts except the last part should be at least {}",
-                    human_size(self.settings.min_part_size)
+                    human_size(min_part_size)
                 )));
             }
             let mut next = self.touched(&up);

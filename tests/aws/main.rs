@@ -8,6 +8,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../oci/suite.rs"]
+mod oci_suite;
 #[path = "../service/images.rs"]
 mod service_images;
 #[path = "../service/suite.rs"]
@@ -21,4 +23,5 @@ mod contract;
 mod faults;
 mod image_race;
 mod lifecycle;
+mod oci;
 mod soak;

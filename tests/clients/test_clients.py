@@ -304,8 +304,9 @@ class AwsCliFlow(unittest.TestCase):
     def test_full_push_in_parts(self):
         name = unique("cli/flow")
         out = json.loads(self.aws("create-repository", "--repository-name", name).stdout)
+        # The registry's address as clients reach it, so `docker push <repositoryUri>:tag` works.
         self.assertEqual(out["repository"]["repositoryUri"],
-                         f"{REGISTRY}.dkr.ecr.us-east-1.amazonaws.com/{name}")
+                         f"{SERVER.endpoint.removeprefix('http://')}/{name}")
         upload_id = json.loads(self.aws("initiate-layer-upload", "--repository-name",
                                         name).stdout)["uploadId"]
         layer = layer_bytes(3 * 1024 * 1024 + 17, "cli")

@@ -7,6 +7,8 @@
 mod common;
 
 mod completion_cuts;
+mod oci_client;
+mod oci_clients;
 mod push;
 mod request_limits;
 mod sdk_ecr;

@@ -7,6 +7,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../oci/suite.rs"]
+mod oci_suite;
 #[path = "../service/images.rs"]
 mod service_images;
 #[path = "../service/suite.rs"]
@@ -23,6 +25,7 @@ mod image_race;
 mod lambda_limits;
 mod lifecycle;
 mod local_backend;
+mod oci;
 mod orphans;
 mod server_errors;
 mod service;
