@@ -13,9 +13,11 @@
 //! blocking work on tokio's blocking pool, never on a runtime worker.
 
 mod blob;
+mod keys;
 mod meta;
 
 pub use blob::LocalBlobs;
+pub use keys::LocalKeys;
 pub use meta::LocalMetadata;
 
 use crate::domain::error::StoreError;
