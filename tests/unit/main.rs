@@ -14,6 +14,7 @@ mod service_suite;
 #[path = "../contract/suite.rs"]
 mod suite;
 
+mod auth;
 mod completion;
 mod contract;
 mod decoder_bounds;
