@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod auth;
 mod completion_cuts;
 mod push;
 mod sdk_ecr;
