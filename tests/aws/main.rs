@@ -18,4 +18,5 @@ mod suite;
 mod backend;
 mod completion;
 mod contract;
+mod keys;
 mod lifecycle;

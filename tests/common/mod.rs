@@ -15,6 +15,7 @@
 pub mod aws;
 pub mod completion;
 pub mod http;
+pub mod keys;
 pub mod lifecycle;
 pub mod server;
 pub mod service;

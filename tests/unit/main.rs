@@ -20,6 +20,7 @@ mod contract;
 mod decoder_bounds;
 mod decoder_props;
 mod events;
+mod keys_store;
 mod lambda_limits;
 mod lifecycle;
 mod local_backend;
