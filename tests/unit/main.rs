@@ -21,6 +21,7 @@ mod decoder_bounds;
 mod decoder_props;
 mod events;
 mod keys_store;
+mod lambda_auth;
 mod lambda_limits;
 mod lifecycle;
 mod local_backend;
