@@ -49,10 +49,13 @@ lambda-build-arm64: tools
 
 # Start the local servers first (`make services-up`); their endpoints, bucket, table and
 # credentials come from `scripts/services.sh env`. -A 127.0.0.1: cargo-lambda's default is every
-# interface. Note: watch does not enforce Lambda's 6 MB request limit.
+# interface. ECR_AUTH defaults to none here (the emulator takes any credentials); ECR_AUTH=sigv4
+# make watch checks signatures against the keys in the table (docs/security.md). Note: watch does
+# not enforce Lambda's 6 MB request limit.
 watch: tools
 	@mkdir -p target
 	scripts/services.sh env > target/lambda-watch.env
+	echo "ECR_AUTH=$${ECR_AUTH:-none}" >> target/lambda-watch.env
 	$(WITH_TOOLS) env $$(cat target/lambda-watch.env) \
 		$(CARGO) lambda watch -A 127.0.0.1 -P $(LAMBDA_PORT) --env-file target/lambda-watch.env
 

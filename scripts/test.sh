@@ -62,11 +62,13 @@ step "end to end (aws-sdk-ecr and the push command) against the AWS backend"
 ECR_TEST_BACKEND=aws $CARGO test --test e2e
 
 export ECR_BIN=target/debug/ecr-layer-upload
-step "boto3 and aws CLI against the embedded backend"
+step "boto3 and aws CLI against the embedded backend (ECR_AUTH=none, then sigv4 with keys)"
 ECR_TEST_BACKEND=local python3 -m unittest -v tests/clients/test_clients.py
+ECR_TEST_BACKEND=local python3 -m unittest -v tests/clients/test_auth_clients.py
 
-step "boto3 and aws CLI against the AWS backend"
+step "boto3 and aws CLI against the AWS backend (ECR_AUTH=none, then sigv4 with keys)"
 ECR_TEST_BACKEND=aws python3 -m unittest -v tests/clients/test_clients.py
+ECR_TEST_BACKEND=aws python3 -m unittest -v tests/clients/test_auth_clients.py
 
 if [ -f tests/lambda/invoke_fixtures.py ]; then
     step "every event fixture through cargo lambda watch + invoke"

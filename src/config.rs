@@ -59,6 +59,58 @@ pub enum CliCommand {
                       and region come from the usual AWS chain. See docs/push.md."
     )]
     Push(crate::push::Options),
+    /// Create, list or delete the access keys requests are signed with (docs/security.md)
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `ecr-layer-upload keys ...`: each takes the backend settings of `serve` (`--data-dir`, or
+/// `ECR_BACKEND=aws` with `ECR_TABLE` and `ECR_BUCKET`), and works while a server runs.
+// Built once at start-up and taken apart at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key; prints `{"accessKeyId": ..., "secretAccessKey": ...}` on stdout
+    Create {
+        /// a label for the key (shown by `keys list` and in AccessDenied messages)
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// what the key may do: `pull` (read), `push` (pull + uploads and image writes),
+        /// `admin` (push + repository creation and deletion, BatchDeleteImage)
+        #[arg(long, value_name = "pull|push|admin", default_value = "pull",
+              value_parser = ["pull", "push", "admin"])]
+        allow: String,
+        /// limit the key to repositories matching this pattern (`*` matches any run of
+        /// characters, e.g. `team/*`); repeatable; none: every repository
+        #[arg(long = "repository", value_name = "PATTERN")]
+        repositories: Vec<String>,
+        #[command(flatten)]
+        settings: ServeArgs,
+    },
+    /// List the keys: ids, names, permissions, repository patterns (never a secret), as JSON
+    List {
+        #[command(flatten)]
+        settings: ServeArgs,
+    },
+    /// Delete (revoke) a key
+    Delete {
+        /// the access key id
+        #[arg(value_name = "ACCESS_KEY_ID")]
+        id: String,
+        #[command(flatten)]
+        settings: ServeArgs,
+    },
+}
+
+impl KeysCommand {
+    /// The backend settings the command runs with.
+    pub fn settings(&self) -> &ServeArgs {
+        match self {
+            KeysCommand::Create { settings, .. }
+            | KeysCommand::List { settings }
+            | KeysCommand::Delete { settings, .. } => settings,
+        }
+    }
 }
 
 /// The server's settings: each is a flag and an environment variable (the flag wins). An unset or
@@ -216,6 +268,10 @@ pub struct ServeArgs {
         default_value = "268435456"
     )]
     pub max_buffered_bytes: String,
+    /// `none`: every request is served; `sigv4`: requests must be signed with a key of `keys
+    /// create` [default: `none` on a loopback `--listen`, `sigv4` on any other and inside Lambda]
+    #[arg(long, env = "ECR_AUTH", value_name = "none|sigv4")]
+    pub auth: Option<String>,
     /// log filter; request bodies and blobs are never logged
     #[arg(long, env = "RUST_LOG", value_name = "FILTER", default_value = "info")]
     pub log: String,
@@ -282,6 +338,15 @@ fn map_settings(cmd: clap::Command, f: &dyn Fn(Arg) -> Arg) -> clap::Command {
     })
 }
 
+/// How API requests are authenticated (`ECR_AUTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Any request is served, whatever its credentials.
+    None,
+    /// Requests must carry a valid SigV4 signature of a known key (src/protocols/auth.rs).
+    SigV4,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Local,
@@ -306,6 +371,8 @@ pub struct Config {
     pub server_limits: Limits,
     /// Embedded backend: how old unowned bytes must be before they are removed.
     pub gc_grace: std::time::Duration,
+    /// How requests are authenticated.
+    pub auth: AuthMode,
 }
 
 /// `ECR_MAX_CONNECTIONS` when unset: half the soft open-file limit (the other half is left for
@@ -342,6 +409,7 @@ impl Config {
             CliCommand::Serve(serve) => Config::from_serve_args(serve, env),
             #[cfg(feature = "push")]
             CliCommand::Push(_) => Err("`push` is not a server command".into()),
+            CliCommand::Keys(_) => Err("`keys` is not a server command".into()),
         }
     }
 
@@ -482,6 +550,13 @@ impl Config {
             max_connections,
             max_buffered_bytes: usize::try_from(max_buffered_bytes).unwrap_or(usize::MAX),
         };
+        let auth = match nonempty(args.auth).as_deref() {
+            None if in_lambda || !listen.ip().is_loopback() => AuthMode::SigV4,
+            None => AuthMode::None,
+            Some("none") => AuthMode::None,
+            Some("sigv4") => AuthMode::SigV4,
+            Some(other) => return Err(format!("ECR_AUTH: '{other}' is not one of none, sigv4")),
+        };
         let log_filter = args.log;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             return Err(format!(
@@ -512,6 +587,7 @@ impl Config {
             },
             server_limits,
             gc_grace,
+            auth,
         })
     }
 }
@@ -648,6 +724,68 @@ mod tests {
                 .contains("ECR_BUCKET")
         );
         assert!(parse(&["--bogus"], &[]).unwrap_err().contains("--bogus"));
+    }
+
+    #[test]
+    fn auth_defaults_to_sigv4_off_loopback_and_inside_lambda() {
+        assert_eq!(parse(&[], &[]).unwrap().auth, AuthMode::None);
+        let c = parse(&["--listen", "0.0.0.0:8080"], &[]).unwrap();
+        assert_eq!(c.auth, AuthMode::SigV4);
+        let c = parse(
+            &[],
+            &[
+                ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),
+                ("ECR_BUCKET", "b"),
+                ("ECR_TABLE", "t"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.auth, AuthMode::SigV4);
+        let c = parse(&["--listen", "0.0.0.0:8080"], &[("ECR_AUTH", "none")]).unwrap();
+        assert_eq!(c.auth, AuthMode::None);
+        let c = parse(&["--auth", "sigv4"], &[]).unwrap();
+        assert_eq!(c.auth, AuthMode::SigV4);
+        assert!(
+            parse(&[], &[("ECR_AUTH", "iam")])
+                .unwrap_err()
+                .contains("ECR_AUTH")
+        );
+    }
+
+    #[test]
+    fn keys_commands_take_the_backend_settings() {
+        let env = |k: &str| (k == "ECR_DATA_DIR").then(|| "/tmp/d".to_owned());
+        let args: Vec<String> = [
+            "keys",
+            "create",
+            "--allow",
+            "push",
+            "--repository",
+            "team/*",
+            "--name",
+            "ci",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let cli = Cli::try_parse_with_env(&args, &env).unwrap();
+        let CliCommand::Keys(KeysCommand::Create {
+            name,
+            allow,
+            repositories,
+            settings,
+        }) = cli.into_command()
+        else {
+            panic!("not keys create");
+        };
+        assert_eq!((name.as_deref(), allow.as_str()), (Some("ci"), "push"));
+        assert_eq!(repositories, ["team/*"]);
+        assert_eq!(settings.data_dir, PathBuf::from("/tmp/d"));
+        let args: Vec<String> = ["keys", "create", "--allow", "root"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(Cli::try_parse_with_env(&args, &env).is_err());
     }
 
     #[test]

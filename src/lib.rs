@@ -12,6 +12,7 @@
 //! - [`push`]: a client of the API that pushes images (the `push` feature, on by default; the
 //!   Lambda function is built without it).
 
+pub mod admin;
 mod architecture;
 pub mod backends;
 pub mod config;

@@ -3,11 +3,13 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use ecr_layer_upload::admin;
 use ecr_layer_upload::backends::aws::{DynamoMetadata, S3Blobs};
 use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata, reconcile};
 use ecr_layer_upload::config::{Backend, Cli, CliCommand, Config};
 use ecr_layer_upload::frontdoors::{self, http::Downloads};
 use ecr_layer_upload::ports::{BlobStore, MetadataStore};
+use ecr_layer_upload::protocols::auth::Auth;
 use ecr_layer_upload::service::Service;
 use tracing_subscriber::EnvFilter;
 
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
         // A client of the API, with its own options; the Lambda build leaves it out.
         #[cfg(feature = "push")]
         CliCommand::Push(options) => return ecr_layer_upload::push::main(options),
+        CliCommand::Keys(command) => return ecr_layer_upload::admin::keys_main(command),
     };
     let config = match Config::from_serve_args(serve, |k| std::env::var(k).ok()) {
         Ok(c) => c,
@@ -108,20 +111,24 @@ async fn start(config: Config) -> Result<(), String> {
             }
             let downloads: Downloads = Some(Arc::new(blobs.clone()));
             spawn_reconciler(meta.clone(), blobs.clone(), config.gc_grace).await;
+            let auth = admin::request_checker(&config, admin::key_store(&config, None)).await?;
             let svc = Arc::new(Service::new(meta, blobs, config.settings.clone()));
             spawn_sweeper(svc.clone());
-            run(svc, downloads, &config, listener).await
+            run(svc, downloads, auth, &config, listener).await
         }
         Backend::Aws => {
             let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
             let (Some(bucket), Some(table)) = (config.bucket.clone(), config.table.clone()) else {
                 return Err("ECR_BACKEND=aws needs ECR_BUCKET and ECR_TABLE".into());
             };
+            let auth =
+                admin::request_checker(&config, admin::key_store(&config, Some(&sdk))).await?;
             let meta = DynamoMetadata::new(&sdk, table);
             let blobs = S3Blobs::new(&sdk, bucket);
             run(
                 Arc::new(Service::new(meta, blobs, config.settings.clone())),
                 None,
+                auth,
                 &config,
                 listener,
             )
@@ -183,11 +190,12 @@ async fn spawn_reconciler(meta: LocalMetadata, blobs: LocalBlobs, grace: std::ti
 async fn run<M: MetadataStore, B: BlobStore>(
     svc: Arc<Service<M, B>>,
     downloads: Downloads,
+    auth: Option<Arc<Auth>>,
     config: &Config,
     listener: Option<tokio::net::TcpListener>,
 ) -> Result<(), String> {
     let Some(listener) = listener else {
-        return frontdoors::lambda::run(svc)
+        return frontdoors::lambda::run(svc, auth)
             .await
             .map_err(|e| e.to_string());
     };
@@ -197,11 +205,13 @@ async fn run<M: MetadataStore, B: BlobStore>(
         backend = ?config.backend,
         registry_id = %config.settings.registry_id,
         part_size = config.settings.part_size,
+        auth = ?config.auth,
         "serving the ECR layer-upload API"
     );
-    frontdoors::http::serve(
+    frontdoors::http::serve_with_auth(
         svc,
         downloads,
+        auth,
         listener,
         config.server_limits.clone(),
         shutdown_signal(),

@@ -3,3 +3,4 @@
 pub mod aws;
 pub mod local;
 pub mod memory;
+pub mod memory_keys;

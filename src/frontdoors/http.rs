@@ -24,6 +24,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::error::{StoreError, chain};
 use crate::ports::{BlobStore, DownloadRefused, MetadataStore, SignedDownloads};
+use crate::protocols::auth::Auth;
 use crate::protocols::{ecr, oci};
 use crate::service::Service;
 
@@ -78,6 +79,18 @@ pub async fn serve<M: MetadataStore, B: BlobStore>(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with_auth(svc, downloads, None, listener, limits, shutdown).await
+}
+
+/// [`serve`], with every API request checked by `auth` when given (`ECR_AUTH=sigv4`).
+pub async fn serve_with_auth<M: MetadataStore, B: BlobStore>(
+    svc: Arc<Service<M, B>>,
+    downloads: Downloads,
+    auth: Option<Arc<Auth>>,
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     let limits = Arc::new(limits);
     let budget = Arc::new(Semaphore::new(
@@ -123,6 +136,7 @@ pub async fn serve<M: MetadataStore, B: BlobStore>(
         };
         let svc = svc.clone();
         let downloads = downloads.clone();
+        let auth = auth.clone();
         let limits = limits.clone();
         let budget = budget.clone();
         let (id, conn) = conns.open();
@@ -135,6 +149,7 @@ pub async fn serve<M: MetadataStore, B: BlobStore>(
             let service = service_fn(move |req| {
                 let svc = svc.clone();
                 let downloads = downloads.clone();
+                let auth = auth.clone();
                 let limits = limits.clone();
                 let budget = budget.clone();
                 let busy = Busy::start(&busy_conn);
@@ -145,7 +160,7 @@ pub async fn serve<M: MetadataStore, B: BlobStore>(
                     };
                     let resp = match tokio::time::timeout(
                         request_timeout,
-                        respond(&svc, downloads.as_deref(), &reading, req),
+                        respond(&svc, downloads.as_deref(), auth, &reading, req),
                     )
                     .await
                     {
@@ -412,6 +427,7 @@ fn empty() -> ResponseBody {
 async fn respond<M: MetadataStore, B: BlobStore>(
     svc: &Arc<Service<M, B>>,
     downloads: Option<&dyn SignedDownloads>,
+    auth: Option<Arc<Auth>>,
     reading: &Reading<'_>,
     req: http::Request<Incoming>,
 ) -> http::Response<ResponseBody> {
@@ -435,7 +451,9 @@ async fn respond<M: MetadataStore, B: BlobStore>(
             // (a cut CompleteLayerUpload would otherwise hold its upload).
             let req = http::Request::from_parts(parts, bytes);
             let svc = svc.clone();
-            match tokio::spawn(async move { ecr::handle(&svc, req).await }).await {
+            match tokio::spawn(async move { ecr::handle_with(&svc, auth.as_deref(), req).await })
+                .await
+            {
                 Ok(response) => response,
                 // A panic in the handler: the client gets ServerException, which it retries.
                 Err(e) => {

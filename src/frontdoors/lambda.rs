@@ -14,6 +14,7 @@ use http::HeaderValue;
 use lambda_http::{Body, Request, Response};
 
 use crate::ports::{BlobStore, MetadataStore};
+use crate::protocols::auth::Auth;
 use crate::protocols::{ecr, oci};
 use crate::service::{ResponseLimit, Service};
 
@@ -106,6 +107,16 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
     req: Request,
 ) -> Response<Body> {
+    handle_with(svc, None, req).await
+}
+
+/// [`handle`], with the request checked by `auth` when given (`ECR_AUTH=sigv4`). The request's
+/// URI is the Function URL's host and raw path, as the client signed them.
+pub async fn handle_with<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    auth: Option<&Auth>,
+    req: Request,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = match body {
         Body::Text(t) => Bytes::from(t),
@@ -115,7 +126,7 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
     if oci::wire::is_oci_path(parts.uri.path()) {
         return oci_event(svc, http::Request::from_parts(parts, body)).await;
     }
-    let (mut parts, body) = ecr::handle(svc, http::Request::from_parts(parts, body))
+    let (mut parts, body) = ecr::handle_with(svc, auth, http::Request::from_parts(parts, body))
         .await
         .into_parts();
     parts
@@ -163,10 +174,12 @@ async fn oci_event<M: MetadataStore, B: BlobStore>(
 /// Runs the Lambda runtime loop until the runtime ends it.
 pub async fn run<M: MetadataStore, B: BlobStore>(
     svc: Arc<Service<M, B>>,
+    auth: Option<Arc<Auth>>,
 ) -> Result<(), lambda_http::Error> {
     let handler = lambda_http::service_fn(move |req| {
         let svc = svc.clone();
-        async move { Ok::<_, lambda_http::Error>(handle(&svc, req).await) }
+        let auth = auth.clone();
+        async move { Ok::<_, lambda_http::Error>(handle_with(&svc, auth.as_deref(), req).await) }
     });
     lambda_http::run(handler).await
 }

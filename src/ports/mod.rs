@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::error::StoreError;
 use crate::domain::model::{EncryptionType, ManifestMediaType, TagMutability};
 
+pub mod keys;
 pub mod multipart;
 
 pub type StoreResult<T> = Result<T, StoreError>;

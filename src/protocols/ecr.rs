@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::error::EcrError;
 use crate::ports::{BlobStore, MetadataStore};
+use crate::protocols::auth::{Action, Auth, AuthError, Principal};
 use crate::service::Service;
 
 pub mod wire;
@@ -44,6 +45,7 @@ pub enum Operation {
     DescribeImages,
     BatchDeleteImage,
     GetDownloadUrlForLayer,
+    GetAuthorizationToken,
 }
 
 impl Operation {
@@ -62,6 +64,7 @@ impl Operation {
             "DescribeImages" => Self::DescribeImages,
             "BatchDeleteImage" => Self::BatchDeleteImage,
             "GetDownloadUrlForLayer" => Self::GetDownloadUrlForLayer,
+            "GetAuthorizationToken" => Self::GetAuthorizationToken,
             _ => return None,
         })
     }
@@ -166,9 +169,19 @@ fn closing(err: &EcrError) -> Response<Bytes> {
     resp
 }
 
-/// Handles one request of any front door.
+/// Handles one request of any front door, with no authentication (`ECR_AUTH=none`).
 pub async fn handle<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
+    req: Request<Bytes>,
+) -> Response<Bytes> {
+    handle_with(svc, None, req).await
+}
+
+/// Handles one request of any front door; with `auth`, the request is verified and its key's
+/// permission checked before the service is called (`ECR_AUTH=sigv4`, src/protocols/auth.rs).
+pub async fn handle_with<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    auth: Option<&Auth>,
     req: Request<Bytes>,
 ) -> Response<Bytes> {
     let started = Instant::now();
@@ -185,7 +198,23 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
         None => Err(unknown_operation(&target)),
         // A front door that read the body whole already (Lambda's) gets the same bound.
         Some(_) if body.len() > op_body_limit(op) => Err(too_large(op, &target)),
-        Some(op) => dispatch(svc, op, body).await,
+        Some(op) => match authorized(auth, op, &req).await {
+            Err(refused) => {
+                tracing::info!(
+                    request_id,
+                    target,
+                    status = refused.status(),
+                    error = refused.type_name(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "request refused"
+                );
+                return auth_refusal(&refused, &request_id);
+            }
+            Ok(principal) if op == Operation::GetAuthorizationToken => {
+                authorization_token(auth, principal.as_ref(), &req).await
+            }
+            Ok(_) => dispatch(svc, op, body).await,
+        },
     };
     let status = match &result {
         Ok(_) => 200,
@@ -442,5 +471,122 @@ async fn dispatch<M: MetadataStore, B: BlobStore>(
             svc.get_download_url_for_layer(request::<GetDownloadUrlForLayerRequest, _>(body)?)
                 .await,
         ),
+        // Answered by `authorization_token`, which needs the principal.
+        Operation::GetAuthorizationToken => Err(EcrError::Server(
+            crate::domain::error::INTERNAL_MESSAGE.into(),
+        )),
     }
+}
+
+impl Operation {
+    /// The `ecr:` action a key needs for this operation.
+    pub fn action(self) -> Action {
+        match self {
+            Operation::InitiateLayerUpload => Action::InitiateLayerUpload,
+            Operation::UploadLayerPart => Action::UploadLayerPart,
+            Operation::CompleteLayerUpload => Action::CompleteLayerUpload,
+            Operation::CreateRepository => Action::CreateRepository,
+            Operation::DescribeRepositories => Action::DescribeRepositories,
+            Operation::DeleteRepository => Action::DeleteRepository,
+            Operation::BatchCheckLayerAvailability => Action::BatchCheckLayerAvailability,
+            Operation::PutImage => Action::PutImage,
+            Operation::BatchGetImage => Action::BatchGetImage,
+            Operation::ListImages => Action::ListImages,
+            Operation::DescribeImages => Action::DescribeImages,
+            Operation::BatchDeleteImage => Action::BatchDeleteImage,
+            Operation::GetDownloadUrlForLayer => Action::GetDownloadUrlForLayer,
+            Operation::GetAuthorizationToken => Action::GetAuthorizationToken,
+        }
+    }
+}
+
+/// The request's signer, allowed to do `op` on the repositories it names; `None` without
+/// authentication.
+async fn authorized(
+    auth: Option<&Auth>,
+    op: Operation,
+    req: &Request<Bytes>,
+) -> Result<Option<Principal>, AuthError> {
+    let Some(auth) = auth else {
+        return Ok(None);
+    };
+    let principal = auth.authenticate(req).await?;
+    auth.authorize(&principal, op.action(), req.body())?;
+    Ok(Some(principal))
+}
+
+fn auth_refusal(refused: &AuthError, request_id: &str) -> Response<Bytes> {
+    if let AuthError::Store(e) = refused {
+        tracing::error!(request_id, error = %crate::domain::error::chain(e), "key store failed");
+    }
+    #[derive(Serialize)]
+    struct Doc<'a> {
+        #[serde(rename = "__type")]
+        kind: &'a str,
+        message: &'a str,
+    }
+    let json = serde_json::to_string(&Doc {
+        kind: refused.type_name(),
+        message: refused.message(),
+    })
+    .unwrap_or_default();
+    respond(
+        StatusCode::from_u16(refused.status()).unwrap_or(StatusCode::BAD_REQUEST),
+        json,
+        Some(refused.type_name()),
+        request_id,
+    )
+}
+
+/// GetAuthorizationToken: `authorizationToken` is base64 of `AWS:<password>`, the password a
+/// registry password of [`Auth::issue_registry_password`] (`anonymous` without authentication),
+/// valid 12 hours; `proxyEndpoint` is the URL the client reached.
+async fn authorization_token(
+    auth: Option<&Auth>,
+    principal: Option<&Principal>,
+    req: &Request<Bytes>,
+) -> Result<String, EcrError> {
+    let (password, expires) = match (auth, principal) {
+        (Some(auth), Some(p)) => auth.issue_registry_password(p).await.map_err(|e| {
+            EcrError::Server(format!(
+                "could not issue a registry password: {}",
+                e.message()
+            ))
+        })?,
+        _ => (
+            "anonymous".to_owned(),
+            crate::domain::clock::now_secs() + crate::protocols::auth::REGISTRY_TOKEN_TTL_SECS,
+        ),
+    };
+    let headers = req.headers();
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().scheme_str())
+        .unwrap_or("http");
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Data {
+        authorization_token: String,
+        expires_at: f64,
+        proxy_endpoint: String,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        authorization_data: [Data; 1],
+    }
+    encode(Ok(Answer {
+        authorization_data: [Data {
+            authorization_token: base64::engine::general_purpose::STANDARD
+                .encode(format!("AWS:{password}")),
+            expires_at: expires as f64,
+            proxy_endpoint: format!("{scheme}://{host}"),
+        }],
+    }))
 }

@@ -22,6 +22,7 @@ mod completion;
 mod contract;
 mod faults;
 mod image_race;
+mod keys;
 mod lifecycle;
 mod oci;
 mod soak;

@@ -20,6 +20,7 @@ pub mod completion;
 pub mod faults;
 pub mod http;
 pub mod image_race;
+pub mod keys;
 pub mod lifecycle;
 pub mod server;
 pub mod service;

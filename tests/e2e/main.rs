@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod auth;
 mod completion_cuts;
 mod oci_client;
 mod oci_clients;

@@ -9,8 +9,9 @@ backend against the local S3 and DynamoDB servers, which must already be up:
     scripts/services.sh up && python3 tests/lambda/invoke_fixtures.py
 
 What it does:
-- reads the servers' environment from `scripts/services.sh env`, adds ECR_BACKEND=aws and
-  RUST_LOG=info, and starts `cargo lambda watch -A 127.0.0.1 -P <port> --ignore-changes` in a
+- reads the servers' environment from `scripts/services.sh env`, adds ECR_BACKEND=aws,
+  ECR_AUTH=none (the fixtures are signed with a key no store holds) and RUST_LOG=info, and
+  starts `cargo lambda watch -A 127.0.0.1 -P <port> --ignore-changes` in a
   process group of its own (port: LAMBDA_PORT, else the first free one from 39500; log:
   target/lambda-invoke/watch-<port>.log);
 - waits, bounded by LAMBDA_READY_SECS (default 900), until the function answers a harmless probe
@@ -650,7 +651,7 @@ def main() -> int:
         port = choose_port()
         env = dict(os.environ)
         env.update(senv)
-        env.update({"ECR_BACKEND": "aws", "RUST_LOG": "info"})
+        env.update({"ECR_BACKEND": "aws", "RUST_LOG": "info", "ECR_AUTH": "none"})
         tools_path(env)
         logdir = ROOT / "target" / "lambda-invoke"
         logdir.mkdir(parents=True, exist_ok=True)
@@ -658,7 +659,8 @@ def main() -> int:
             tmp = Path(tmp)
             env_file = tmp / "watch.env"
             env_file.write_text("".join(f"{k}={v}\n" for k, v in
-                                        {**senv, "ECR_BACKEND": "aws", "RUST_LOG": "info"}.items()))
+                                        {**senv, "ECR_BACKEND": "aws", "RUST_LOG": "info",
+                                         "ECR_AUTH": "none"}.items()))
             watcher = Watcher(port, env, env_file, logdir / f"watch-{port}.log")
             ready = watcher.wait_ready((EVENTS / "error-missing-target.json").read_bytes())
             log(f"function answering on {HOST}:{port} after {ready:.1f} s")

@@ -16,12 +16,15 @@ mod service_suite;
 #[path = "../contract/suite.rs"]
 mod suite;
 
+mod auth;
 mod completion;
 mod contract;
 mod decoder_bounds;
 mod decoder_props;
 mod events;
 mod image_race;
+mod keys_store;
+mod lambda_auth;
 mod lambda_limits;
 mod lifecycle;
 mod local_backend;

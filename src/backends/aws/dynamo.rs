@@ -10,6 +10,9 @@
 //! | layer      | `LAYER#<registry>#<repo>`   | `<digest>`                         | —               |
 //! | image      | `IMAGE#<registry>#<repo>`   | `<digest>`                         | —               |
 //! | tag        | `TAG#<registry>#<repo>`     | `<tag>`                            | —               |
+//! | access key | `ACCESS_KEY`                | `<access key id>`                  | —               |
+//!
+//! Access keys are written by `DynamoKeys` (src/backends/aws/keys.rs), not by this store.
 //!
 //! Every item carries its record as a JSON document in `doc`, plus `kind`, and the attributes
 //! that conditions and filters look at: `version` and `expiresAt` (numbers) on uploads; on

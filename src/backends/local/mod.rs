@@ -17,10 +17,12 @@
 //! blocking work on tokio's blocking pool, never on a runtime worker.
 
 mod blob;
+mod keys;
 mod meta;
 mod reconcile;
 
 pub use blob::LocalBlobs;
+pub use keys::LocalKeys;
 pub use meta::LocalMetadata;
 pub use reconcile::{Reconciled, reconcile};
 
