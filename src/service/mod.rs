@@ -1,9 +1,11 @@
 //! The service: ECR's operations over the storage ports, independent of wire and backend.
 
+mod direct;
 mod images;
 mod repository;
 pub mod types;
 mod upload;
+mod verify;
 
 use std::sync::Arc;
 

@@ -8,6 +8,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../service/direct.rs"]
+mod service_direct;
 #[path = "../service/images.rs"]
 mod service_images;
 #[path = "../service/suite.rs"]
@@ -18,4 +20,5 @@ mod suite;
 mod backend;
 mod completion;
 mod contract;
+mod direct_parts;
 mod lifecycle;

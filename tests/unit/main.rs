@@ -7,6 +7,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../service/direct.rs"]
+mod service_direct;
 #[path = "../service/images.rs"]
 mod service_images;
 #[path = "../service/suite.rs"]
@@ -18,6 +20,7 @@ mod completion;
 mod contract;
 mod decoder_bounds;
 mod decoder_props;
+mod direct_parts;
 mod events;
 mod lambda_limits;
 mod lifecycle;
