@@ -270,7 +270,12 @@ fn s3_client() -> aws_sdk_s3::Client {
 /// (a) The layer as an S3 multipart upload in `PART` parts, the client signing no payload (the
 /// SDKs' default over HTTPS), and (e) a GET + sha256 of the result. Returns the push and the
 /// read's seconds.
-async fn push_direct(s3: &aws_sdk_s3::Client, bucket: &str, layer: &Bytes, digest: &str) -> (Run, f64) {
+async fn push_direct(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    layer: &Bytes,
+    digest: &str,
+) -> (Run, f64) {
     let key = format!("bench/{}", uuid::Uuid::new_v4());
     let created = s3
         .create_multipart_upload()

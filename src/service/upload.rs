@@ -25,8 +25,8 @@ use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use super::{Service, direct, verify};
 use super::types::*;
+use super::{Service, direct, verify};
 use crate::domain::error::{EcrError, StoreError};
 use crate::domain::invalid;
 use crate::domain::limits::MAX_LAYER_SIZE;
@@ -361,7 +361,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
 
     /// `up` having accepted the part `fingerprint` (which starts at its `next_byte`): the next
     /// version, with the part as the last one.
-    pub(super) fn advanced(&self, up: &UploadRecord, fingerprint: &PartFingerprint) -> UploadRecord {
+    pub(super) fn advanced(
+        &self,
+        up: &UploadRecord,
+        fingerprint: &PartFingerprint,
+    ) -> UploadRecord {
         let mut next = self.touched(up);
         next.next_byte = fingerprint.last + 1;
         if let Some(prev) = &up.last_part {

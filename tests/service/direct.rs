@@ -118,9 +118,18 @@ pub async fn a_staged_prefix_then_big_parts_make_ascending_parts<F: Backend>() {
     let parts = svc.metadata().list_parts(&id).await.unwrap();
     let got: Vec<(u32, u64, u64)> = parts.iter().map(|p| (p.number, p.offset, p.len)).collect();
     let m = MIB as u64;
-    assert_eq!(got, vec![(1, 0, 7 * m), (2, 7 * m, 6 * m), (3, 13 * m, 6 * m)]);
+    assert_eq!(
+        got,
+        vec![(1, 0, 7 * m), (2, 7 * m, 6 * m), (3, 13 * m, 6 * m)]
+    );
     let d = digest(&layer);
-    assert_eq!(complete(&svc, "app", &id, &[&d]).await.unwrap().layer_digest, d);
+    assert_eq!(
+        complete(&svc, "app", &id, &[&d])
+            .await
+            .unwrap()
+            .layer_digest,
+        d
+    );
 }
 
 pub async fn concurrent_big_parts_for_one_range_record_exactly_the_winner<F: Backend>() {
@@ -156,13 +165,23 @@ pub async fn concurrent_big_parts_for_one_range_record_exactly_the_winner<F: Bac
             }
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one of the parts for [0, 6 MiB) wins");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one of the parts for [0, 6 MiB) wins"
+    );
     let winner = winners.pop().unwrap();
     let parts = svc.metadata().list_parts(&id).await.unwrap();
     assert_eq!(parts.len(), 1);
     assert_eq!((parts[0].offset, parts[0].len), (0, 6 * MIB as u64));
     let d = digest(&winner);
-    assert_eq!(complete(&svc, "app", &id, &[&d]).await.unwrap().layer_digest, d);
+    assert_eq!(
+        complete(&svc, "app", &id, &[&d])
+            .await
+            .unwrap()
+            .layer_digest,
+        d
+    );
     let record = svc
         .metadata()
         .get_layer(&svc.settings().registry_id, "app", &d)
@@ -185,7 +204,12 @@ pub async fn bytes_written_under_a_recorded_number_later_are_never_assembled<F: 
     // make this impossible for the service's own writers; a stray one must still not matter).
     let other = noise(6 * MIB, 8);
     svc.blobs()
-        .upload_part(&up.blob_key, &up.multipart_id, recorded[0].number, other.clone().into())
+        .upload_part(
+            &up.blob_key,
+            &up.multipart_id,
+            recorded[0].number,
+            other.clone().into(),
+        )
         .await
         .unwrap();
     // The stray bytes never complete the layer ...
