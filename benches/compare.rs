@@ -15,7 +15,6 @@
 //! `scripts/services.sh env` (the Makefile's `bench` target starts the servers and sets them).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::io::{BufRead, BufReader};
