@@ -87,8 +87,15 @@ pub struct UploadRecord {
     pub next_byte: u64,
     /// Bytes already written as multipart parts (a prefix of the layer).
     pub flushed_bytes: u64,
-    /// Number of multipart parts written and recorded (parts 1..=n exist).
+    /// Number of multipart parts written and recorded.
     pub parts_flushed: u32,
+    /// The highest multipart part number handed out so far, recorded or not: a part written
+    /// straight from an ECR part claims a number of its own before it writes, so that no two
+    /// writers ever write different bytes under one number (`service/direct.rs`). Recorded part
+    /// numbers ascend with their offsets but may leave gaps. Records written before it read as 0
+    /// (then `parts_flushed` is the highest number).
+    #[serde(default)]
+    pub part_numbers_used: u32,
     pub last_part: Option<PartFingerprint>,
     /// Length of the smallest ECR part that is no longer the last one, if any.
     pub smallest_nonfinal_part: Option<u64>,

@@ -1,10 +1,12 @@
 //! The service: ECR's operations over the storage ports, independent of wire and backend.
 
+mod direct;
 mod images;
 mod oci;
 mod repository;
 pub mod types;
 mod upload;
+mod verify;
 
 use std::sync::Arc;
 

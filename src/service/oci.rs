@@ -282,6 +282,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             next_byte: layer.size,
             flushed_bytes: layer.size,
             parts_flushed: 0,
+            part_numbers_used: 0,
             last_part: None,
             smallest_nonfinal_part: None,
             state: UploadState::Open,

@@ -5,7 +5,8 @@
 //! the staged bytes reach `s3_part_size`, the shortest prefix of staged segments that reaches it
 //! is written as the next multipart part and the segments are dropped. Because segments are only
 //! appended and the prefix rule depends on nothing else, every writer that flushes part `n`
-//! writes the same bytes, so racing flushers are harmless. Completion flushes only the tail.
+//! writes the same bytes, so racing flushers are harmless. Completion flushes only the tail. An
+//! ECR part that can be a multipart part on its own skips staging (`service/direct.rs`).
 //!
 //! CompleteLayerUpload holds the upload in `Completing` under a short lease that the running
 //! completion renews every [`HEARTBEAT`]; a completion that died (its process killed, its
@@ -21,12 +22,11 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use super::Service;
 use super::types::*;
+use super::{Service, direct, verify};
 use crate::domain::error::{EcrError, StoreError};
 use crate::domain::invalid;
 use crate::domain::limits::MAX_LAYER_SIZE;
@@ -38,7 +38,7 @@ use crate::ports::{
 
 /// How often a write that lost only to an unrelated change (a flush bumping the version) is
 /// tried again before answering ServerException.
-const MAX_ATTEMPTS: usize = 16;
+pub(super) const MAX_ATTEMPTS: usize = 16;
 
 /// How long an upload stays in `Completing` without a heartbeat of its completion before another
 /// CompleteLayerUpload takes it over (the completion died with its process or Lambda).
@@ -69,7 +69,7 @@ fn completion_in_progress(upload_id: &str) -> EcrError {
     ))
 }
 
-fn invalid_part(up: &UploadRecord, message: String) -> EcrError {
+pub(super) fn invalid_part(up: &UploadRecord, message: String) -> EcrError {
     EcrError::InvalidLayerPart {
         message,
         registry_id: up.registry_id.clone(),
@@ -102,6 +102,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             next_byte: 0,
             flushed_bytes: 0,
             parts_flushed: 0,
+            part_numbers_used: 0,
             last_part: None,
             smallest_nonfinal_part: None,
             state: UploadState::Open,
@@ -195,7 +196,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         Ok(up)
     }
 
-    fn touched(&self, up: &UploadRecord) -> UploadRecord {
+    pub(super) fn touched(&self, up: &UploadRecord) -> UploadRecord {
         let now = self.clock_ms();
         UploadRecord {
             version: up.version + 1,
@@ -305,20 +306,27 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     MAX_LAYER_SIZE
                 )));
             }
+            if !staged && self.goes_direct(&up, first, blob.len() as u64) {
+                // A part that can be a multipart part on its own is written once, as one
+                // (`service/direct.rs`).
+                match self.claim_part_number(&up).await {
+                    Ok((claimed, number)) => {
+                        return self
+                            .write_direct(&repo, claimed, number, blob, fingerprint)
+                            .await;
+                    }
+                    Err(StoreError::Conflict) => {
+                        up = self.live_upload(&repo, &upload_id).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             if !staged {
                 self.blobs.put_object(&key, blob.clone()).await?;
                 staged = true;
             }
-            let mut next = self.touched(&up);
-            next.next_byte = last + 1;
-            if let Some(prev) = &up.last_part {
-                let prev_len = prev.last - prev.first + 1;
-                next.smallest_nonfinal_part = Some(
-                    next.smallest_nonfinal_part
-                        .map_or(prev_len, |s| s.min(prev_len)),
-                );
-            }
-            next.last_part = Some(fingerprint.clone());
+            let next = self.advanced(&up, &fingerprint);
             let segment = StagedSegment {
                 offset: first,
                 len: blob.len() as u64,
@@ -349,6 +357,26 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         Err(EcrError::Server(
             "The upload is changing too fast to accept the part; retry the request".into(),
         ))
+    }
+
+    /// `up` having accepted the part `fingerprint` (which starts at its `next_byte`): the next
+    /// version, with the part as the last one.
+    pub(super) fn advanced(
+        &self,
+        up: &UploadRecord,
+        fingerprint: &PartFingerprint,
+    ) -> UploadRecord {
+        let mut next = self.touched(up);
+        next.next_byte = fingerprint.last + 1;
+        if let Some(prev) = &up.last_part {
+            let prev_len = prev.last - prev.first + 1;
+            next.smallest_nonfinal_part = Some(
+                next.smallest_nonfinal_part
+                    .map_or(prev_len, |s| s.min(prev_len)),
+            );
+        }
+        next.last_part = Some(fingerprint.clone());
+        next
     }
 
     pub(super) async fn drop_objects(&self, keys: Vec<String>) {
@@ -385,15 +413,14 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         }
     }
 
-    /// Writes `segments` (which start at `up.flushed_bytes`) as multipart part
-    /// `up.parts_flushed + 1` and records it; then drops the staging objects.
+    /// Writes `segments` (which start at `up.flushed_bytes`) as the next multipart part (the
+    /// number after the last one handed out) and records it; then drops the staging objects.
     async fn flush_segments(
         &self,
         up: &mut UploadRecord,
         segments: &[StagedSegment],
         fresh: Option<(&str, &Bytes)>,
     ) -> Result<(), EcrError> {
-        let number = up.parts_flushed + 1;
         let offset = up.flushed_bytes;
         let mut expected = offset;
         for s in segments {
@@ -415,23 +442,40 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             }
             buf.freeze()
         };
-        let etag = self
-            .blobs
-            .upload_part(&up.blob_key, &up.multipart_id, number, data)
-            .await?;
-        let part = FlushedPart {
+        // Every writer that flushes these segments reads the same number from the record (the
+        // direct path claims numbers only while nothing is staged), so racing flushers write the
+        // same bytes under the same number. A number that was handed out meanwhile is not ours:
+        // then the part is written again under the next one.
+        let mut number = direct::part_counter(up) + 1;
+        let mut part = FlushedPart {
             number,
-            etag,
+            etag: self
+                .blobs
+                .upload_part(&up.blob_key, &up.multipart_id, number, data.clone())
+                .await?,
             offset,
             len,
         };
         for _ in 0..MAX_ATTEMPTS {
-            if up.parts_flushed >= number {
+            if up.flushed_bytes != offset {
                 // Another writer recorded this part (with the same bytes).
                 return Ok(());
             }
+            if direct::part_counter(up) >= number {
+                number = direct::part_counter(up) + 1;
+                part = FlushedPart {
+                    number,
+                    etag: self
+                        .blobs
+                        .upload_part(&up.blob_key, &up.multipart_id, number, data.clone())
+                        .await?,
+                    offset,
+                    len,
+                };
+            }
             let mut next = self.touched(up);
-            next.parts_flushed = number;
+            next.parts_flushed = up.parts_flushed + 1;
+            next.part_numbers_used = number;
             next.flushed_bytes = offset + len;
             match self
                 .meta
@@ -704,20 +748,14 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             .await?;
         *assembled = true;
 
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut stream = self.blobs.read_object(&up.blob_key, None).await?;
-        while let Some(chunk) = stream.try_next().await? {
-            size += chunk.len() as u64;
-            hasher.update(&chunk);
-        }
+        let stream = self.blobs.read_object(&up.blob_key, None).await?;
+        let (computed, size) = verify::sha256_of(stream).await?;
         if size != up.next_byte {
             return Err(EcrError::Server(format!(
                 "assembled layer of upload {} has {size} bytes, expected {}",
                 up.upload_id, up.next_byte
             )));
         }
-        let computed = LayerDigest::sha256(&hasher.finalize());
         // Only exact `sha256` digests are compared (the request has at least one); a digest of
         // another algorithm can be neither verified nor refuted.
         if !digests.contains(&computed) {

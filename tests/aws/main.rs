@@ -10,6 +10,8 @@
 mod common;
 #[path = "../oci/suite.rs"]
 mod oci_suite;
+#[path = "../service/direct.rs"]
+mod service_direct;
 #[path = "../service/images.rs"]
 mod service_images;
 #[path = "../service/suite.rs"]
@@ -23,6 +25,7 @@ mod contract;
 mod faults;
 mod image_race;
 mod keys;
+mod direct_parts;
 mod lifecycle;
 mod oci;
 mod soak;

@@ -89,6 +89,7 @@ pub fn open_upload(upload_id: &str, repository: &str) -> ecr_layer_upload::ports
         next_byte: 0,
         flushed_bytes: 0,
         parts_flushed: 0,
+        part_numbers_used: 0,
         last_part: None,
         smallest_nonfinal_part: None,
         state: ecr_layer_upload::ports::UploadState::Open,

@@ -187,6 +187,7 @@ fn upload() -> UploadRecord {
         next_byte: 0,
         flushed_bytes: 0,
         parts_flushed: 0,
+        part_numbers_used: 0,
         last_part: None,
         smallest_nonfinal_part: None,
         state: UploadState::Open,

@@ -9,6 +9,8 @@
 mod common;
 #[path = "../oci/suite.rs"]
 mod oci_suite;
+#[path = "../service/direct.rs"]
+mod service_direct;
 #[path = "../service/images.rs"]
 mod service_images;
 #[path = "../service/suite.rs"]
@@ -21,6 +23,7 @@ mod completion;
 mod contract;
 mod decoder_bounds;
 mod decoder_props;
+mod direct_parts;
 mod events;
 mod image_race;
 mod keys_store;
