@@ -441,7 +441,7 @@ async fn respond<M: MetadataStore, B: BlobStore>(
         return download(svc.blobs(), head, req.headers(), resolved).await;
     }
     if oci::wire::is_oci_path(req.uri().path()) {
-        return oci_request(svc, reading.limits.idle_timeout, req).await;
+        return oci_request(svc, auth, reading.limits.idle_timeout, req).await;
     }
     let (parts, body) = req.into_parts();
     let limit = ecr::body_limit(&parts.headers);
@@ -486,6 +486,7 @@ async fn respond<M: MetadataStore, B: BlobStore>(
 /// blob is streamed back. Like an API request, it runs in a task of its own.
 async fn oci_request<M: MetadataStore, B: BlobStore>(
     svc: &Arc<Service<M, B>>,
+    auth: Option<Arc<Auth>>,
     idle: Duration,
     req: http::Request<Incoming>,
 ) -> http::Response<ResponseBody> {
@@ -510,7 +511,10 @@ async fn oci_request<M: MetadataStore, B: BlobStore>(
     });
     let req = http::Request::from_parts(parts, Box::pin(stream) as oci::BodyStream);
     let svc = svc.clone();
-    let answer = tokio::spawn(async move { oci::handle(&svc, oci::Delivery::Serve, req).await });
+    let answer =
+        tokio::spawn(
+            async move { oci::handle(&svc, auth.as_deref(), oci::Delivery::Serve, req).await },
+        );
     match answer.await {
         Ok(resp) => resp.map(|payload| match payload {
             oci::Payload::Full(bytes) => full(bytes),

@@ -124,7 +124,7 @@ pub async fn handle_with<M: MetadataStore, B: BlobStore>(
         _ => Bytes::new(),
     };
     if oci::wire::is_oci_path(parts.uri.path()) {
-        return oci_event(svc, http::Request::from_parts(parts, body)).await;
+        return oci_event(svc, auth, http::Request::from_parts(parts, body)).await;
     }
     let (mut parts, body) = ecr::handle_with(svc, auth, http::Request::from_parts(parts, body))
         .await
@@ -150,13 +150,14 @@ pub fn oci_body_limit() -> u64 {
 /// to the blob store, since an answer is capped at [`PAYLOAD_LIMIT`] bytes.
 async fn oci_event<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
+    auth: Option<&Auth>,
     req: http::Request<Bytes>,
 ) -> Response<Body> {
     let delivery = oci::Delivery::Redirect {
         max_request: oci_body_limit(),
     };
     let req = req.map(oci::whole_body);
-    let (parts, payload) = oci::handle(svc, delivery, req).await.into_parts();
+    let (parts, payload) = oci::handle(svc, auth, delivery, req).await.into_parts();
     let body = match payload {
         oci::Payload::Full(bytes) if bytes.is_empty() => Body::Empty,
         oci::Payload::Full(bytes) => Body::Binary(bytes.to_vec()),

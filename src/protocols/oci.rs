@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 use crate::domain::error::EcrError;
 use crate::domain::model::{Digest, ImageTag, RepositoryName, Sent, UploadId};
 use crate::ports::{BlobStore, ByteStream, MetadataStore};
+use crate::protocols::auth::{Action, Auth, AuthError};
 use crate::service::types::{InitiateLayerUploadRequest, PutImageRequest, UploadLayerPartRequest};
 use crate::service::{Reference, Service};
 use wire::{Context, OciError, Route, Wanted};
@@ -71,31 +72,123 @@ pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 /// The API version header every answer carries.
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
 
-/// What a request may do, for the authentication seam.
+/// What a request may do: each is checked as the `ecr:` action ECR's registry checks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// `GET /v2/`: any valid credentials (what `docker login` tries).
+    Login,
+    /// Reads of a repository (`ecr:BatchGetImage`) or, with no repository, the catalog
+    /// (`ecr:DescribeRepositories`, on every repository).
     Pull,
+    /// Uploads and manifest writes (`ecr:PutImage`).
     Push,
+    /// Manifest deletes (`ecr:BatchDeleteImage`).
     Delete,
 }
 
-/// The authentication seam: every `/v2/` request passes here with the access it needs before
-/// anything is read or written. Anonymous for now (`ECR_AUTH=none`): every request may do
-/// everything.
-fn authorize(_headers: &HeaderMap, _name: Option<&str>, _access: Access) -> Result<(), OciError> {
-    Ok(())
+impl Access {
+    fn action(self, repository: Option<&str>) -> Action {
+        match (self, repository) {
+            (Access::Login, _) => Action::GetAuthorizationToken,
+            (Access::Pull, None) => Action::DescribeRepositories,
+            (Access::Pull, Some(_)) => Action::BatchGetImage,
+            (Access::Push, _) => Action::PutImage,
+            (Access::Delete, _) => Action::BatchDeleteImage,
+        }
+    }
+}
+
+/// Checks a `/v2/` request before anything is read or written. Without `auth`
+/// (`ECR_AUTH=none`) everyone may do everything. With it, as ECR's registry: HTTP Basic
+/// credentials `AWS:<password>`, the password a registry password GetAuthorizationToken issued
+/// (401 with a `WWW-Authenticate: Basic` challenge otherwise), and the key's permission for the
+/// access on the repository (403 `DENIED` otherwise).
+async fn authorize(
+    auth: Option<&Auth>,
+    headers: &HeaderMap,
+    name: Option<&str>,
+    access: Access,
+) -> Result<(), OciError> {
+    let Some(auth) = auth else {
+        return Ok(());
+    };
+    let challenge = || {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+            .unwrap_or("localhost");
+        format!("Basic realm=\"https://{host}/\",service=\"ecr.amazonaws.com\"")
+    };
+    let unauthorized = |message: &str| {
+        OciError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).with_challenge(challenge())
+    };
+    let Some(password) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(basic_password)
+    else {
+        return Err(unauthorized(
+            "authentication required: Basic credentials AWS:<password> from GetAuthorizationToken",
+        ));
+    };
+    let principal = match auth.verify_registry_password(&password).await {
+        Ok(principal) => principal,
+        Err(AuthError::Store(e)) => {
+            return Err(wire::from_ecr(
+                &EcrError::Internal(Box::new(e)),
+                Context::Listing,
+            ));
+        }
+        Err(e) => return Err(unauthorized(e.message())),
+    };
+    let action = access.action(name);
+    if principal.allows(action, name) {
+        return Ok(());
+    }
+    let resource = format!(
+        "arn:aws:ecr:{}:{}:repository/{}",
+        auth.region(),
+        principal.registry_id,
+        name.unwrap_or("*")
+    );
+    let action = action.iam_name();
+    Err(OciError::new(
+        StatusCode::FORBIDDEN,
+        "DENIED",
+        format!(
+            "User: {} is not authorized to perform: {action} on resource: {resource} because no identity-based policy allows the {action} action",
+            principal.arn()
+        ),
+    ))
+}
+
+/// The password of an `Authorization: Basic` header whose user is `AWS`, as ECR's registry takes.
+fn basic_password(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    (user == "AWS").then(|| password.to_owned())
 }
 
 /// Handles one `/v2/` request of any front door. Never fails: every outcome is an answer.
 pub async fn handle<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
+    auth: Option<&Auth>,
     delivery: Delivery,
     req: Request<BodyStream>,
 ) -> Response<Payload> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = match answer(svc, delivery, req).await {
+    let resp = match answer(svc, auth, delivery, req).await {
         Ok(resp) => resp,
         Err(e) => {
             if e.status.is_server_error() {
@@ -133,6 +226,7 @@ fn digest_of(text: &str) -> Result<Digest, OciError> {
 
 async fn answer<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
+    auth: Option<&Auth>,
     delivery: Delivery,
     req: Request<BodyStream>,
 ) -> Result<Response<Payload>, OciError> {
@@ -153,21 +247,21 @@ async fn answer<M: MetadataStore, B: BlobStore>(
     let not_allowed = || OciError::unsupported(format!("{method} is not supported here"));
     match route {
         Route::Base => {
-            authorize(headers, None, Access::Pull)?;
+            authorize(auth, headers, None, Access::Login).await?;
             match method {
                 Method::GET | Method::HEAD => Ok(json(StatusCode::OK, b"{}".to_vec())),
                 _ => Err(not_allowed()),
             }
         }
         Route::Catalog => {
-            authorize(headers, None, Access::Pull)?;
+            authorize(auth, headers, None, Access::Pull).await?;
             if method != Method::GET {
                 return Err(not_allowed());
             }
             catalog(svc, query).await
         }
         Route::Tags(name) => {
-            authorize(headers, Some(name), Access::Pull)?;
+            authorize(auth, headers, Some(name), Access::Pull).await?;
             if method != Method::GET {
                 return Err(not_allowed());
             }
@@ -175,12 +269,12 @@ async fn answer<M: MetadataStore, B: BlobStore>(
         }
         Route::Blob(name, digest) => match method {
             Method::GET | Method::HEAD => {
-                authorize(headers, Some(name), Access::Pull)?;
+                authorize(auth, headers, Some(name), Access::Pull).await?;
                 let head = method == Method::HEAD;
                 get_blob(svc, delivery, &name_of(name)?, digest, headers, head).await
             }
             Method::DELETE => {
-                authorize(headers, Some(name), Access::Delete)?;
+                authorize(auth, headers, Some(name), Access::Delete).await?;
                 name_of(name)?;
                 Err(OciError::unsupported(
                     "blobs are not deleted one by one; they go with their repository",
@@ -189,11 +283,28 @@ async fn answer<M: MetadataStore, B: BlobStore>(
             _ => Err(not_allowed()),
         },
         Route::Upload(name, None) => {
-            authorize(headers, Some(name), Access::Push)?;
+            authorize(auth, headers, Some(name), Access::Push).await?;
             if method != Method::POST {
                 return Err(not_allowed());
             }
-            start_upload(svc, delivery, &name_of(name)?, query, headers, body).await
+            // A mount reads the source repository: without the right to pull from it, the
+            // request falls back to a plain upload, as the specification allows.
+            let may_mount = match wire::query_param(query, "from") {
+                Some(from) => authorize(auth, headers, Some(&from), Access::Pull)
+                    .await
+                    .is_ok(),
+                None => true,
+            };
+            start_upload(
+                svc,
+                delivery,
+                &name_of(name)?,
+                query,
+                may_mount,
+                headers,
+                body,
+            )
+            .await
         }
         Route::Upload(name, Some(id)) => {
             let name = name_of(name)?;
@@ -202,7 +313,7 @@ async fn answer<M: MetadataStore, B: BlobStore>(
                 .map_err(|_| OciError::upload_unknown(id))?;
             match method {
                 Method::GET => {
-                    authorize(headers, Some(name.as_str()), Access::Push)?;
+                    authorize(auth, headers, Some(name.as_str()), Access::Push).await?;
                     let held = svc
                         .upload_progress(&name, &upload_id)
                         .await
@@ -215,15 +326,15 @@ async fn answer<M: MetadataStore, B: BlobStore>(
                     ))
                 }
                 Method::PATCH => {
-                    authorize(headers, Some(name.as_str()), Access::Push)?;
+                    authorize(auth, headers, Some(name.as_str()), Access::Push).await?;
                     patch_upload(svc, delivery, &name, &upload_id, headers, body).await
                 }
                 Method::PUT => {
-                    authorize(headers, Some(name.as_str()), Access::Push)?;
+                    authorize(auth, headers, Some(name.as_str()), Access::Push).await?;
                     finish_upload(svc, delivery, &name, &upload_id, query, headers, body).await
                 }
                 Method::DELETE => {
-                    authorize(headers, Some(name.as_str()), Access::Push)?;
+                    authorize(auth, headers, Some(name.as_str()), Access::Push).await?;
                     svc.cancel_upload(&name, &upload_id)
                         .await
                         .map_err(|e| wire::from_ecr(&e, Context::Upload))?;
@@ -234,21 +345,21 @@ async fn answer<M: MetadataStore, B: BlobStore>(
         }
         Route::Manifest(name, reference) => match method {
             Method::GET | Method::HEAD => {
-                authorize(headers, Some(name), Access::Pull)?;
+                authorize(auth, headers, Some(name), Access::Pull).await?;
                 get_manifest(svc, &name_of(name)?, reference, method == Method::HEAD).await
             }
             Method::PUT => {
-                authorize(headers, Some(name), Access::Push)?;
+                authorize(auth, headers, Some(name), Access::Push).await?;
                 put_manifest(svc, delivery, &name_of(name)?, reference, headers, body).await
             }
             Method::DELETE => {
-                authorize(headers, Some(name), Access::Delete)?;
+                authorize(auth, headers, Some(name), Access::Delete).await?;
                 delete_manifest(svc, &name_of(name)?, reference).await
             }
             _ => Err(not_allowed()),
         },
         Route::Referrers(name, digest) => {
-            authorize(headers, Some(name), Access::Pull)?;
+            authorize(auth, headers, Some(name), Access::Pull).await?;
             if method != Method::GET {
                 return Err(not_allowed());
             }
@@ -525,13 +636,15 @@ async fn start_upload<M: MetadataStore, B: BlobStore>(
     delivery: Delivery,
     name: &RepositoryName,
     query: Option<&str>,
+    may_mount: bool,
     headers: &HeaderMap,
     body: BodyStream,
 ) -> Result<Response<Payload>, OciError> {
     check_cap(delivery, headers)?;
     push_target(svc, name).await?;
     let ctx = Context::Upload;
-    if let Some(mount) = wire::query_param(query, "mount")
+    if may_mount
+        && let Some(mount) = wire::query_param(query, "mount")
         && let Some(from) = wire::query_param(query, "from")
         && let (Some(digest), Ok(from)) =
             (Digest::try_parse(&mount), from.parse::<RepositoryName>())

@@ -15,12 +15,12 @@ use base64::Engine;
 
 use crate::common::{digest, noise, temp_dir, unique};
 
-fn backend() -> String {
+pub(crate) fn backend() -> String {
     std::env::var("ECR_TEST_BACKEND").unwrap_or_else(|_| "local".into())
 }
 
 /// `ecr-layer-upload keys <args>` on `data` (or the AWS backend of the environment).
-fn keys(data: &Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn keys(data: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ecr-layer-upload"))
         .arg("keys")
         .args(args)
@@ -38,7 +38,7 @@ fn keys(data: &Path, args: &[&str]) -> (bool, String, String) {
 }
 
 /// A key made by `keys create`: (access key id, secret).
-fn create_key(data: &Path, args: &[&str]) -> (String, String) {
+pub(crate) fn create_key(data: &Path, args: &[&str]) -> (String, String) {
     let mut all = vec!["create"];
     all.extend_from_slice(args);
     let (ok, stdout, stderr) = keys(data, &all);
@@ -50,10 +50,10 @@ fn create_key(data: &Path, args: &[&str]) -> (String, String) {
     (id, secret)
 }
 
-struct Authed {
+pub(crate) struct Authed {
     child: Child,
-    endpoint: String,
-    data: tempfile::TempDir,
+    pub(crate) endpoint: String,
+    pub(crate) data: tempfile::TempDir,
 }
 
 impl Drop for Authed {
@@ -65,7 +65,7 @@ impl Drop for Authed {
 
 /// The server with `ECR_AUTH=sigv4` on a loopback port; `None` if it exited at start, with
 /// what it said on stderr.
-fn start(data: tempfile::TempDir) -> Result<Authed, String> {
+pub(crate) fn start(data: tempfile::TempDir) -> Result<Authed, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ecr-layer-upload"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
@@ -114,7 +114,7 @@ fn start(data: tempfile::TempDir) -> Result<Authed, String> {
     }
 }
 
-fn client(endpoint: &str, id: &str, secret: &str) -> aws_sdk_ecr::Client {
+pub(crate) fn client(endpoint: &str, id: &str, secret: &str) -> aws_sdk_ecr::Client {
     use aws_sdk_ecr::config::{BehaviorVersion, Credentials, Region};
     let conf = aws_sdk_ecr::Config::builder()
         .behavior_version(BehaviorVersion::latest())

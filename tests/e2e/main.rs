@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod completion_cuts;
+mod oci_auth;
 mod oci_client;
 mod oci_clients;
 mod push;

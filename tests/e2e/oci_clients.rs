@@ -13,13 +13,13 @@ use serde_json::{Value, json};
 use crate::common::{Server, create_repository, digest, noise, push_blob, temp_dir, unique};
 
 const MIB: usize = 1024 * 1024;
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// skopeo, when it is on PATH (`make test` installs it and requires it).
-fn skopeo() -> bool {
+pub(crate) fn skopeo() -> bool {
     let found = Command::new("skopeo")
         .arg("--version")
         .output()
@@ -55,7 +55,7 @@ fn write_blob(layout: &Path, data: &[u8]) {
 }
 
 /// A single-platform image: its manifest's bytes, written with its blobs into `layout`.
-fn write_image(layout: &Path, arch: &str, layers: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn write_image(layout: &Path, arch: &str, layers: &[Vec<u8>]) -> Vec<u8> {
     let config = serde_json::to_vec(&json!({
         "architecture": arch, "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| digest(l)).collect::<Vec<_>>()},
@@ -77,7 +77,7 @@ fn write_image(layout: &Path, arch: &str, layers: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// An OCI layout whose index.json names `top` (of `media_type`) as `tag`.
-fn write_layout_index(layout: &Path, top: &[u8], media_type: &str, tag: &str) {
+pub(crate) fn write_layout_index(layout: &Path, top: &[u8], media_type: &str, tag: &str) {
     let mut d = descriptor(media_type, top);
     d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
     std::fs::write(
@@ -87,7 +87,7 @@ fn write_layout_index(layout: &Path, top: &[u8], media_type: &str, tag: &str) {
     .unwrap();
 }
 
-fn new_layout(dir: &Path) {
+pub(crate) fn new_layout(dir: &Path) {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
 }

@@ -82,7 +82,7 @@ pub async fn call_with<M: MetadataStore, B: BlobStore>(
     }
     let req = req.body(pieces(body)).unwrap();
     // Boxed: the handler's future over the AWS SDK's is too large for a test thread's stack.
-    let resp = Box::pin(oci::handle(svc, delivery, req)).await;
+    let resp = Box::pin(oci::handle(svc, None, delivery, req)).await;
     let (parts, payload) = resp.into_parts();
     let body = match payload {
         Payload::Full(b) => b.to_vec(),

@@ -14,6 +14,8 @@ pub struct OciError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// A `WWW-Authenticate` challenge sent with the answer (401).
+    pub challenge: Option<String>,
 }
 
 impl OciError {
@@ -22,7 +24,14 @@ impl OciError {
             status,
             code,
             message: message.into(),
+            challenge: None,
         }
+    }
+
+    /// The same error, answered with a `WWW-Authenticate: <challenge>` header.
+    pub fn with_challenge(mut self, challenge: String) -> Self {
+        self.challenge = Some(challenge);
+        self
     }
 
     pub fn name_invalid(message: impl Into<String>) -> Self {
@@ -87,6 +96,13 @@ impl OciError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(value) = self
+            .challenge
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
         resp
     }
 }
