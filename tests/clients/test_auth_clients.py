@@ -8,6 +8,7 @@ ECR_BIN=target/debug/ecr-layer-upload python3 -m unittest tests/clients/test_aut
 With ECR_TEST_BACKEND=aws the server and the keys use S3 and DynamoDB from the environment.
 """
 import base64
+import contextlib
 import datetime
 import hashlib
 import json
@@ -152,10 +153,22 @@ class AuthClients(unittest.TestCase):
         with self.assertRaises(botocore.exceptions.ClientError) as ctx:
             ecr(ADMIN, signature_version=UNSIGNED).describe_repositories()
         self.assertEqual(self.code(ctx), ("MissingAuthenticationTokenException", 403))
-        # A clock 20 minutes slow.
-        slow = lambda *a, **k: datetime.datetime.now(datetime.timezone.utc).replace(
-            tzinfo=None) - datetime.timedelta(minutes=20)
-        with unittest.mock.patch.object(botocore.auth, "get_current_datetime", slow):
+        # A clock 20 minutes slow, in whichever signer botocore uses (its own, or awscrt's when
+        # that is installed, as the aws CLI's dependencies bring it).
+        def slow(remove_tzinfo=True):
+            now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=20)
+            return now.replace(tzinfo=None) if remove_tzinfo else now
+
+        with contextlib.ExitStack() as patches:
+            patches.enter_context(
+                unittest.mock.patch.object(botocore.auth, "get_current_datetime", slow))
+            try:
+                import botocore.crt.auth as crt_auth
+            except ImportError:
+                crt_auth = None
+            if crt_auth is not None:
+                patches.enter_context(
+                    unittest.mock.patch.object(crt_auth, "get_current_datetime", slow))
             with self.assertRaises(botocore.exceptions.ClientError) as ctx:
                 ecr(ADMIN).describe_repositories()
         self.assertEqual(self.code(ctx), ("InvalidSignatureException", 400))
