@@ -19,6 +19,7 @@ mod backend;
 mod completion;
 mod contract;
 mod faults;
+mod gc;
 mod image_race;
 mod lifecycle;
 mod soak;
