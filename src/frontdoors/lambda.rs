@@ -137,30 +137,37 @@ pub fn is_scheduled(event: &serde_json::Value) -> bool {
         && event.get("detail-type").and_then(serde_json::Value::as_str) == Some("Scheduled Event")
 }
 
-/// Runs the Lambda runtime loop until the runtime ends it. A scheduled event runs `scheduled`;
-/// every other event is an HTTP request (Function URL, API Gateway, ALB), served as
-/// `lambda_http` serves it.
+/// Answers one event as the runtime loop does: a scheduled event runs `scheduled` and answers
+/// `{"collected": <its summary>}`; every other event is an HTTP request (Function URL, API
+/// Gateway, ALB), served and answered as `lambda_http` does.
+pub async fn dispatch<M: MetadataStore, B: BlobStore>(
+    svc: Arc<Service<M, B>>,
+    scheduled: &Scheduled,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<serde_json::Value, lambda_http::Error> {
+    use lambda_http::Service as _;
+    let LambdaEvent { payload, context } = event;
+    if is_scheduled(&payload) {
+        let summary = scheduled().await;
+        return Ok(serde_json::json!({ "collected": summary }));
+    }
+    let request: lambda_http::request::LambdaRequest = serde_json::from_value(payload)?;
+    let mut adapter = lambda_http::Adapter::from(lambda_http::service_fn(move |req| {
+        let svc = svc.clone();
+        async move { Ok::<_, lambda_http::Error>(handle(&svc, req).await) }
+    }));
+    let response = adapter.call(LambdaEvent::new(request, context)).await?;
+    Ok(serde_json::to_value(response)?)
+}
+
+/// Runs the Lambda runtime loop until the runtime ends it, each event answered by [`dispatch`].
 pub async fn run<M: MetadataStore, B: BlobStore>(
     svc: Arc<Service<M, B>>,
     scheduled: Scheduled,
 ) -> Result<(), lambda_http::Error> {
-    use lambda_http::Service as _;
     let handler = lambda_http::service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let (svc, scheduled) = (svc.clone(), scheduled.clone());
-        async move {
-            let LambdaEvent { payload, context } = event;
-            if is_scheduled(&payload) {
-                let summary = scheduled().await;
-                return Ok::<_, lambda_http::Error>(serde_json::json!({ "collected": summary }));
-            }
-            let request: lambda_http::request::LambdaRequest = serde_json::from_value(payload)?;
-            let mut adapter = lambda_http::Adapter::from(lambda_http::service_fn(move |req| {
-                let svc = svc.clone();
-                async move { Ok::<_, lambda_http::Error>(handle(&svc, req).await) }
-            }));
-            let response = adapter.call(LambdaEvent::new(request, context)).await?;
-            Ok(serde_json::to_value(response)?)
-        }
+        async move { dispatch(svc, &scheduled, event).await }
     });
     lambda_http::lambda_runtime::run(handler).await
 }

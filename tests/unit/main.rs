@@ -21,6 +21,7 @@ mod decoder_props;
 mod events;
 mod image_race;
 mod lambda_limits;
+mod lambda_schedule;
 mod lifecycle;
 mod local_backend;
 mod orphans;
