@@ -199,8 +199,9 @@ pub struct ServeArgs {
         default_value = "82800"
     )]
     pub max_upload_age_secs: String,
-    /// embedded backend: bytes no record owns (deleted repositories' layers, files of cut
-    /// writes) are removed once they are this old; at start-up, cut writes go at once
+    /// bytes no record owns (deleted repositories' layers, files of cut writes, multipart
+    /// uploads of ended uploads) are removed once they are this old; at start-up the embedded
+    /// backend removes cut writes at once
     #[arg(
         long,
         env = "ECR_GC_GRACE_SECS",
@@ -369,7 +370,7 @@ pub struct Config {
     pub settings: Settings,
     /// The local server's time, connection and memory bounds.
     pub server_limits: Limits,
-    /// Embedded backend: how old unowned bytes must be before they are removed.
+    /// How old unowned bytes must be before they are removed (both backends).
     pub gc_grace: std::time::Duration,
     /// How requests are authenticated.
     pub auth: AuthMode,

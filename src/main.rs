@@ -4,10 +4,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ecr_layer_upload::admin;
-use ecr_layer_upload::backends::aws::{DynamoMetadata, S3Blobs};
+use ecr_layer_upload::backends::aws::{DynamoMetadata, GcLimits, S3Blobs, collect};
 use ecr_layer_upload::backends::local::{LocalBlobs, LocalMetadata, reconcile};
 use ecr_layer_upload::config::{Backend, Cli, CliCommand, Config};
-use ecr_layer_upload::frontdoors::{self, http::Downloads};
+use ecr_layer_upload::frontdoors::{self, http::Downloads, lambda::Scheduled};
 use ecr_layer_upload::ports::{BlobStore, MetadataStore};
 use ecr_layer_upload::protocols::auth::Auth;
 use ecr_layer_upload::service::Service;
@@ -110,11 +110,12 @@ async fn start(config: Config) -> Result<(), String> {
                 blobs = blobs.with_public_url(&format!("http://{}", reachable(l)?));
             }
             let downloads: Downloads = Some(Arc::new(blobs.clone()));
+            let scheduled = local_pass(meta.clone(), blobs.clone(), config.gc_grace);
             spawn_reconciler(meta.clone(), blobs.clone(), config.gc_grace).await;
             let auth = admin::request_checker(&config, admin::key_store(&config, None)).await?;
             let svc = Arc::new(Service::new(meta, blobs, config.settings.clone()));
             spawn_sweeper(svc.clone());
-            run(svc, downloads, auth, &config, listener).await
+            run(svc, downloads, auth, &config, listener, scheduled).await
         }
         Backend::Aws => {
             let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -125,14 +126,25 @@ async fn start(config: Config) -> Result<(), String> {
                 admin::request_checker(&config, admin::key_store(&config, Some(&sdk))).await?;
             let meta = DynamoMetadata::new(&sdk, table);
             let blobs = S3Blobs::new(&sdk, bucket);
-            run(
-                Arc::new(Service::new(meta, blobs, config.settings.clone())),
-                None,
-                auth,
-                &config,
-                listener,
-            )
-            .await
+            let svc = Arc::new(Service::new(
+                meta.clone(),
+                blobs.clone(),
+                config.settings.clone(),
+            ));
+            let scheduled = aws_pass(svc.clone(), meta, blobs, config.gc_grace);
+            // Inside Lambda an EventBridge schedule invokes the pass (template.yaml's
+            // GcSchedule); the local server runs it every hour itself.
+            if listener.is_some() {
+                let pass = scheduled.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+                    loop {
+                        tick.tick().await;
+                        pass().await;
+                    }
+                });
+            }
+            run(svc, None, auth, &config, listener, scheduled).await
         }
     }
 }
@@ -186,6 +198,65 @@ async fn spawn_reconciler(meta: LocalMetadata, blobs: LocalBlobs, grace: std::ti
     });
 }
 
+/// One bounded collection on the AWS backend: ends expired uploads (DynamoDB's TTL may lag by
+/// days), then removes what no record owns from the bucket (src/backends/aws/gc.rs).
+fn aws_pass(
+    svc: Arc<Service<DynamoMetadata, S3Blobs>>,
+    meta: DynamoMetadata,
+    blobs: S3Blobs,
+    grace: std::time::Duration,
+) -> Scheduled {
+    Arc::new(move || {
+        let (svc, meta, blobs) = (svc.clone(), meta.clone(), blobs.clone());
+        Box::pin(async move {
+            let chain = ecr_layer_upload::domain::error::chain;
+            let expired = match svc.sweep_expired(1000).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "sweep failed");
+                    0
+                }
+            };
+            let clock = ecr_layer_upload::domain::clock::SystemClock;
+            match collect(&meta, &blobs, grace, &clock, GcLimits::default()).await {
+                Ok(c) => {
+                    tracing::info!(
+                        expired,
+                        objects = c.objects,
+                        bytes = c.bytes,
+                        multipart_aborted = c.multipart_aborted,
+                        complete = c.complete,
+                        "unowned objects collected"
+                    );
+                    format!(
+                        "{expired} expired uploads ended; {} objects ({} bytes) and {} multipart uploads removed; whole bucket seen: {}",
+                        c.objects, c.bytes, c.multipart_aborted, c.complete
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "collecting unowned objects failed");
+                    format!("{expired} expired uploads ended; collection failed")
+                }
+            }
+        })
+    })
+}
+
+/// The embedded backend's scheduled pass (it runs in Lambda only if configured so): one
+/// reconciliation of what is older than `grace`.
+fn local_pass(meta: LocalMetadata, blobs: LocalBlobs, grace: std::time::Duration) -> Scheduled {
+    Arc::new(move || {
+        let (meta, blobs) = (meta.clone(), blobs.clone());
+        Box::pin(async move {
+            let clock = ecr_layer_upload::domain::clock::SystemClock;
+            match reconcile(&meta, &blobs, false, grace, &clock).await {
+                Ok(r) => format!("{} files ({} bytes) removed", r.files, r.bytes),
+                Err(_) => "reconciliation failed".to_owned(),
+            }
+        })
+    })
+}
+
 /// Serves on `listener`, or runs the Lambda runtime loop when there is none.
 async fn run<M: MetadataStore, B: BlobStore>(
     svc: Arc<Service<M, B>>,
@@ -193,9 +264,10 @@ async fn run<M: MetadataStore, B: BlobStore>(
     auth: Option<Arc<Auth>>,
     config: &Config,
     listener: Option<tokio::net::TcpListener>,
+    scheduled: Scheduled,
 ) -> Result<(), String> {
     let Some(listener) = listener else {
-        return frontdoors::lambda::run(svc, auth)
+        return frontdoors::lambda::run(svc, auth, scheduled)
             .await
             .map_err(|e| e.to_string());
     };

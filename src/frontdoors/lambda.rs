@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::HeaderValue;
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, LambdaEvent, Request, Response};
 
 use crate::ports::{BlobStore, MetadataStore};
 use crate::protocols::auth::Auth;
@@ -172,17 +172,53 @@ async fn oci_event<M: MetadataStore, B: BlobStore>(
     Response::from_parts(parts, body)
 }
 
-/// Runs the Lambda runtime loop until the runtime ends it.
+/// What a scheduled invocation runs (composed at start-up: one bounded collection of what no
+/// record owns, src/backends/aws/gc.rs); its answer is a one-line summary.
+pub type Scheduled =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+
+/// Whether `event` is EventBridge's scheduled event (template.yaml's `GcSchedule`), not an HTTP
+/// request: its `source` is `aws.events` and its `detail-type` `Scheduled Event`.
+pub fn is_scheduled(event: &serde_json::Value) -> bool {
+    event.get("source").and_then(serde_json::Value::as_str) == Some("aws.events")
+        && event.get("detail-type").and_then(serde_json::Value::as_str) == Some("Scheduled Event")
+}
+
+/// Answers one event as the runtime loop does: a scheduled event runs `scheduled` and answers
+/// `{"collected": <its summary>}`; every other event is an HTTP request (Function URL, API
+/// Gateway, ALB), served and answered as `lambda_http` does.
+pub async fn dispatch<M: MetadataStore, B: BlobStore>(
+    svc: Arc<Service<M, B>>,
+    auth: Option<Arc<Auth>>,
+    scheduled: &Scheduled,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<serde_json::Value, lambda_http::Error> {
+    use lambda_http::Service as _;
+    let LambdaEvent { payload, context } = event;
+    if is_scheduled(&payload) {
+        let summary = scheduled().await;
+        return Ok(serde_json::json!({ "collected": summary }));
+    }
+    let request: lambda_http::request::LambdaRequest = serde_json::from_value(payload)?;
+    let mut adapter = lambda_http::Adapter::from(lambda_http::service_fn(move |req| {
+        let (svc, auth) = (svc.clone(), auth.clone());
+        async move { Ok::<_, lambda_http::Error>(handle_with(&svc, auth.as_deref(), req).await) }
+    }));
+    let response = adapter.call(LambdaEvent::new(request, context)).await?;
+    Ok(serde_json::to_value(response)?)
+}
+
+/// Runs the Lambda runtime loop until the runtime ends it, each event answered by [`dispatch`].
 pub async fn run<M: MetadataStore, B: BlobStore>(
     svc: Arc<Service<M, B>>,
     auth: Option<Arc<Auth>>,
+    scheduled: Scheduled,
 ) -> Result<(), lambda_http::Error> {
-    let handler = lambda_http::service_fn(move |req| {
-        let svc = svc.clone();
-        let auth = auth.clone();
-        async move { Ok::<_, lambda_http::Error>(handle_with(&svc, auth.as_deref(), req).await) }
+    let handler = lambda_http::service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let (svc, auth, scheduled) = (svc.clone(), auth.clone(), scheduled.clone());
+        async move { dispatch(svc, auth, &scheduled, event).await }
     });
-    lambda_http::run(handler).await
+    lambda_http::lambda_runtime::run(handler).await
 }
 
 #[cfg(test)]
@@ -197,5 +233,22 @@ mod tests {
         assert_eq!(twice_escaped_len("\n"), 3);
         assert_eq!(twice_escaped_len("\u{1}"), 7);
         assert_eq!(twice_escaped_len("é"), 2);
+    }
+
+    #[test]
+    fn only_eventbridge_schedules_are_scheduled_events() {
+        let scheduled = serde_json::json!({
+            "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+            "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "123456789012", "time": "2026-01-01T00:00:00Z", "region": "us-east-1",
+            "resources": ["arn:aws:events:us-east-1:123456789012:rule/gc"], "detail": {}
+        });
+        assert!(is_scheduled(&scheduled));
+        let http = serde_json::json!({
+            "version": "2.0", "routeKey": "$default", "rawPath": "/", "headers": {},
+            "requestContext": {"http": {"method": "POST"}}, "body": "{}"
+        });
+        assert!(!is_scheduled(&http));
+        assert!(!is_scheduled(&serde_json::json!({"source": "aws.events"})));
     }
 }

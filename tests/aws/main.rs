@@ -24,6 +24,7 @@ mod completion;
 mod contract;
 mod direct_parts;
 mod faults;
+mod gc;
 mod image_race;
 mod keys;
 mod lifecycle;

@@ -15,3 +15,4 @@ mod push;
 mod request_limits;
 mod sdk_ecr;
 mod server_limits;
+mod startup_reconcile;

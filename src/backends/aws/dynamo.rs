@@ -1596,6 +1596,64 @@ impl MetadataStore for DynamoMetadata {
     }
 }
 
+impl DynamoMetadata {
+    /// Everything the table refers to in the bucket, for `super::gc`: a strongly consistent
+    /// Scan of at most `max_pages` pages (1 MB each), `None` when the table holds more (then the
+    /// collector removes nothing: a partial view would make owned bytes look unowned).
+    pub(super) async fn owned(&self, max_pages: u32) -> StoreResult<Option<super::gc::Owned>> {
+        let op = "gc scan";
+        let mut owned = super::gc::Owned::default();
+        // Only what identifies the records: an image's manifest text stays out of the answer.
+        let names = HashMap::from([
+            ("#pk".to_owned(), PK.to_owned()),
+            ("#sk".to_owned(), SK.to_owned()),
+            ("#kind".to_owned(), KIND.to_owned()),
+            ("#doc".to_owned(), DOC.to_owned()),
+        ]);
+        let mut start: Option<Item> = None;
+        for _ in 0..max_pages {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .projection_expression("#pk, #sk, #kind, #doc")
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_failure(op, e))?;
+            for i in out.items.unwrap_or_default() {
+                match string_attr(&i, KIND) {
+                    Some("upload") => {
+                        let u: UploadRecord = from_item(&i)?;
+                        owned.multipart_ids.insert(u.multipart_id);
+                        owned.upload_blobs.insert(u.blob_key);
+                    }
+                    Some("segment") => {
+                        let seg: StagedSegment = from_item(&i)?;
+                        owned.segment_keys.insert(seg.key);
+                    }
+                    Some("layer") => {
+                        let l: LayerRecord = from_item(&i)?;
+                        owned.layer_keys.insert(l.blob_key);
+                    }
+                    Some("image") => {
+                        let im: ImageRecord = from_item(&i)?;
+                        owned.manifest_keys.extend(im.manifest_key);
+                    }
+                    _ => {}
+                }
+            }
+            start = out.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                return Ok(Some(owned));
+            }
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //! whose chain carries its code, message and request id (never bodies or credentials).
 
 mod dynamo;
+mod gc;
 mod keys;
 mod s3;
 
@@ -21,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_s3::error::SdkError;
 
 pub use dynamo::DynamoMetadata;
+pub use gc::{Collected, GcLimits, collect};
 pub use keys::DynamoKeys;
 pub use s3::S3Blobs;
 
