@@ -75,6 +75,8 @@ if [ -f tests/lambda/invoke_fixtures.py ]; then
     # The function with the test build's features, so the watcher reuses that build; the
     # push-free build that is deployed is compiled and linted by `make lint` and `make lambda-build`.
     LAMBDA_WATCH_FEATURES=default python3 tests/lambda/invoke_fixtures.py
+    step "boto3 signing for the watcher's Function URL address (ECR_AUTH=sigv4, keys in DynamoDB)"
+    LAMBDA_WATCH_FEATURES=default python3 tests/lambda/signed_watch.py
 fi
 
 step "all suites passed"

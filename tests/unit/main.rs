@@ -29,6 +29,7 @@ mod image_race;
 mod keys_store;
 mod lambda_auth;
 mod lambda_limits;
+mod lambda_watch_auth;
 mod lifecycle;
 mod local_backend;
 mod oci;
