@@ -16,6 +16,9 @@ scripts/tools.sh system
 export ECR_TEST_REQUIRE_SKOPEO=1
 PATH="$(scripts/tools.sh path):$PATH"
 export PATH
+# @aws-sdk/client-ecr for tests/clients/js (installed by `scripts/tools.sh install`).
+NODE_PATH="$(scripts/tools.sh node-path)"
+export NODE_PATH
 
 step "local S3 and DynamoDB servers"
 started=0
@@ -65,16 +68,22 @@ export ECR_BIN=target/debug/ecr-layer-upload
 step "boto3 and aws CLI against the embedded backend (ECR_AUTH=none, then sigv4 with keys)"
 ECR_TEST_BACKEND=local python3 -m unittest -v tests/clients/test_clients.py
 ECR_TEST_BACKEND=local python3 -m unittest -v tests/clients/test_auth_clients.py
+step "the JavaScript SDK against the embedded backend (ECR_AUTH=sigv4 with keys)"
+ECR_TEST_BACKEND=local node tests/clients/js/auth_clients.cjs
 
 step "boto3 and aws CLI against the AWS backend (ECR_AUTH=none, then sigv4 with keys)"
 ECR_TEST_BACKEND=aws python3 -m unittest -v tests/clients/test_clients.py
 ECR_TEST_BACKEND=aws python3 -m unittest -v tests/clients/test_auth_clients.py
+step "the JavaScript SDK against the AWS backend (ECR_AUTH=sigv4 with keys)"
+ECR_TEST_BACKEND=aws node tests/clients/js/auth_clients.cjs
 
 if [ -f tests/lambda/invoke_fixtures.py ]; then
     step "every event fixture through cargo lambda watch + invoke"
     # The function with the test build's features, so the watcher reuses that build; the
     # push-free build that is deployed is compiled and linted by `make lint` and `make lambda-build`.
     LAMBDA_WATCH_FEATURES=default python3 tests/lambda/invoke_fixtures.py
+    step "boto3 signing for the watcher's Function URL address (ECR_AUTH=sigv4, keys in DynamoDB)"
+    LAMBDA_WATCH_FEATURES=default python3 tests/lambda/signed_watch.py
 fi
 
 step "all suites passed"

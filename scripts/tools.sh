@@ -4,6 +4,10 @@
 #
 #   scripts/tools.sh install   create the venv and install the pinned tools (once; quiet when done)
 #   scripts/tools.sh path      print the venv's bin directory (for PATH="$(scripts/tools.sh path):$PATH")
+#   scripts/tools.sh node-path print the node_modules directory of the JavaScript SDK (for NODE_PATH)
+#
+# `install` also installs the JavaScript SDK's ECR client (NODE_PACKAGES, for tests/clients/js) with
+# npm into ${TOOLS_DIR}/node-ecr, once; it needs node (>= 18) and npm on PATH.
 #   scripts/tools.sh system    install the Debian packages the tests use (skopeo; needs root or sudo)
 #
 # Needs only python3 (>= 3.10) with its venv module and pip. The pins below resolve together:
@@ -23,11 +27,16 @@ PACKAGES=(
   "aws-sam-cli==1.170.0"
   "cfn-lint==1.58.0"
 )
+NODE_DIR="$TOOLS_DIR/node-ecr"
+NODE_STAMP="$NODE_DIR/.installed"
+NODE_PACKAGES=(
+  "@aws-sdk/client-ecr@3.1169.0"
+)
 # Commands that must exist in the venv for an install to count as complete.
 COMMANDS=(aws cargo-lambda sam cfn-lint)
 
 usage() {
-  echo "usage: $0 {install|system|path}" >&2
+  echo "usage: $0 {install|system|path|node-path}" >&2
   exit 2
 }
 
@@ -39,7 +48,42 @@ installed() {
   done
 }
 
+node_installed() {
+  [[ -f "$NODE_STAMP" && "$(cat "$NODE_STAMP")" == "${NODE_PACKAGES[*]}" ]] &&
+    [[ -d "$NODE_DIR/node_modules/@aws-sdk/client-ecr" ]]
+}
+
+install_node() {
+  node_installed && return 0
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || {
+    echo "tools.sh: node and npm are needed for the JavaScript SDK's tests (tests/clients/js)" >&2
+    exit 1
+  }
+  mkdir -p "$TOOLS_DIR"
+  if command -v flock >/dev/null 2>&1; then
+    exec 8>"$TOOLS_DIR/.node-ecr.lock"
+    flock 8
+    node_installed && return 0
+  fi
+  echo "tools.sh: installing ${NODE_PACKAGES[*]} into $NODE_DIR (once)" >&2
+  rm -rf "$NODE_DIR"
+  mkdir -p "$NODE_DIR"
+  local log="$TOOLS_DIR/node-ecr-install.log"
+  if ! npm install --prefix "$NODE_DIR" --no-audit --no-fund --no-save --loglevel=error \
+      "${NODE_PACKAGES[@]}" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "tools.sh: npm install failed (log: $log)" >&2
+    exit 1
+  fi
+  printf '%s' "${NODE_PACKAGES[*]}" >"$NODE_STAMP"
+}
+
 install() {
+  install_venv
+  install_node
+}
+
+install_venv() {
   installed && return 0
   mkdir -p "$TOOLS_DIR"
   # One installer at a time (parallel make jobs may all ask for the tools).
@@ -104,5 +148,6 @@ case "${1:-}" in
   install) install ;;
   system) system ;;
   path) echo "$VENV/bin" ;;
+  node-path) echo "$NODE_DIR/node_modules" ;;
   *) usage ;;
 esac

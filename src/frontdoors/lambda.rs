@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::HeaderValue;
+use lambda_http::request::RequestContext;
 use lambda_http::{Body, LambdaEvent, Request, Response};
 
 use crate::ports::{BlobStore, MetadataStore};
@@ -111,13 +112,15 @@ pub async fn handle<M: MetadataStore, B: BlobStore>(
 }
 
 /// [`handle`], with the request checked by `auth` when given (`ECR_AUTH=sigv4`). The request's
-/// URI is the Function URL's host and raw path, as the client signed them.
+/// URI is the Function URL's host and raw path, as the client signed them; under
+/// `cargo lambda watch` the emulator's `/lambda-url/<function>` prefix is put back first
+/// ([`emulated_url_prefix`]).
 pub async fn handle_with<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
     auth: Option<&Auth>,
     req: Request,
 ) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let body = match body {
         Body::Text(t) => Bytes::from(t),
         Body::Binary(b) => Bytes::from(b),
@@ -125,6 +128,9 @@ pub async fn handle_with<M: MetadataStore, B: BlobStore>(
     };
     if oci::wire::is_oci_path(parts.uri.path()) {
         return oci_event(svc, auth, http::Request::from_parts(parts, body)).await;
+    }
+    if let Some(prefix) = emulated_url_prefix(&parts) {
+        restore_prefix(&mut parts, &prefix);
     }
     let (mut parts, body) = ecr::handle_with(svc, auth, http::Request::from_parts(parts, body))
         .await
@@ -137,6 +143,71 @@ pub async fn handle_with<M: MetadataStore, B: BlobStore>(
         Err(e) => Body::Binary(e.into_bytes()),
     };
     Response::from_parts(parts, body)
+}
+
+/// The emulator's default function, reached at the watcher's root rather than under
+/// `/lambda-url/<function>/` (nothing was stripped from the path then).
+const EMULATOR_DEFAULT_FUNCTION: &str = "_";
+
+/// The path prefix `cargo lambda watch` stripped from the address the client called, when the
+/// event comes from that emulator's Function URL (`http://127.0.0.1:<port>/lambda-url/<function>/`):
+/// it hands the function the client's `host` header but a `rawPath` without
+/// `/lambda-url/<function>`, and marks its events with the request context's `domainName`
+/// `localhost` and the function's name as `domainPrefix`. A real Function URL passes the client's
+/// host and path unchanged and its `domainName` is always `<url-id>.lambda-url.<region>.on.aws`,
+/// set by Lambda rather than the caller; so the prefix is put back only for such an event whose
+/// host is also a loopback address, and a deployed function verifies exactly what it received.
+pub fn emulated_url_prefix(parts: &http::request::Parts) -> Option<String> {
+    let Some(RequestContext::ApiGatewayV2(ctx)) = parts.extensions.get::<RequestContext>() else {
+        return None;
+    };
+    if ctx.domain_name.as_deref() != Some("localhost") {
+        return None;
+    }
+    let host = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+    if !is_loopback_host(host) {
+        return None;
+    }
+    let function = ctx.domain_prefix.as_deref()?;
+    let valid = !function.is_empty()
+        && function != EMULATOR_DEFAULT_FUNCTION
+        && function.len() <= 64
+        && function
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then(|| format!("/lambda-url/{function}"))
+}
+
+/// Whether a `host` header (with or without its port) names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Puts `prefix` back in front of the request's path, as the client called (and signed) it.
+fn restore_prefix(parts: &mut http::request::Parts, prefix: &str) {
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut uri = http::uri::Builder::new();
+    if let Some(scheme) = parts.uri.scheme() {
+        uri = uri.scheme(scheme.clone());
+    }
+    if let Some(authority) = parts.uri.authority() {
+        uri = uri.authority(authority.clone());
+    }
+    match uri
+        .path_and_query(format!("{prefix}{path_and_query}"))
+        .build()
+    {
+        Ok(restored) => parts.uri = restored,
+        // Left as it came: the signature check then refuses it as any other mismatch.
+        Err(_) => tracing::debug!("the emulator's path prefix could not be restored"),
+    }
 }
 
 /// The largest `/v2/` request body a Function URL delivers: a blob chunk is not text, so it

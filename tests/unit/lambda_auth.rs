@@ -1,7 +1,7 @@
 //! `ECR_AUTH=sigv4` behind the Function URL, through the Lambda front door: what is verified is
 //! the host and raw path the client signed (the Function URL's `host` header and `rawPath`).
 //!
-//! The signed and unsigned fixtures of tests/fixtures/auth/ are Function URL events derived from
+//! The signed and unsigned fixtures of events/auth/ are Function URL events derived from
 //! events/create-repository.json: `signed-create-repository.json` signed with the test key below
 //! at the fixture's own date (2026-11-22T06:30:00Z; the checker runs on a manual clock set to
 //! it), `unsigned-create-repository.json` without an `authorization` header. They are written by
@@ -32,10 +32,7 @@ pub const FIXTURE_SECRET: &str = "fixture-secret-not-used-anywhere-else-0000";
 const T0: u64 = 1_795_329_000;
 
 fn path(name: &str) -> String {
-    format!(
-        "{}/tests/fixtures/auth/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/events/auth/{name}.json", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The event of events/`base`.json signed for its own host, path, headers and body.
@@ -83,7 +80,7 @@ fn signed_event(base: &str, host_signed: Option<&str>) -> Value {
     event
 }
 
-/// `event` pretty-printed, checked against (or written to) tests/fixtures/auth/`name`.json.
+/// `event` pretty-printed, checked against (or written to) events/auth/`name`.json.
 fn pinned(name: &str, event: &Value) -> String {
     let text = serde_json::to_string_pretty(event).unwrap() + "\n";
     let file = path(name);

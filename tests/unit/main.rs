@@ -30,6 +30,7 @@ mod keys_store;
 mod lambda_auth;
 mod lambda_limits;
 mod lambda_schedule;
+mod lambda_watch_auth;
 mod lifecycle;
 mod local_backend;
 mod oci;
