@@ -8,8 +8,9 @@ DynamoDB servers):
   request under the 6 MB cap) and pulls it back with `--all`;
 - `ecr-layer-upload push` pushes an image with a 12 MiB layer through the ECR API of the same
   function (parts sized to the cap), which no function answer could carry whole;
-- a blob GET is answered 307 with a presigned URL of the S3 server, and skopeo (and podman, when
-  it runs on this machine: tests/clients/podman.sh decides) pulls that image by following it;
+- a blob GET is answered 307 with a presigned URL of the S3 server, and skopeo (and podman,
+  rootful with vfs storage, when it is installed and this runs as root) pulls that image by
+  following it;
 - every pulled blob is named by its content and every pushed digest is among them.
 
 Python 3.11 standard library; needs skopeo (scripts/tools.sh system) and the test build's binary
@@ -18,11 +19,13 @@ Python 3.11 standard library; needs skopeo (scripts/tools.sh system) and the tes
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
+import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,6 +50,16 @@ def digest(data: bytes) -> str:
 
 def descriptor(media_type: str, data: bytes) -> dict:
     return {"mediaType": media_type, "digest": digest(data), "size": len(data)}
+
+
+def tar_layer(size: int) -> bytes:
+    """A layer podman can unpack: an uncompressed tar holding one file of `size` random bytes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("data")
+        info.size = size
+        tar.addfile(info, io.BytesIO(os.urandom(size)))
+    return out.getvalue()
 
 
 def new_layout(path: Path) -> None:
@@ -110,6 +123,16 @@ def skopeo_found() -> bool:
     return False
 
 
+def podman_found() -> bool:
+    """podman on PATH and root (rootful podman; tests/e2e/oci_podman.rs says why); required
+    when ECR_TEST_REQUIRE_PODMAN is set."""
+    if shutil.which("podman") and os.geteuid() == 0:
+        return True
+    assert not os.environ.get("ECR_TEST_REQUIRE_PODMAN"), \
+        "ECR_TEST_REQUIRE_PODMAN is set but podman is not on PATH or this is not root"
+    return False
+
+
 class OciThroughLambda:
     """The steps; `step(label, fn)` is the caller's way of counting passes and failures."""
 
@@ -122,10 +145,11 @@ class OciThroughLambda:
         self.registry = f"{HOST}:{port}"
         self.repo = f"oci/lambda-{secrets.token_hex(4)}"
         self.bin = os.environ.get("ECR_BIN") or str(ROOT / "target" / "debug" / "ecr-layer-upload")
-        rand = lambda n: os.urandom(n)  # noqa: E731 - incompressible, as layers are
-        self.platforms = {arch: [rand(1024), rand(1024 * 1024), rand(4 * 1024 * 1024)]
+        # Incompressible, as layers are; each blob under the cap of a request through Lambda.
+        self.platforms = {arch: [tar_layer(1024), tar_layer(1024 * 1024),
+                                 tar_layer(4 * 1024 * 1024)]
                           for arch in ("amd64", "arm64")}
-        self.big_layers = [rand(12 * 1024 * 1024), rand(64 * 1024)]
+        self.big_layers = [tar_layer(12 * 1024 * 1024), tar_layer(64 * 1024)]
         self.pushed: dict[str, set[str]] = {}
         self.big_manifest = ""
 
@@ -136,7 +160,7 @@ class OciThroughLambda:
         yield "/v2/ ecr-layer-upload push: an image with a 12 MiB layer", self.push_big
         yield "/v2/ a blob GET answers 307 to the S3 server's presigned URL", self.redirect
         yield "/v2/ skopeo pulls the 12 MiB layer by following the 307", self.skopeo_pull_big
-        if os.environ.get("ECR_TEST_PODMAN") == "1":
+        if podman_found():
             yield "/v2/ podman pulls the 12 MiB layer by following the 307", self.podman_pull_big
 
     def create_repository(self) -> None:
@@ -219,7 +243,8 @@ class OciThroughLambda:
         """podman (rootful, vfs) pulls the image through the 307 and reports its digest."""
         storage = self.tmp / "podman"
         podman = ["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
-                  "--storage-driver", "vfs"]
+                  "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
+                  "--events-backend", "none"]
         ref = f"{self.registry}/{self.repo}:big"
         run(podman + ["pull", "--tls-verify=false", ref], self.env)
         got = run(podman + ["image", "inspect", "--format", "{{.Digest}}", ref], self.env).strip()
