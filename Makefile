@@ -7,7 +7,7 @@ CARGO ?= cargo
 TOOLS_DIR ?= $(HOME)/.cache/ecr-layer-upload
 export TOOLS_DIR
 
-.PHONY: all build release run test unit fmt clippy bench bench-rss clean
+.PHONY: all build release run test unit fmt clippy bench bench-registry bench-rss clean
 
 all: build
 
@@ -46,6 +46,14 @@ bench:
 	set -a; eval "$$(scripts/services.sh env)"; set +a; \
 	BENCH_SIZE_MIB=$(BENCH_SIZE_MIB) BENCH_ROUNDS=$(BENCH_ROUNDS) $(CARGO) bench --bench compare
 	$(CARGO) bench --bench auth
+	$(MAKE) bench-registry
+
+# skopeo pushing and pulling one BENCH_SIZE_MIB layer to and from this server and Debian's
+# docker-registry (distribution) side by side: throughput and peak memory (scripts/bench_registry.sh).
+bench-registry:
+	$(CARGO) build --release --bin ecr-layer-upload
+	BENCH_SIZE_MIB=$(BENCH_SIZE_MIB) BENCH_ROUNDS=$(BENCH_ROUNDS) \
+	ECR_BIN=target/release/ecr-layer-upload scripts/bench_registry.sh
 
 # Peak memory and throughput for 64 MiB and 1 GiB layers in Lambda-sized parts, one backend.
 bench-rss:

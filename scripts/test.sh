@@ -14,6 +14,10 @@ scripts/tools.sh install
 scripts/tools.sh system
 # The push suite's test of skopeo-written archives must run here, not skip.
 export ECR_TEST_REQUIRE_SKOPEO=1
+# And podman's (tests/e2e/oci_podman.rs, tests/lambda/oci_pull.py): rootful, so as root only.
+if [ "$(id -u)" = 0 ]; then
+    export ECR_TEST_REQUIRE_PODMAN=1
+fi
 PATH="$(scripts/tools.sh path):$PATH"
 export PATH
 # @aws-sdk/client-ecr for tests/clients/js (installed by `scripts/tools.sh install`).

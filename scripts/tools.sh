@@ -5,10 +5,11 @@
 #   scripts/tools.sh install   create the venv and install the pinned tools (once; quiet when done)
 #   scripts/tools.sh path      print the venv's bin directory (for PATH="$(scripts/tools.sh path):$PATH")
 #   scripts/tools.sh node-path print the node_modules directory of the JavaScript SDK (for NODE_PATH)
+#   scripts/tools.sh system    install the Debian packages the tests use (skopeo, podman; needs root
+#                              or sudo)
 #
 # `install` also installs the JavaScript SDK's ECR client (NODE_PACKAGES, for tests/clients/js) with
 # npm into ${TOOLS_DIR}/node-ecr, once; it needs node (>= 18) and npm on PATH.
-#   scripts/tools.sh system    install the Debian packages the tests use (skopeo; needs root or sudo)
 #
 # Needs only python3 (>= 3.10) with its venv module and pip. The pins below resolve together:
 # aws-sam-cli 1.170.0 requires boto3==1.43.108 and cfn-lint>=1.52,<1.59, and awscli 1.46.3 requires
@@ -119,11 +120,17 @@ EOF
 }
 
 # skopeo writes the `docker save` and OCI archives that tests/e2e/push.rs pushes: archives from a real
-# producer, not only ones the tests build.
-SYSTEM_PACKAGES=(skopeo)
+# producer, not only ones the tests build. skopeo and podman are the registry clients of
+# tests/e2e/oci_clients.rs, tests/e2e/oci_podman.rs and tests/lambda/oci_pull.py (podman rootful,
+# vfs storage: it pushes and pulls, it runs no container).
+SYSTEM_PACKAGES=(skopeo podman)
 
 system() {
-  command -v skopeo >/dev/null 2>&1 && return 0
+  local missing=() p
+  for p in "${SYSTEM_PACKAGES[@]}"; do
+    command -v "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [[ ${#missing[@]} == 0 ]] && return 0
   local sudo=()
   if [[ "$(id -u)" != 0 ]]; then
     command -v sudo >/dev/null 2>&1 || {
@@ -132,14 +139,14 @@ system() {
     }
     sudo=(sudo)
   fi
-  echo "tools.sh: installing ${SYSTEM_PACKAGES[*]} with apt-get (once)" >&2
+  echo "tools.sh: installing ${missing[*]} with apt-get (once)" >&2
   mkdir -p "$TOOLS_DIR"
   local log="$TOOLS_DIR/apt-install.log"
   if ! { "${sudo[@]}" apt-get update -qq &&
       DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
-        --no-install-recommends "${SYSTEM_PACKAGES[@]}"; } >"$log" 2>&1; then
+        --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
     cat "$log" >&2
-    echo "tools.sh: apt-get install ${SYSTEM_PACKAGES[*]} failed (log: $log)" >&2
+    echo "tools.sh: apt-get install ${missing[*]} failed (log: $log)" >&2
     exit 1
   fi
 }

@@ -26,6 +26,10 @@ What it does:
   false, no `__type` on success; then what expected.json says: the error's `__type` (also in
   x-amzn-errortype) and message, the members, and that the URL of GetDownloadUrlForLayer serves
   the layer (fetched whole and with a Range);
+- then registry clients through the same function URL (tests/lambda/oci_pull.py): skopeo pushes
+  and pulls an index, and pulls an image with a 12 MiB layer by following the blob GET's 307 to
+  S3, and podman (as root) pulls it too (skipped without skopeo unless ECR_TEST_REQUIRE_SKOPEO is
+  set);
 - fails if a fixture in events/ is not exercised; stops the watcher (SIGTERM to its process group,
   bounded wait, SIGKILL) in every case, and the function's own process group with it.
 
@@ -630,6 +634,32 @@ class Run:
 # ------------------------------------------------------------------------------------------------
 
 
+def run_oci_clients(run: Run, port: int, env: dict[str, str], tmp: Path) -> None:
+    """Registry clients through the same watcher's function URL (tests/lambda/oci_pull.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import oci_pull
+
+    try:
+        found = oci_pull.skopeo_found()
+    except AssertionError as e:
+        run.fail("/v2/ clients through Lambda", str(e))
+        return
+    if not found:
+        log("skip /v2/ clients through Lambda: skopeo is not installed (scripts/tools.sh system)")
+        return
+    t0 = time.monotonic()
+    clients = oci_pull.OciThroughLambda(port, env, tmp, env["AWS_ENDPOINT_URL_S3"])
+    for label, step in clients.steps():
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - a broken step is a failed step
+            run.fail(label, f"{type(e).__name__}: {e}")
+            continue
+        run.passed += 1
+        log(f"ok   {label}")
+    log(f"/v2/ clients through Lambda: {time.monotonic() - t0:.1f} s")
+
+
 def main() -> int:
     started = time.monotonic()
     names = sorted(p.stem for p in EVENTS.glob("*.json"))
@@ -669,6 +699,7 @@ def main() -> int:
             run.run()
             log(f"fixtures: {run.calls} invocations in {time.monotonic() - t0:.1f} s; "
                 f"function instances started: {watcher.instances()}")
+            run_oci_clients(run, port, env, tmp)
     except Fatal as e:
         fatal = str(e)
     except KeyboardInterrupt as e:
