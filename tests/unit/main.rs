@@ -36,3 +36,4 @@ mod orphans;
 mod server_errors;
 mod service;
 mod soak;
+mod verify_ranges;
