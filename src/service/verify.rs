@@ -73,9 +73,16 @@ pub async fn sha256_of_object<B: BlobStore>(
     if expected == 0 {
         return sha256_of(blobs.read_object(key, None).await?).await;
     }
-    let mut ranges = (0..expected.div_ceil(RANGE)).map(|i| {
+    let count = expected.div_ceil(RANGE);
+    let mut ranges = (0..count).map(move |i| {
         let first = i * RANGE;
-        let last = (first + RANGE).min(expected + 1) - 1;
+        // The last range ends one byte past `expected`, even when `expected` is a multiple of
+        // `RANGE`.
+        let last = if i + 1 == count {
+            expected
+        } else {
+            first + RANGE - 1
+        };
         (first, last)
     });
     let mut flight: VecDeque<Reading> = VecDeque::with_capacity(PARALLEL);

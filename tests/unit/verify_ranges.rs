@@ -33,16 +33,9 @@ async fn upload<B: BlobStore>(
 async fn layers_around_the_range_size_verify_to_their_digest() {
     let svc = Service::new(MemoryMetadata::new(), MemoryBlobs::new(), small_parts());
     create_repository(&svc, "app").await;
-    for (seed, len) in [
-        1,
-        4 * MIB - 1,
-        4 * MIB,
-        4 * MIB + 1,
-        8 * MIB,
-        17 * MIB + 3,
-    ]
-    .into_iter()
-    .enumerate()
+    for (seed, len) in [1, 4 * MIB - 1, 4 * MIB, 4 * MIB + 1, 8 * MIB, 17 * MIB + 3]
+        .into_iter()
+        .enumerate()
     {
         let data = noise(len, seed as u64 + 100);
         let id = upload(&svc, &data, 5 * MIB).await;
