@@ -748,8 +748,8 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             .await?;
         *assembled = true;
 
-        let stream = self.blobs.read_object(&up.blob_key, None).await?;
-        let (computed, size) = verify::sha256_of(stream).await?;
+        let (computed, size) =
+            verify::sha256_of_object(&self.blobs, &up.blob_key, up.next_byte).await?;
         if size != up.next_byte {
             return Err(EcrError::Server(format!(
                 "assembled layer of upload {} has {size} bytes, expected {}",

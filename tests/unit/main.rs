@@ -38,3 +38,4 @@ mod orphans;
 mod server_errors;
 mod service;
 mod soak;
+mod verify_ranges;
