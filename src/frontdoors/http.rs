@@ -25,6 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::domain::error::{StoreError, chain};
 use crate::ports::{BlobStore, DownloadRefused, MetadataStore, SignedDownloads};
 use crate::protocols::auth::Auth;
+use crate::protocols::oci::wire::{Wanted, requested_range};
 use crate::protocols::{ecr, oci};
 use crate::service::Service;
 
@@ -614,63 +615,6 @@ async fn download<B: BlobStore>(
     };
     insert(resp.headers_mut(), header::CONTENT_LENGTH, len.to_string());
     resp
-}
-
-/// What a request's `Range` header asks of an object of `size` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wanted {
-    /// No header, or one that is malformed or asks for several ranges: the whole object.
-    Whole,
-    /// The inclusive byte range, within the object.
-    Range(u64, u64),
-    Unsatisfiable,
-}
-
-/// Reads a single byte range (RFC 9110 §14.1.2), clamped to the object.
-///
-/// Ranges: `bytes=0-9`, `bytes=5-` (to the end), `bytes=-3` (the last 3), `bytes=2-999` (clamped).
-/// Unsatisfiable: a first byte at or past the end, `bytes=-0`, any range of an empty object.
-/// Ignored: `bytes=0-1,4-5` (several ranges), `bytes=5-2`, `bytes=a-b`, `bytes=-`, `items=0-1`.
-fn requested_range(value: Option<&HeaderValue>, size: u64) -> Wanted {
-    let Some(text) = value.and_then(|v| v.to_str().ok()).map(str::trim) else {
-        return Wanted::Whole;
-    };
-    let spec = match text.split_at_checked(6) {
-        Some((unit, spec)) if unit.eq_ignore_ascii_case("bytes=") => spec,
-        _ => return Wanted::Whole,
-    };
-    let Some((first, last)) = spec.split_once('-') else {
-        return Wanted::Whole;
-    };
-    // Digits only; a number too large for u64 is past any end.
-    let number = |s: &str| {
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
-    };
-    match (number(first), number(last)) {
-        (None, Some(suffix)) if first.is_empty() => {
-            if suffix == 0 || size == 0 {
-                Wanted::Unsatisfiable
-            } else {
-                Wanted::Range(size - suffix.min(size), size - 1)
-            }
-        }
-        (Some(first), None) if last.is_empty() => {
-            if first >= size {
-                Wanted::Unsatisfiable
-            } else {
-                Wanted::Range(first, size - 1)
-            }
-        }
-        (Some(first), Some(last)) if first <= last => {
-            if first >= size {
-                Wanted::Unsatisfiable
-            } else {
-                Wanted::Range(first, last.min(size - 1))
-            }
-        }
-        _ => Wanted::Whole,
-    }
 }
 
 fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: String) {

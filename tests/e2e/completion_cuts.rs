@@ -141,14 +141,15 @@ async fn a_complete_whose_client_timed_out_can_be_retried() {
     retry_until_completed(&ecr, &repo, &id, &d).await;
 }
 
-/// The binary on the embedded backend with its state in `data`, on a loopback port.
-struct Process {
+/// The binary on the embedded backend with its state in `data`, on a loopback port; stopped by
+/// its own PID when dropped. tests/e2e/startup_reconcile.rs uses it too.
+pub(crate) struct Process {
     child: Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 impl Process {
-    fn start(data: &Path) -> Process {
+    pub(crate) fn start(data: &Path) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ecr-layer-upload"))
             .arg("serve")
             .arg("--listen")
@@ -183,7 +184,7 @@ impl Process {
     }
 
     /// SIGKILL, and wait until the process is gone.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("wait");
     }

@@ -3,80 +3,23 @@
 //! and staging objects that no record owns are gone by the time it listens again, and the live
 //! layer's bytes stay and stay available.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use aws_sdk_ecr::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecr::types::LayerAvailability;
 
 use crate::common::{create_repository, noise, push_blob, temp_dir};
+use crate::completion_cuts::Process;
 
-/// The binary on the embedded backend with its state in `data`, on a loopback port; stopped by
-/// its own PID when dropped.
-struct Process {
-    child: Child,
-    endpoint: String,
-}
-
-impl Process {
-    fn start(data: &Path) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ecr-layer-upload"))
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data)
-            .env("ECR_BACKEND", "local")
-            .env("RUST_LOG", "info")
-            .env_remove("AWS_LAMBDA_RUNTIME_API")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start ecr-layer-upload");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let (false, Some(addr)) = (sent, line.split("addr=").nth(1)) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-                    sent = true;
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("ecr-layer-upload did not start in 30 s");
-        Process {
-            child,
-            endpoint: format!("http://{addr}"),
-        }
-    }
-
-    fn ecr(&self) -> aws_sdk_ecr::Client {
-        let conf = aws_sdk_ecr::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-            .build();
-        aws_sdk_ecr::Client::from_conf(conf)
-    }
-
-    /// SIGKILL, and wait until the process is gone.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A client of `endpoint` with the SDK's default retries.
+fn client_of(endpoint: &str) -> aws_sdk_ecr::Client {
+    let conf = aws_sdk_ecr::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .build();
+    aws_sdk_ecr::Client::from_conf(conf)
 }
 
 /// Every file under `dir` with its size.
@@ -108,7 +51,7 @@ async fn the_binary_removes_what_a_crash_left_before_it_serves() {
     let data = temp_dir();
     let blobs = data.path().join("blobs");
     let server = Process::start(data.path());
-    let ecr = server.ecr();
+    let ecr = client_of(&server.endpoint);
     create_repository(&ecr, "startup").await;
     let layer = noise(50_000, 11);
     let layer_digest = push_blob(&ecr, "startup", &layer).await;
@@ -133,8 +76,7 @@ async fn the_binary_removes_what_a_crash_left_before_it_serves() {
     let server = Process::start(data.path());
     // It listens only after the reconciliation: what was planted is gone, the rest is as it was.
     assert_eq!(files(&blobs), live, "only live files remain");
-    let check = server
-        .ecr()
+    let check = client_of(&server.endpoint)
         .batch_check_layer_availability()
         .repository_name("startup")
         .layer_digests(&layer_digest)

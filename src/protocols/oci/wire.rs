@@ -227,8 +227,12 @@ pub enum Wanted {
     Unsatisfiable,
 }
 
-/// Reads a single byte range (RFC 9110 §14.1.2), clamped to the blob: `bytes=0-9`, `bytes=5-`,
-/// `bytes=-3`.
+/// Reads a single byte range (RFC 9110 §14.1.2), clamped to the blob. The local server's
+/// download URLs (src/frontdoors/http.rs) read theirs with it too.
+///
+/// Ranges: `bytes=0-9`, `bytes=5-` (to the end), `bytes=-3` (the last 3), `bytes=2-999` (clamped).
+/// Unsatisfiable: a first byte at or past the end, `bytes=-0`, any range of an empty object.
+/// Ignored: `bytes=0-1,4-5` (several ranges), `bytes=5-2`, `bytes=a-b`, `bytes=-`, `items=0-1`.
 pub fn requested_range(value: Option<&HeaderValue>, size: u64) -> Wanted {
     let Some(text) = value.and_then(|v| v.to_str().ok()).map(str::trim) else {
         return Wanted::Whole;
@@ -240,6 +244,7 @@ pub fn requested_range(value: Option<&HeaderValue>, size: u64) -> Wanted {
     let Some((first, last)) = spec.split_once('-') else {
         return Wanted::Whole;
     };
+    // Digits only; a number too large for u64 is past any end.
     let number = |s: &str| {
         (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
             .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
