@@ -15,8 +15,12 @@ scripts/tools.sh system
 # The push suite's test of skopeo-written archives must run here, not skip.
 export ECR_TEST_REQUIRE_SKOPEO=1
 # And podman's (tests/e2e/oci_podman.rs, tests/lambda/oci_pull.py): rootful, so as root only.
+# Likewise docker's and containerd's (tests/e2e/oci_docker.rs, tests/lambda/oci_pull.py), whose
+# tests start daemons of their own: installed, they are skipped (with the reason) only where the
+# daemon cannot start on the machine.
 if [ "$(id -u)" = 0 ]; then
     export ECR_TEST_REQUIRE_PODMAN=1
+    export ECR_TEST_REQUIRE_DOCKER=1
 fi
 PATH="$(scripts/tools.sh path):$PATH"
 export PATH

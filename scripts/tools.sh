@@ -5,8 +5,8 @@
 #   scripts/tools.sh install   create the venv and install the pinned tools (once; quiet when done)
 #   scripts/tools.sh path      print the venv's bin directory (for PATH="$(scripts/tools.sh path):$PATH")
 #   scripts/tools.sh node-path print the node_modules directory of the JavaScript SDK (for NODE_PATH)
-#   scripts/tools.sh system    install the Debian packages the tests use (skopeo, podman; needs root
-#                              or sudo)
+#   scripts/tools.sh system    install the Debian packages the tests use (skopeo, podman, docker.io,
+#                              containerd; needs root or sudo)
 #
 # `install` also installs the JavaScript SDK's ECR client (NODE_PACKAGES, for tests/clients/js) with
 # npm into ${TOOLS_DIR}/node-ecr, once; it needs node (>= 18) and npm on PATH.
@@ -122,19 +122,37 @@ EOF
 # skopeo writes the `docker save` and OCI archives that tests/e2e/push.rs pushes: archives from a real
 # producer, not only ones the tests build. skopeo and podman are the registry clients of
 # tests/e2e/oci_clients.rs, tests/e2e/oci_podman.rs and tests/lambda/oci_pull.py (podman rootful,
-# vfs storage: it pushes and pulls, it runs no container).
-SYSTEM_PACKAGES=(skopeo podman)
+# vfs storage: it pushes and pulls, it runs no container). docker.io (the docker CLI and dockerd)
+# and containerd (with ctr) are those of tests/e2e/oci_docker.rs and tests/lambda/oci_pull.py,
+# which start daemons of their own (vfs storage, no iptables, no bridge) and never the machine's
+# services; they use Debian's paths (/usr/bin/docker, /usr/sbin/dockerd, /usr/bin/containerd,
+# /usr/bin/ctr), whatever other docker client PATH finds first.
+#
+# Each package with what shows it is installed: a command on PATH, or Debian's path of it (a docker
+# client installed elsewhere, without dockerd, does not count).
+SYSTEM_PACKAGES=(
+  skopeo=skopeo
+  podman=podman
+  docker.io=/usr/sbin/dockerd
+  containerd=/usr/bin/ctr
+)
 
 system() {
-  local missing=() p
-  for p in "${SYSTEM_PACKAGES[@]}"; do
-    command -v "$p" >/dev/null 2>&1 || missing+=("$p")
+  local missing=() entry p probe
+  for entry in "${SYSTEM_PACKAGES[@]}"; do
+    p="${entry%%=*}"
+    probe="${entry#*=}"
+    if [[ "$probe" == /* ]]; then
+      [[ -x "$probe" ]] || missing+=("$p")
+    else
+      command -v "$probe" >/dev/null 2>&1 || missing+=("$p")
+    fi
   done
   [[ ${#missing[@]} == 0 ]] && return 0
   local sudo=()
   if [[ "$(id -u)" != 0 ]]; then
     command -v sudo >/dev/null 2>&1 || {
-      echo "tools.sh: installing ${SYSTEM_PACKAGES[*]} needs root or sudo" >&2
+      echo "tools.sh: installing ${missing[*]} needs root or sudo" >&2
       exit 1
     }
     sudo=(sudo)

@@ -11,6 +11,7 @@ mod completion_cuts;
 mod oci_auth;
 mod oci_client;
 mod oci_clients;
+mod oci_docker;
 mod oci_podman;
 mod push;
 mod request_limits;

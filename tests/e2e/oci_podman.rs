@@ -97,7 +97,7 @@ impl Podman {
 }
 
 /// A layer podman can unpack: an uncompressed tar holding one file of `len` bytes.
-fn tar_layer(name: &str, len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn tar_layer(name: &str, len: usize, seed: u64) -> Vec<u8> {
     let data = noise(len, seed);
     let mut header = tar::Header::new_gnu();
     header.set_size(data.len() as u64);

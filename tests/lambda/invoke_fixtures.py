@@ -28,8 +28,8 @@ What it does:
   the layer (fetched whole and with a Range);
 - then registry clients through the same function URL (tests/lambda/oci_pull.py): skopeo pushes
   and pulls an index, and pulls an image with a 12 MiB layer by following the blob GET's 307 to
-  S3, and podman (as root) pulls it too (skipped without skopeo unless ECR_TEST_REQUIRE_SKOPEO is
-  set);
+  S3, and podman and containerd's ctr (as root) pull it too (skipped without skopeo unless
+  ECR_TEST_REQUIRE_SKOPEO is set);
 - fails if a fixture in events/ is not exercised; stops the watcher (SIGTERM to its process group,
   bounded wait, SIGKILL) in every case, and the function's own process group with it.
 

@@ -9,12 +9,14 @@ DynamoDB servers):
 - `ecr-layer-upload push` pushes an image with a 12 MiB layer through the ECR API of the same
   function (parts sized to the cap), which no function answer could carry whole;
 - a blob GET is answered 307 with a presigned URL of the S3 server, and skopeo (and podman,
-  rootful with vfs storage, when it is installed and this runs as root) pulls that image by
-  following it;
+  rootful with vfs storage, and containerd's ctr against a containerd of its own, when they are
+  installed and this runs as root) pulls that image by following it: no function answer could
+  carry the 12 MiB layer itself;
 - every pulled blob is named by its content and every pushed digest is among them.
 
 Python 3.11 standard library; needs skopeo (scripts/tools.sh system) and the test build's binary
-(ECR_BIN, else target/debug/ecr-layer-upload).
+(ECR_BIN, else target/debug/ecr-layer-upload); podman and containerd (same packages) are required
+where ECR_TEST_REQUIRE_PODMAN and ECR_TEST_REQUIRE_DOCKER say so.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import secrets
 import shutil
 import subprocess
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,6 +39,11 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 CLIENT_TIMEOUT_SECS = 600
+# How long a containerd of the test's own gets to answer after it starts, and to exit when asked.
+DAEMON_WAIT_SECS = 60
+# Debian's paths (scripts/tools.sh system), before any other on PATH.
+CONTAINERD = "/usr/bin/containerd"
+CTR = "/usr/bin/ctr"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -133,6 +141,74 @@ def podman_found() -> bool:
     return False
 
 
+def debian_or_path(path: str) -> str | None:
+    return path if os.access(path, os.X_OK) else shutil.which(Path(path).name)
+
+
+def containerd_found() -> bool:
+    """containerd and ctr installed and root (containerd's snapshots need it); required when
+    ECR_TEST_REQUIRE_DOCKER is set (`make test` as root; tests/e2e/oci_docker.rs)."""
+    if debian_or_path(CONTAINERD) and debian_or_path(CTR) and os.geteuid() == 0:
+        return True
+    assert not os.environ.get("ECR_TEST_REQUIRE_DOCKER"), \
+        "ECR_TEST_REQUIRE_DOCKER is set but containerd or ctr is not installed or this is not root"
+    return False
+
+
+class Containerd:
+    """A containerd of its own under `dir` (root, state, sockets, `opt`; no CRI plugin), stopped
+    by PID and its directory removed on exit; `ctr(...)` runs ctr against it."""
+
+    def __init__(self, dir: Path, env: dict[str, str]):
+        self.dir = dir
+        self.env = env
+        self.socket = dir / "containerd.sock"
+        self.proc: subprocess.Popen | None = None
+        self.log = dir / "containerd.log"
+
+    def __enter__(self) -> "Containerd":
+        self.dir.mkdir(parents=True)
+        config = self.dir / "config.toml"
+        config.write_text(
+            "version = 2\n"
+            f"root = {json.dumps(str(self.dir / 'root'))}\n"
+            f"state = {json.dumps(str(self.dir / 'state'))}\n"
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f"[grpc]\n  address = {json.dumps(str(self.socket))}\n"
+            f"[ttrpc]\n  address = {json.dumps(str(self.socket) + '.ttrpc')}\n"
+            '[plugins."io.containerd.internal.v1.opt"]\n'
+            f"  path = {json.dumps(str(self.dir / 'opt'))}\n")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([debian_or_path(CONTAINERD), "--config", str(config)],
+                                         stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + DAEMON_WAIT_SECS
+        while subprocess.run(self.command("version"), capture_output=True,
+                             timeout=DAEMON_WAIT_SECS).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log.read_text(errors="replace").splitlines()[-8:]
+                self.__exit__()
+                raise AssertionError("containerd did not start: " + "\n".join(tail))
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(DAEMON_WAIT_SECS)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def command(self, *args: str) -> list[str]:
+        return [debian_or_path(CTR), "--address", str(self.socket), "--namespace", "test", *args]
+
+    def ctr(self, *args: str) -> str:
+        return run(self.command(*args), self.env)
+
+
 class OciThroughLambda:
     """The steps; `step(label, fn)` is the caller's way of counting passes and failures."""
 
@@ -162,6 +238,8 @@ class OciThroughLambda:
         yield "/v2/ skopeo pulls the 12 MiB layer by following the 307", self.skopeo_pull_big
         if podman_found():
             yield "/v2/ podman pulls the 12 MiB layer by following the 307", self.podman_pull_big
+        if containerd_found():
+            yield "/v2/ ctr pulls the 12 MiB layer by following the 307", self.ctr_pull_big
 
     def create_repository(self) -> None:
         req = urllib.request.Request(
@@ -251,3 +329,18 @@ class OciThroughLambda:
         assert got == self.big_manifest, f"podman reports digest {got!r}, pushed {self.big_manifest}"
         run(podman + ["rmi", "--force", ref], self.env)
         shutil.rmtree(storage, ignore_errors=True)
+
+    def ctr_pull_big(self) -> None:
+        """containerd's ctr, against a containerd of its own, pulls the image through the 307
+        (and unpacks it into the native snapshotter): the image it names has the pushed
+        manifest's digest, and its content store holds every pushed blob."""
+        ref = f"{self.registry}/{self.repo}:big"
+        with Containerd(self.tmp / "containerd", self.env) as containerd:
+            containerd.ctr("images", "pull", "--plain-http", "--snapshotter", "native", ref)
+            listed = [l.split() for l in containerd.ctr("images", "ls").splitlines()]
+            digests = [cols[2] for cols in listed if cols and cols[0] == ref]
+            assert digests == [self.big_manifest], \
+                f"ctr lists {ref} as {digests}, pushed {self.big_manifest}"
+            held = set(containerd.ctr("content", "ls", "--quiet").split())
+            missing = self.pushed["big"] - held
+            assert not missing, f"ctr's content store lacks {sorted(missing)}"
