@@ -38,6 +38,8 @@ use crate::ports::StoreResult;
 pub struct Reconciled {
     pub files: u64,
     pub bytes: u64,
+    /// Layer records deleted because no image referenced them.
+    pub layers: u64,
 }
 
 /// Removes from `blobs`' directories what `meta`'s state does not own (see the module comment).
@@ -51,7 +53,12 @@ pub async fn reconcile(
     grace: Duration,
     clock: &dyn Clock,
 ) -> StoreResult<Reconciled> {
-    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(clock.now_ms());
+    let now_ms = clock.now_ms();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+    // Layer records no image references go first, so that their bytes go below with the rest.
+    let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    let unreferenced = meta.unreferenced_layers(now_ms, grace_ms).await?;
+    let layers = meta.remove_unreferenced_layers(&unreferenced).await?;
     let owned = meta.owned().await?;
     let (objects, multipart) = blobs.dirs();
     blocking("reconcile", move || {
@@ -71,7 +78,10 @@ pub async fn reconcile(
             now,
             at_start,
             grace,
-            done: Reconciled::default(),
+            done: Reconciled {
+                layers,
+                ..Reconciled::default()
+            },
         };
         sweep.objects(&objects);
         sweep.multipart(&multipart);
