@@ -27,6 +27,9 @@ use super::{REGISTRY, digest, noise, unique};
 
 /// The grace period the scenarios run with.
 pub const GRACE: Duration = Duration::from_secs(3600);
+/// How far past the grace period the collector's clock goes: the bytes' own ages are taken
+/// from their files' and objects' times, written a few (real) seconds after the clocks began.
+const SLACK_SECS: u64 = 120;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -222,7 +225,7 @@ pub async fn unreferenced_layers_and_their_bytes_go_after_the_grace_period<
     let late = blob(svc, &repo, noise(3000, 25)).await;
     let late_key = blob_key(svc, &repo, &late.0).await;
     let before = collector.layer_bytes().await;
-    gc_clock.advance_secs(GRACE.as_secs() + 1);
+    gc_clock.advance_secs(GRACE.as_secs() + SLACK_SECS);
     assert_eq!(collector.sweep(&gc_clock).await, 2, "only_b and never go");
     let after = collector.layer_bytes().await;
 
@@ -312,7 +315,8 @@ pub async fn put_image_racing_the_collector_never_loses_its_layers<
     let layer = blob(svc, &repo, noise(6500, 31)).await;
     let marked_early = blob(svc, &repo, noise(2500, 32)).await;
     let lost = blob(svc, &repo, noise(3500, 33)).await;
-    gc_clock.advance_secs(GRACE.as_secs() + 1);
+    let in_flight = blob(svc, &repo, noise(1500, 34)).await;
+    gc_clock.advance_secs(GRACE.as_secs() + SLACK_SECS);
 
     // A mark before the collector reads: the layer is not among those it would delete.
     svc_clock.advance_secs(GRACE.as_secs());
@@ -336,17 +340,39 @@ pub async fn put_image_racing_the_collector_never_loses_its_layers<
         .filter(|l| l.repository == repo)
         .map(|l| l.digest.as_str())
         .collect();
-    let mut expected = vec![config.0.as_str(), layer.0.as_str(), lost.0.as_str()];
+    let mut expected = vec![
+        config.0.as_str(),
+        layer.0.as_str(),
+        lost.0.as_str(),
+        in_flight.0.as_str(),
+    ];
     expected.sort();
     let mut names_sorted = names.clone();
     names_sorted.sort();
     assert_eq!(names_sorted, expected);
 
     // PutImage marks config and layer (and writes its image) between the reading and the
-    // delete: those deletes fail; `lost`, unmarked, goes.
+    // delete, and another marks `in_flight` but has not written its image yet: those deletes
+    // fail; `lost`, unmarked, goes.
     put(svc, &repo, manifest(&config, &[&layer]), "raced")
         .await
         .unwrap();
+    let missing = svc
+        .metadata()
+        .mark_layers_referenced(
+            REGISTRY,
+            &repo,
+            &[LayerReference {
+                digest: in_flight.0.clone(),
+                // The record itself stays as read (as when its media type is already the
+                // one marked): only the count of marks tells.
+                media_type: None,
+            }],
+            svc_clock.now_ms(),
+        )
+        .await
+        .unwrap();
+    assert!(missing.is_empty());
     let ours: Vec<UnreferencedLayer> = read.into_iter().filter(|l| l.repository == repo).collect();
     assert_eq!(collector.remove(&ours).await, 1);
     let m = svc.metadata();
@@ -356,9 +382,13 @@ pub async fn put_image_racing_the_collector_never_loses_its_layers<
             .unwrap()
             .is_none()
     );
-    for (d, _) in [&config, &layer, &marked_early] {
+    for (d, _) in [&config, &layer, &marked_early, &in_flight] {
         assert!(m.get_layer(REGISTRY, &repo, d).await.unwrap().is_some());
     }
+    // The push in flight writes its image over its marked layer.
+    put(svc, &repo, manifest(&config, &[&in_flight]), "in-flight")
+        .await
+        .unwrap();
 
     // A PutImage after the delete finds no record and fails, writing nothing.
     let err = put(svc, &repo, manifest(&config, &[&lost]), "late")
@@ -370,7 +400,7 @@ pub async fn put_image_racing_the_collector_never_loses_its_layers<
 
     // A whole run now keeps the image's layers and their bytes: they read back whole.
     collector.sweep(&gc_clock).await;
-    for (d, _) in [&config, &layer] {
+    for (d, _) in [&config, &layer, &in_flight] {
         assert_eq!(&read_back(svc, &repo, d).await, d);
         download_url(svc, &repo, d).await.unwrap();
     }
