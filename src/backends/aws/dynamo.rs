@@ -19,7 +19,9 @@
 //! repositories `incarnation` (absent on the original incarnation), which `finish_upload`
 //! checks in its transaction so that no layer lands in a repository deleted meanwhile; on
 //! layers `mediaType`, which an image sets after the layer was recorded and which wins over the
-//! one in `doc`; on tags `digest`, the image the tag names; on images `version`, counting the
+//! one in `doc`, and `marks` and `referencedAt`, how many times and when last a PutImage marked
+//! the layer referenced (src/backends/aws/gc.rs deletes unreferenced layers on condition that
+//! `marks` did not move); on tags `digest`, the image the tag names; on images `version`, counting the
 //! writes that made a tag name the image, and `manifest`, the manifest text kept outside `doc`
 //! (inside it every quote would be escaped, and a 256 KiB manifest could then pass DynamoDB's
 //! 400 KB item limit). An upload ref, written with its upload, lets DeleteRepository find the

@@ -12,6 +12,14 @@
 //! - table: items carry `kind` (`upload`, `segment`, `layer`, `image`, ...) and their record as
 //!   JSON in `doc` (dynamo.rs's module comment), read by [`DynamoMetadata`]'s `owned`.
 //!
+//! First, layer records that no image of their repository references, recorded and last marked
+//! referenced (by a PutImage, `marks`/`referencedAt` on the layer item) more than the grace
+//! period ago, are deleted, each on condition that its `doc` and its count of marks are still
+//! those the Scan read: a PutImage marks its layers before it writes its image, so one racing
+//! the deletion either makes it fail or finds no record and answers `LayersNotFoundException`
+//! (docs/architecture.md, "Layers no image references"). Their bytes then go with the rest,
+//! unless another layer record (a mounted blob) names them too.
+//!
 //! The table is read first (a strongly consistent Scan) and the bucket listed after it. An
 //! object or a multipart upload is removed only if the table owns nothing of it AND it is at
 //! least the grace period old (S3's `LastModified`, which for a multipart object is when the
@@ -34,7 +42,8 @@
 //! transaction; the upload item stays until it expires): an upload seen by the Scan protects
 //! its `layers/` key whatever its state, one begun after the Scan has a multipart younger than
 //! the grace period. A PutImage racing a removal cannot end with an image over removed bytes:
-//! PutImage references only recorded layers, and layer records go only with their repository.
+//! PutImage references only layers whose records it marked, and layer records go only with
+//! their repository or by the first step above, which no marked layer passes.
 //! The grace period protects downloads too: URLs issued before a repository was deleted stay
 //! valid for an hour.
 //!
