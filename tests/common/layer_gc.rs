@@ -405,3 +405,85 @@ pub async fn put_image_racing_the_collector_never_loses_its_layers<
         download_url(svc, &repo, d).await.unwrap();
     }
 }
+
+/// A blob mounted into another repository shares its bytes: the mount marks its source, so a
+/// collector that read the source before the mount does not delete it, and once the source is
+/// collected the bytes stay for the mounted layer, which reads back whole.
+pub async fn a_mounted_layer_keeps_the_bytes_it_shares<
+    M: MetadataStore,
+    B: BlobStore,
+    C: Collector,
+>(
+    svc: &Service<M, B>,
+    svc_clock: &ManualClock,
+    collector: &C,
+) {
+    let gc_clock = ManualClock::at_ms(svc_clock.now_ms());
+    let (source, target) = (unique("mount-src"), unique("mount-dst"));
+    create_repository(svc, &source).await;
+    create_repository(svc, &target).await;
+    let shared = blob(svc, &source, noise(4500, 41)).await;
+    let key = blob_key(svc, &source, &shared.0).await;
+    gc_clock.advance_secs(GRACE.as_secs() + SLACK_SECS);
+
+    let read: Vec<UnreferencedLayer> = collector
+        .unreferenced(&gc_clock)
+        .await
+        .into_iter()
+        .filter(|l| l.repository == source)
+        .collect();
+    assert_eq!(read.len(), 1, "{read:?}");
+    let mounted = svc
+        .mount_blob(
+            &target.parse().unwrap(),
+            &source.parse().unwrap(),
+            &shared.0.parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(mounted);
+    // The mount's mark came after the reading: the delete fails.
+    assert_eq!(collector.remove(&read).await, 0);
+    assert!(
+        svc.metadata()
+            .get_layer(REGISTRY, &source, &shared.0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Later the source, still unreferenced and its mark old, goes; the mounted layer, young,
+    // stays, and with it the bytes both named.
+    gc_clock.advance_secs(GRACE.as_secs());
+    svc_clock.advance_secs(2 * GRACE.as_secs());
+    let mounted_too = blob(svc, &target, noise(100, 42)).await;
+    svc.metadata()
+        .mark_layers_referenced(
+            REGISTRY,
+            &target,
+            &[LayerReference {
+                digest: shared.0.clone(),
+                media_type: None,
+            }],
+            svc_clock.now_ms(),
+        )
+        .await
+        .unwrap();
+    assert!(collector.sweep(&gc_clock).await >= 1);
+    let m = svc.metadata();
+    assert!(
+        m.get_layer(REGISTRY, &source, &shared.0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        m.get_layer(REGISTRY, &target, &mounted_too.0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(blob_key(svc, &target, &shared.0).await, key);
+    assert!(collector.layer_bytes().await.contains_key(&key));
+    assert_eq!(read_back(svc, &target, &shared.0).await, shared.0);
+}

@@ -95,3 +95,9 @@ async fn put_image_racing_the_reconciliation_never_loses_its_layers() {
     let (_dir, clock, svc, local) = setup();
     layer_gc::put_image_racing_the_collector_never_loses_its_layers(&svc, &clock, &local).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_layer_keeps_the_files_it_shares() {
+    let (_dir, clock, svc, local) = setup();
+    layer_gc::a_mounted_layer_keeps_the_bytes_it_shares(&svc, &clock, &local).await;
+}
