@@ -199,9 +199,10 @@ pub struct ServeArgs {
         default_value = "82800"
     )]
     pub max_upload_age_secs: String,
-    /// bytes no record owns (deleted repositories' layers, files of cut writes, multipart
-    /// uploads of ended uploads) are removed once they are this old; at start-up the embedded
-    /// backend removes cut writes at once
+    /// layers no image references are removed once this long after their push and the last
+    /// PutImage that referenced them, and bytes no record owns (those layers', deleted
+    /// repositories', files of cut writes, multipart uploads of ended uploads) once they are this
+    /// old; at start-up the embedded backend removes cut writes at once
     #[arg(
         long,
         env = "ECR_GC_GRACE_SECS",

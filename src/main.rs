@@ -175,11 +175,12 @@ async fn spawn_reconciler(meta: LocalMetadata, blobs: LocalBlobs, grace: std::ti
         async move {
             let clock = ecr_layer_upload::domain::clock::SystemClock;
             match reconcile(&meta, &blobs, at_start, grace, &clock).await {
-                Ok(r) if r.files == 0 => {}
+                Ok(r) if r.files == 0 && r.layers == 0 => {}
                 Ok(r) => tracing::info!(
                     files = r.files,
                     bytes = r.bytes,
-                    "unowned blob files removed"
+                    layers = r.layers,
+                    "unreferenced layers and unowned blob files removed"
                 ),
                 Err(e) => {
                     tracing::warn!(error = %ecr_layer_upload::domain::error::chain(&e), "reconciling the blob files failed")
@@ -225,12 +226,13 @@ fn aws_pass(
                         objects = c.objects,
                         bytes = c.bytes,
                         multipart_aborted = c.multipart_aborted,
+                        layers = c.layers,
                         complete = c.complete,
-                        "unowned objects collected"
+                        "unreferenced layers and unowned objects collected"
                     );
                     format!(
-                        "{expired} expired uploads ended; {} objects ({} bytes) and {} multipart uploads removed; whole bucket seen: {}",
-                        c.objects, c.bytes, c.multipart_aborted, c.complete
+                        "{expired} expired uploads ended; {} unreferenced layers, {} objects ({} bytes) and {} multipart uploads removed; whole bucket seen: {}",
+                        c.layers, c.objects, c.bytes, c.multipart_aborted, c.complete
                     )
                 }
                 Err(e) => {
@@ -250,7 +252,10 @@ fn local_pass(meta: LocalMetadata, blobs: LocalBlobs, grace: std::time::Duration
         Box::pin(async move {
             let clock = ecr_layer_upload::domain::clock::SystemClock;
             match reconcile(&meta, &blobs, false, grace, &clock).await {
-                Ok(r) => format!("{} files ({} bytes) removed", r.files, r.bytes),
+                Ok(r) => format!(
+                    "{} unreferenced layers, {} files ({} bytes) removed",
+                    r.layers, r.files, r.bytes
+                ),
                 Err(_) => "reconciliation failed".to_owned(),
             }
         })

@@ -13,9 +13,9 @@ use bytes::{Bytes, BytesMut};
 use crate::domain::error::StoreError;
 use crate::ports::multipart::{check_part_list, check_part_number, part_etag, resolve_range};
 use crate::ports::{
-    BlobStore, ByteStream, Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore,
-    PutImageOutcome, RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord,
-    UploadRecord,
+    BlobStore, ByteStream, Finish, FlushedPart, ImageRecord, LayerRecord, LayerReference,
+    MetadataStore, PutImageOutcome, RepositoryRecord, SideWrite, StagedSegment, StoreResult,
+    TagRecord, UploadRecord,
 };
 
 /// Chunk size of [`MemoryBlobs::read_object`] streams: small enough that consumers see several
@@ -330,6 +330,29 @@ impl MetadataStore for MemoryMetadata {
             layer.media_type = Some(media_type.to_owned());
         }
         Ok(())
+    }
+
+    async fn mark_layers_referenced(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        layers: &[LayerReference],
+        _now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        // Nothing collects layers here: a mark only sets the media type.
+        let mut s = lock(&self.state);
+        let mut missing = Vec::new();
+        for r in layers {
+            match s.layers.get_mut(&key3(registry_id, repository, &r.digest)) {
+                None => missing.push(r.digest.clone()),
+                Some(layer) => {
+                    if let Some(mt) = &r.media_type {
+                        layer.media_type = Some(mt.clone());
+                    }
+                }
+            }
+        }
+        Ok(missing)
     }
 
     async fn put_image(

@@ -141,6 +141,32 @@ pub struct LayerRecord {
     pub created_at_ms: u64,
 }
 
+/// A layer that an image about to be written references, for
+/// [`MetadataStore::mark_layers_referenced`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerReference {
+    /// `sha256:<64 lower hex>`.
+    pub digest: String,
+    /// The media type the image's descriptor gives the layer; `None` leaves the stored one.
+    pub media_type: Option<String>,
+}
+
+/// A layer record that no image of its repository referenced when the collector of unreferenced
+/// layers read it, with what identifies that reading: the delete goes ahead only if the record
+/// is still exactly this one and no image marked it referenced since (docs/architecture.md,
+/// "Layers no image references").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreferencedLayer {
+    pub registry_id: String,
+    pub repository: String,
+    pub digest: String,
+    pub blob_key: String,
+    /// The record as stored (its JSON document): a record deleted and recorded again differs.
+    pub stored: String,
+    /// How many times an image marked it referenced (0: never), when it was read.
+    pub marks: u64,
+}
+
 /// An image: a manifest stored under its digest in a repository. Tags live in [`TagRecord`]s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -167,6 +193,16 @@ pub struct ImageRecord {
     pub manifests: Vec<String>,
     /// The `subject` manifest digest (OCI referrers), if any.
     pub subject: Option<String>,
+}
+
+impl ImageRecord {
+    /// Whether the blobs the image references cannot be told from its record: an image
+    /// manifest always names its config, so one recorded without blobs is in doubt, and the
+    /// collector of unreferenced layers then keeps every layer of its repository.
+    pub fn blobs_unknown(&self) -> bool {
+        self.media_type.kind() == crate::domain::model::ManifestKind::Manifest
+            && self.blobs.is_empty()
+    }
 }
 
 /// A tag of a repository and the image digest it names.
@@ -320,6 +356,21 @@ pub trait MetadataStore: Send + Sync + 'static {
         digest: &str,
         media_type: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Marks layers referenced by an image about to be written, before it is written: for each
+    /// of `layers`, on condition that its record exists, sets its media type (when given),
+    /// counts one more mark and records `now_ms` as the time it was last referenced. Returns the
+    /// digests of the layers that are not recorded (nothing is written for those). The
+    /// collector of unreferenced layers deletes a layer only if no mark came after its reading
+    /// and none within the grace period before it, so an image written after its marks never
+    /// names a collected layer.
+    fn mark_layers_referenced(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        layers: &[LayerReference],
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 
     /// In one atomic step: record `image` unless an image with its registry, repository and
     /// digest exists (an existing record is kept as it is), and make `tag` name it. A tag that

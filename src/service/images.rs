@@ -2,9 +2,10 @@
 //! GetDownloadUrlForLayer: images over the layers the upload state machine records.
 //!
 //! An image is its manifest, stored under the sha256 of the manifest text exactly as sent; tags
-//! are separate records naming a digest. PutImage is what makes a layer "referenced": it sets the
-//! layer record's media type, which BatchCheckLayerAvailability reports and which
-//! GetDownloadUrlForLayer requires (ECR serves only layers an image references).
+//! are separate records naming a digest. PutImage is what makes a layer "referenced": it marks the
+//! layer record (its media type, which BatchCheckLayerAvailability reports and which
+//! GetDownloadUrlForLayer requires, as ECR serves only layers an image references; and the time,
+//! which keeps the collector of unreferenced layers away from it).
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -16,7 +17,8 @@ use crate::domain::error::EcrError;
 use crate::domain::manifest::{self, Kind};
 use crate::domain::model::{Digest as ContentDigest, ImageFailureCode, ImageId, ImageStatus};
 use crate::ports::{
-    BlobStore, ImageRecord, MetadataStore, PutImageOutcome, RepositoryRecord, TagRecord,
+    BlobStore, ImageRecord, LayerReference, MetadataStore, PutImageOutcome, RepositoryRecord,
+    TagRecord,
 };
 
 /// Manifests longer than this are kept in the blob store rather than in the image record
@@ -166,22 +168,33 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 Some(layer) => found.push((layer, blob)),
             }
         }
+        if missing.is_empty() {
+            // Marked before the image is written, each on condition that its record still
+            // exists: the collector of unreferenced layers never deletes a layer marked after
+            // it read it or within the grace period before (docs/architecture.md), and a layer
+            // it deleted first is reported missing here.
+            let references: Vec<LayerReference> = found
+                .iter()
+                .map(|(layer, blob)| LayerReference {
+                    digest: layer.digest.clone(),
+                    media_type: Some(
+                        blob.media_type
+                            .as_deref()
+                            .unwrap_or(DEFAULT_BLOB_MEDIA_TYPE)
+                            .to_owned(),
+                    ),
+                })
+                .collect();
+            missing = self
+                .meta
+                .mark_layers_referenced(registry, name, &references, self.clock_ms())
+                .await?;
+        }
         if !missing.is_empty() {
             return Err(EcrError::LayersNotFound(format!(
                 "Layers with digests '[{}]' required for pushing image into repository with name '{name}' in registry with id '{registry}' do not exist",
                 missing.join(", ")
             )));
-        }
-        for (layer, blob) in found {
-            let media_type = blob
-                .media_type
-                .as_deref()
-                .unwrap_or(DEFAULT_BLOB_MEDIA_TYPE);
-            if layer.media_type.as_deref() != Some(media_type) {
-                self.meta
-                    .set_layer_media_type(registry, name, &layer.digest, media_type)
-                    .await?;
-            }
         }
         Ok(parsed.layers.iter().map(|d| d.size).sum())
     }

@@ -13,8 +13,8 @@ use super::types::*;
 use crate::domain::error::EcrError;
 use crate::domain::model::{Digest, ImageId, ImageTag, RepositoryName, UploadId};
 use crate::ports::{
-    BlobStore, ByteStream, Finish, ImageRecord, LayerRecord, MetadataStore, RepositoryRecord,
-    UploadRecord, UploadState,
+    BlobStore, ByteStream, Finish, ImageRecord, LayerRecord, LayerReference, MetadataStore,
+    RepositoryRecord, UploadRecord, UploadState,
 };
 
 /// A blob of a repository: a layer record, referenced by an image or not yet.
@@ -270,6 +270,21 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             return Ok(true);
         }
         let now = self.clock_ms();
+        // The source's record must outlive the mount's being written, or the bytes could go
+        // with it: a mark keeps the collector of unreferenced layers off it for the grace
+        // period, and a source collected before the mark is no source.
+        let source_mark = LayerReference {
+            digest: layer.digest.clone(),
+            media_type: None,
+        };
+        if !self
+            .meta
+            .mark_layers_referenced(&source.registry_id, &source.name, &[source_mark], now)
+            .await?
+            .is_empty()
+        {
+            return Ok(false);
+        }
         let upload_id = UploadId::random().into_string();
         let up = UploadRecord {
             upload_id: upload_id.clone(),

@@ -26,7 +26,7 @@ const GRACE: Duration = Duration::from_secs(3600);
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// A bucket and a table of this test's own, with the layout scripts/services.sh gives the shared ones.
-async fn own_adapters() -> (DynamoMetadata, S3Blobs) {
+pub(crate) async fn own_adapters() -> (DynamoMetadata, S3Blobs) {
     aws::names(); // fails with instructions when the servers' environment is missing
     let config = aws::sdk_config().await;
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -69,7 +69,9 @@ async fn own_adapters() -> (DynamoMetadata, S3Blobs) {
 }
 
 /// Every object of the bucket with its size, and every multipart upload (key → ids).
-async fn bucket_state(blobs: &S3Blobs) -> (BTreeMap<String, u64>, BTreeSet<(String, String)>) {
+pub(crate) async fn bucket_state(
+    blobs: &S3Blobs,
+) -> (BTreeMap<String, u64>, BTreeSet<(String, String)>) {
     let c = blobs.client();
     let mut objects = BTreeMap::new();
     let mut token = None;
@@ -149,6 +151,10 @@ async fn only_live_objects_remain_in_the_bucket_after_cuts_crashes_races_and_del
     // part staged (after two writers raced for it).
     create_repository(&*svc, "keep").await;
     let (config_digest, layer_digest) = push_image(&*svc, "keep", &noise(7000, 1)).await;
+    // Pushed late enough to be within the grace period at the collection below: a push in
+    // flight, which an image may reference any moment (an older unreferenced layer would be
+    // collected, tests/aws/layer_gc.rs).
+    clock.advance_secs(GRACE.as_secs());
     let pending_digest = push_blob(&*svc, "keep", &noise(3000, 2)).await;
     // Abandoned: an upload with a part staged whose client went away; it expires and the
     // expiry sweep ends it.

@@ -27,6 +27,7 @@ mod faults;
 mod gc;
 mod image_race;
 mod keys;
+mod layer_gc;
 mod lifecycle;
 mod oci;
 mod soak;

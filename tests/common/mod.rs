@@ -11,6 +11,7 @@
 //! - [`faults`]: faults injected into the AWS backend's SDK clients, and a retrying client.
 //! - [`soak`]: the soak run of `make soak`.
 //! - [`image_race`]: PutImage racing DeleteRepository, on the port and the service.
+//! - [`layer_gc`]: layers no image references, collected (or not) on any backend with a collector.
 
 // Each binary uses a different part of it.
 #![allow(dead_code, unused_imports)]
@@ -21,6 +22,7 @@ pub mod faults;
 pub mod http;
 pub mod image_race;
 pub mod keys;
+pub mod layer_gc;
 pub mod lifecycle;
 pub mod server;
 pub mod service;

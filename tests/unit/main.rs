@@ -31,6 +31,7 @@ mod lambda_auth;
 mod lambda_limits;
 mod lambda_schedule;
 mod lambda_watch_auth;
+mod layer_gc;
 mod lifecycle;
 mod local_backend;
 mod oci;

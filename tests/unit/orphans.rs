@@ -90,6 +90,10 @@ async fn only_live_bytes_remain_after_cuts_crashes_races_and_deletions() {
     create_repository(&*svc, "keep").await;
     let live_layer = noise(7000, 1);
     let (config_digest, layer_digest) = push_image(&*svc, "keep", &live_layer).await;
+    // Pushed late enough to be within the grace period at the collection below: a push in
+    // flight, which an image may reference any moment (an older unreferenced layer would be
+    // collected, tests/unit/layer_gc.rs).
+    clock.advance_secs(GRACE.as_secs());
     let pending = noise(3000, 2);
     let pending_digest = push_blob(&*svc, "keep", &pending).await;
     // Abandoned: an upload with a part staged whose client went away; it expires.

@@ -19,7 +19,9 @@
 //! repositories `incarnation` (absent on the original incarnation), which `finish_upload`
 //! checks in its transaction so that no layer lands in a repository deleted meanwhile; on
 //! layers `mediaType`, which an image sets after the layer was recorded and which wins over the
-//! one in `doc`; on tags `digest`, the image the tag names; on images `version`, counting the
+//! one in `doc`, and `marks` and `referencedAt`, how many times and when last a PutImage marked
+//! the layer referenced (src/backends/aws/gc.rs deletes unreferenced layers on condition that
+//! `marks` did not move); on tags `digest`, the image the tag names; on images `version`, counting the
 //! writes that made a tag name the image, and `manifest`, the manifest text kept outside `doc`
 //! (inside it every quote would be escaped, and a 256 KiB manifest could then pass DynamoDB's
 //! 400 KB item limit). An upload ref, written with its upload, lets DeleteRepository find the
@@ -53,8 +55,9 @@ use serde::de::DeserializeOwned;
 use super::{backoff, sdk_failure};
 use crate::domain::error::StoreError;
 use crate::ports::{
-    Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PutImageOutcome,
-    RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord, UploadRecord,
+    Finish, FlushedPart, ImageRecord, LayerRecord, LayerReference, MetadataStore, PutImageOutcome,
+    RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord, UnreferencedLayer,
+    UploadRecord,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -69,6 +72,11 @@ const MEDIA_TYPE: &str = "mediaType";
 const DIGEST: &str = "digest";
 const MANIFEST: &str = "manifest";
 const INCARNATION: &str = "incarnation";
+/// On layers: how many times images marked the layer referenced, and when last (ms).
+const MARKS: &str = "marks";
+const REFERENCED_AT: &str = "referencedAt";
+/// Marks of one PutImage sent at once.
+const MARK_CONCURRENCY: usize = 16;
 /// A fresh id per `put_image` call on an image item, so that an SDK retry of a create whose
 /// answer was lost recognises its own item instead of reporting it as already there.
 const WRITE_ID: &str = "writeId";
@@ -1457,6 +1465,25 @@ impl MetadataStore for DynamoMetadata {
         }
     }
 
+    async fn mark_layers_referenced(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        layers: &[LayerReference],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        let mut missing = Vec::new();
+        for chunk in layers.chunks(MARK_CONCURRENCY) {
+            let marks = chunk
+                .iter()
+                .map(|r| self.mark_layer(registry_id, repository, r, now_ms));
+            for marked in futures_util::future::join_all(marks).await {
+                missing.extend(marked?);
+            }
+        }
+        Ok(missing)
+    }
+
     async fn put_image(
         &self,
         image: &ImageRecord,
@@ -1597,6 +1624,100 @@ impl MetadataStore for DynamoMetadata {
 }
 
 impl DynamoMetadata {
+    /// One layer's mark (`mark_layers_referenced`): an `UpdateItem` on condition that the layer
+    /// exists. `Some(digest)` when it does not.
+    async fn mark_layer(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        layer: &LayerReference,
+        now_ms: u64,
+    ) -> StoreResult<Option<String>> {
+        let mut names = HashMap::from([
+            ("#marks".to_owned(), MARKS.to_owned()),
+            ("#referencedAt".to_owned(), REFERENCED_AT.to_owned()),
+        ]);
+        let mut values = HashMap::from([(":one".to_owned(), n(1)), (":now".to_owned(), n(now_ms))]);
+        let mut update = "SET #referencedAt = :now".to_owned();
+        if let Some(mt) = &layer.media_type {
+            names.insert("#mediaType".to_owned(), MEDIA_TYPE.to_owned());
+            values.insert(":mediaType".to_owned(), s(mt));
+            update.push_str(", #mediaType = :mediaType");
+        }
+        update.push_str(" ADD #marks :one");
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(layer_key(registry_id, repository, &layer.digest)))
+            .update_expression(update)
+            // Without the condition, an update of an absent layer would create a stub item.
+            .condition_expression("attribute_exists(pk)")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(None),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(_)) => {
+                    Ok(Some(layer.digest.clone()))
+                }
+                _ => Err(sdk_failure(
+                    format!(
+                        "mark_layers_referenced {registry_id}/{repository}@{}",
+                        layer.digest
+                    ),
+                    e,
+                )),
+            },
+        }
+    }
+
+    /// Deletes the layer item `layer` names if it is still exactly as read: the same `doc` and
+    /// the same count of marks (none since). `Ok(false)` when it changed or is gone.
+    pub(super) async fn remove_unreferenced_layer(
+        &self,
+        layer: &UnreferencedLayer,
+    ) -> StoreResult<bool> {
+        let mut names = HashMap::from([("#doc".to_owned(), DOC.to_owned())]);
+        let mut values = HashMap::from([(":doc".to_owned(), s(&layer.stored))]);
+        names.insert("#marks".to_owned(), MARKS.to_owned());
+        let condition = if layer.marks == 0 {
+            "#doc = :doc AND attribute_not_exists(#marks)"
+        } else {
+            values.insert(":marks".to_owned(), n(layer.marks));
+            "#doc = :doc AND #marks = :marks"
+        };
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(layer_key(
+                &layer.registry_id,
+                &layer.repository,
+                &layer.digest,
+            )))
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => match e.as_service_error() {
+                Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(false),
+                _ => Err(sdk_failure(
+                    format!(
+                        "gc delete layer {}/{}@{}",
+                        layer.registry_id, layer.repository, layer.digest
+                    ),
+                    e,
+                )),
+            },
+        }
+    }
+
     /// Everything the table refers to in the bucket, for `super::gc`: a strongly consistent
     /// Scan of at most `max_pages` pages (1 MB each), `None` when the table holds more (then the
     /// collector removes nothing: a partial view would make owned bytes look unowned).
@@ -1609,6 +1730,8 @@ impl DynamoMetadata {
             ("#sk".to_owned(), SK.to_owned()),
             ("#kind".to_owned(), KIND.to_owned()),
             ("#doc".to_owned(), DOC.to_owned()),
+            ("#marks".to_owned(), MARKS.to_owned()),
+            ("#referencedAt".to_owned(), REFERENCED_AT.to_owned()),
         ]);
         let mut start: Option<Item> = None;
         for _ in 0..max_pages {
@@ -1617,7 +1740,7 @@ impl DynamoMetadata {
                 .scan()
                 .table_name(&self.table)
                 .consistent_read(true)
-                .projection_expression("#pk, #sk, #kind, #doc")
+                .projection_expression("#pk, #sk, #kind, #doc, #marks, #referencedAt")
                 .set_expression_attribute_names(Some(names.clone()))
                 .set_exclusive_start_key(start.take())
                 .send()
@@ -1636,10 +1759,26 @@ impl DynamoMetadata {
                     }
                     Some("layer") => {
                         let l: LayerRecord = from_item(&i)?;
-                        owned.layer_keys.insert(l.blob_key);
+                        owned.layer_keys.insert(l.blob_key.clone());
+                        owned.layers.push(super::gc::ScannedLayer {
+                            stored: string_attr(&i, DOC).unwrap_or_default().to_owned(),
+                            marks: number_attr(&i, MARKS).unwrap_or(0),
+                            referenced_at_ms: number_attr(&i, REFERENCED_AT),
+                            record: l,
+                        });
                     }
                     Some("image") => {
                         let im: ImageRecord = from_item(&i)?;
+                        let repository = (im.registry_id.clone(), im.repository.clone());
+                        let entry = owned
+                            .referenced
+                            .entry(repository)
+                            .or_insert_with(|| Some(Default::default()));
+                        if im.blobs_unknown() {
+                            *entry = None;
+                        } else if let Some(set) = entry {
+                            set.extend(im.blobs);
+                        }
                         owned.manifest_keys.extend(im.manifest_key);
                     }
                     _ => {}

@@ -12,6 +12,14 @@
 //! - table: items carry `kind` (`upload`, `segment`, `layer`, `image`, ...) and their record as
 //!   JSON in `doc` (dynamo.rs's module comment), read by [`DynamoMetadata`]'s `owned`.
 //!
+//! First, layer records that no image of their repository references, recorded and last marked
+//! referenced (by a PutImage, `marks`/`referencedAt` on the layer item) more than the grace
+//! period ago, are deleted, each on condition that its `doc` and its count of marks are still
+//! those the Scan read: a PutImage marks its layers before it writes its image, so one racing
+//! the deletion either makes it fail or finds no record and answers `LayersNotFoundException`
+//! (docs/architecture.md, "Layers no image references"). Their bytes then go with the rest,
+//! unless another layer record (a mounted blob) names them too.
+//!
 //! The table is read first (a strongly consistent Scan) and the bucket listed after it. An
 //! object or a multipart upload is removed only if the table owns nothing of it AND it is at
 //! least the grace period old (S3's `LastModified`, which for a multipart object is when the
@@ -34,7 +42,8 @@
 //! transaction; the upload item stays until it expires): an upload seen by the Scan protects
 //! its `layers/` key whatever its state, one begun after the Scan has a multipart younger than
 //! the grace period. A PutImage racing a removal cannot end with an image over removed bytes:
-//! PutImage references only recorded layers, and layer records go only with their repository.
+//! PutImage references only layers whose records it marked, and layer records go only with
+//! their repository or by the first step above, which no marked layer passes.
 //! The grace period protects downloads too: URLs issued before a repository was deleted stay
 //! valid for an hour.
 //!
@@ -42,7 +51,7 @@
 //! expiry sweep (`Service::sweep_expired`) ends them first, and DynamoDB's TTL removes records
 //! that no sweep reached; either way the next run collects their bytes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
@@ -50,7 +59,10 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use super::{DynamoMetadata, S3Blobs, sdk_failure};
 use crate::domain::clock::Clock;
 use crate::domain::error::StoreError;
-use crate::ports::StoreResult;
+use crate::ports::{LayerRecord, StoreResult, UnreferencedLayer};
+
+/// Conditional layer deletes sent at once.
+const REMOVE_CONCURRENCY: usize = 16;
 
 /// What the table refers to in the bucket (read by `DynamoMetadata::owned`).
 #[derive(Debug, Default)]
@@ -65,6 +77,54 @@ pub(super) struct Owned {
     pub layer_keys: HashSet<String>,
     /// Keys of manifests kept outside their image item.
     pub manifest_keys: HashSet<String>,
+    /// Every layer record, with what its deletion is conditional on.
+    pub layers: Vec<ScannedLayer>,
+    /// (registry, repository) → the digests its images reference; `None` when an image's
+    /// references cannot be told from its record (then every layer of it is kept).
+    pub referenced: HashMap<(String, String), Option<HashSet<String>>>,
+}
+
+/// A layer item as the Scan read it.
+#[derive(Debug)]
+pub(super) struct ScannedLayer {
+    pub record: LayerRecord,
+    /// The item's `doc` as stored.
+    pub stored: String,
+    /// Its count of marks (0 when never marked) and the time of the last.
+    pub marks: u64,
+    pub referenced_at_ms: Option<u64>,
+}
+
+impl Owned {
+    /// The layers no image of their repository references that were neither recorded nor
+    /// marked referenced within `grace` before `now_ms`.
+    fn unreferenced(&self, now_ms: u64, grace: Duration) -> Vec<UnreferencedLayer> {
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let old = |ms: u64| now_ms.saturating_sub(ms) >= grace_ms;
+        self.layers
+            .iter()
+            .filter(|l| {
+                let r = &l.record;
+                let kept = match self
+                    .referenced
+                    .get(&(r.registry_id.clone(), r.repository.clone()))
+                {
+                    Some(None) => true,
+                    Some(Some(set)) => set.contains(&r.digest),
+                    None => false,
+                };
+                !kept && old(r.created_at_ms) && l.referenced_at_ms.is_none_or(old)
+            })
+            .map(|l| UnreferencedLayer {
+                registry_id: l.record.registry_id.clone(),
+                repository: l.record.repository.clone(),
+                digest: l.record.digest.clone(),
+                blob_key: l.record.blob_key.clone(),
+                stored: l.stored.clone(),
+                marks: l.marks,
+            })
+            .collect()
+    }
 }
 
 /// The work one run may do.
@@ -95,6 +155,8 @@ pub struct Collected {
     pub objects: u64,
     pub bytes: u64,
     pub multipart_aborted: u64,
+    /// Layer records deleted because no image referenced them.
+    pub layers: u64,
     /// False when a limit stopped the run before it had looked at the whole bucket.
     pub complete: bool,
 }
@@ -110,20 +172,59 @@ pub async fn collect(
 ) -> StoreResult<Collected> {
     let started = Instant::now();
     let mut done = Collected::default();
-    let Some(owned) = meta.owned(limits.scan_pages).await? else {
+    let Some(mut owned) = meta.owned(limits.scan_pages).await? else {
         tracing::warn!(
             pages = limits.scan_pages,
             "the table is larger than one collection may scan: nothing removed"
         );
         return Ok(done);
     };
-    let now_secs = clock.now_ms() / 1000;
+    let now_ms = clock.now_ms();
+    let now_secs = now_ms / 1000;
+    let out_of_time = || started.elapsed() >= limits.budget;
+
+    // Layer records no image references first; then their bytes go below with the rest, unless
+    // another record (a mounted layer) names them too.
+    let mut gone: HashSet<(String, String, String)> = HashSet::new();
+    for chunk in owned.unreferenced(now_ms, grace).chunks(REMOVE_CONCURRENCY) {
+        if out_of_time() {
+            break;
+        }
+        let results =
+            futures_util::future::join_all(chunk.iter().map(|l| meta.remove_unreferenced_layer(l)))
+                .await;
+        for (l, removed) in chunk.iter().zip(results) {
+            if removed? {
+                gone.insert((
+                    l.registry_id.clone(),
+                    l.repository.clone(),
+                    l.digest.clone(),
+                ));
+            }
+        }
+    }
+    done.layers = gone.len() as u64;
+    if !gone.is_empty() {
+        owned.layer_keys = owned
+            .layers
+            .iter()
+            .map(|l| &l.record)
+            .filter(|r| {
+                !gone.contains(&(
+                    r.registry_id.clone(),
+                    r.repository.clone(),
+                    r.digest.clone(),
+                ))
+            })
+            .map(|r| r.blob_key.clone())
+            .collect();
+    }
+
     let old = |secs: Option<i64>| {
         secs.and_then(|s| u64::try_from(s).ok())
             .is_some_and(|t| now_secs.saturating_sub(t) >= grace.as_secs())
     };
     let (client, bucket) = (blobs.client(), blobs.bucket());
-    let out_of_time = || started.elapsed() >= limits.budget;
 
     let mut objects_seen_all = false;
     let mut token: Option<String> = None;
@@ -204,6 +305,40 @@ pub async fn collect(
     }
     done.complete = objects_seen_all && uploads_seen_all;
     Ok(done)
+}
+
+/// The layer records that no image of their repository references and that were neither
+/// recorded nor marked referenced within `grace` (ages at `clock`'s time), from one bounded
+/// Scan (`None`: the table is larger than `limits` lets a run scan). The first step of
+/// [`collect`], public so that its race with PutImage can be driven step by step.
+pub async fn unreferenced_layers(
+    meta: &DynamoMetadata,
+    grace: Duration,
+    clock: &dyn Clock,
+    limits: GcLimits,
+) -> StoreResult<Option<Vec<UnreferencedLayer>>> {
+    let Some(owned) = meta.owned(limits.scan_pages).await? else {
+        return Ok(None);
+    };
+    Ok(Some(owned.unreferenced(clock.now_ms(), grace)))
+}
+
+/// Deletes each of `layers` that is still exactly as [`unreferenced_layers`] read it (the same
+/// record, no mark since); returns how many went. The second step of [`collect`].
+pub async fn remove_unreferenced_layers(
+    meta: &DynamoMetadata,
+    layers: &[UnreferencedLayer],
+) -> StoreResult<u64> {
+    let mut removed = 0;
+    for chunk in layers.chunks(REMOVE_CONCURRENCY) {
+        let results =
+            futures_util::future::join_all(chunk.iter().map(|l| meta.remove_unreferenced_layer(l)))
+                .await;
+        for r in results {
+            removed += u64::from(r?);
+        }
+    }
+    Ok(removed)
 }
 
 /// Deletes `doomed` (key, size) in one DeleteObjects; returns what went (objects, bytes).

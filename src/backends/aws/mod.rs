@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_s3::error::SdkError;
 
 pub use dynamo::DynamoMetadata;
-pub use gc::{Collected, GcLimits, collect};
+pub use gc::{Collected, GcLimits, collect, remove_unreferenced_layers, unreferenced_layers};
 pub use keys::DynamoKeys;
 pub use s3::S3Blobs;
 

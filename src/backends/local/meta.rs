@@ -13,8 +13,9 @@ use serde::de::DeserializeOwned;
 use super::blocking;
 use crate::domain::error::StoreError;
 use crate::ports::{
-    Finish, FlushedPart, ImageRecord, LayerRecord, MetadataStore, PutImageOutcome,
-    RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord, UploadRecord,
+    Finish, FlushedPart, ImageRecord, LayerRecord, LayerReference, MetadataStore, PutImageOutcome,
+    RepositoryRecord, SideWrite, StagedSegment, StoreResult, TagRecord, UnreferencedLayer,
+    UploadRecord,
 };
 
 /// Bumped when the table layout or the record encoding changes incompatibly, so that an old
@@ -42,6 +43,9 @@ const LAYERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new(
 const IMAGES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("images");
 /// (registry, repository, tag) → TagRecord, sorted by tag within a repository.
 const TAGS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("tags");
+/// (registry, repository, digest) → [`LayerMarks`]: how often and when images marked the layer
+/// referenced (`mark_layers_referenced`), kept beside its record, which stays as recorded.
+const LAYER_MARKS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("layer_marks");
 
 /// Key type of the tables keyed by (registry, repository, name).
 type RepoKey = (&'static str, &'static str, &'static str);
@@ -116,6 +120,7 @@ impl LocalMetadata {
             txn.open_table(LAYERS).db()?;
             txn.open_table(IMAGES).db()?;
             txn.open_table(TAGS).db()?;
+            txn.open_table(LAYER_MARKS).db()?;
         }
         txn.commit().db()?;
         Ok(Self { db: Arc::new(db) })
@@ -353,7 +358,7 @@ impl MetadataStore for LocalMetadata {
                 .remove((reg, repo))
                 .db()?
                 .is_some();
-            for definition in [LAYERS, IMAGES, TAGS] {
+            for definition in [LAYERS, LAYER_MARKS, IMAGES, TAGS] {
                 let mut table = txn.open_table(definition).db()?;
                 for name in names_in_repository(&table, reg, repo)? {
                     table.remove((reg, repo, name.as_str())).db()?;
@@ -628,6 +633,57 @@ impl MetadataStore for LocalMetadata {
         .await
     }
 
+    async fn mark_layers_referenced(
+        &self,
+        registry_id: &str,
+        repository: &str,
+        layers: &[LayerReference],
+        now_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        let (registry_id, repository, layers) = (
+            registry_id.to_owned(),
+            repository.to_owned(),
+            layers.to_vec(),
+        );
+        self.write("mark_layers_referenced", move |txn| {
+            let (reg, repo) = (registry_id.as_str(), repository.as_str());
+            let mut records = txn.open_table(LAYERS).db()?;
+            let mut marks = txn.open_table(LAYER_MARKS).db()?;
+            let mut missing = Vec::new();
+            for r in &layers {
+                let key = (reg, repo, r.digest.as_str());
+                let existing: Option<LayerRecord> = records
+                    .get(key)
+                    .db()?
+                    .map(|g| decode(g.value()))
+                    .transpose()?;
+                let Some(mut layer) = existing else {
+                    missing.push(r.digest.clone());
+                    continue;
+                };
+                if let Some(mt) = &r.media_type
+                    && layer.media_type.as_ref() != Some(mt)
+                {
+                    layer.media_type = Some(mt.clone());
+                    records.insert(key, encode(&layer)?.as_slice()).db()?;
+                }
+                let before: LayerMarks = marks
+                    .get(key)
+                    .db()?
+                    .map(|g| decode(g.value()))
+                    .transpose()?
+                    .unwrap_or_default();
+                let after = LayerMarks {
+                    count: before.count + 1,
+                    last_ms: now_ms,
+                };
+                marks.insert(key, encode(&after)?.as_slice()).db()?;
+            }
+            Ok(missing)
+        })
+        .await
+    }
+
     async fn put_image(
         &self,
         image: &ImageRecord,
@@ -814,5 +870,137 @@ impl LocalMetadata {
             Ok(owned)
         })
         .await
+    }
+}
+
+/// How often, and when last, images marked a layer referenced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct LayerMarks {
+    count: u64,
+    last_ms: u64,
+}
+
+impl LocalMetadata {
+    /// The layers, of every repository, that no image of their repository references and that
+    /// were neither recorded nor marked referenced in the `grace_ms` before `now_ms`, from one
+    /// snapshot. A repository with an image whose references cannot be told (an image manifest
+    /// recorded without blobs) keeps all its layers. See `super::reconcile`.
+    pub async fn unreferenced_layers(
+        &self,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> StoreResult<Vec<UnreferencedLayer>> {
+        self.read("unreferenced layers", move |txn| {
+            let old = |ms: u64| now_ms.saturating_sub(ms) >= grace_ms;
+            // (registry, repository) → the digests its images reference; `None`: keep all.
+            let mut referenced: std::collections::HashMap<
+                (String, String),
+                Option<std::collections::HashSet<String>>,
+            > = std::collections::HashMap::new();
+            for item in txn.open_table(IMAGES).db()?.iter().db()? {
+                let i: ImageRecord = decode(item.db()?.1.value())?;
+                let entry = referenced
+                    .entry((i.registry_id.clone(), i.repository.clone()))
+                    .or_insert_with(|| Some(Default::default()));
+                if i.blobs_unknown() {
+                    *entry = None;
+                } else if let Some(set) = entry {
+                    set.extend(i.blobs);
+                }
+            }
+            let marks = txn.open_table(LAYER_MARKS).db()?;
+            let mut out = Vec::new();
+            for item in txn.open_table(LAYERS).db()?.iter().db()? {
+                let (key, value) = item.db()?;
+                let stored = value.value();
+                let l: LayerRecord = decode(stored)?;
+                let (reg, repo, digest) = key.value();
+                let kept = match referenced.get(&(reg.to_owned(), repo.to_owned())) {
+                    Some(None) => true,
+                    Some(Some(set)) => set.contains(digest),
+                    None => false,
+                };
+                if kept || !old(l.created_at_ms) {
+                    continue;
+                }
+                let m: LayerMarks = marks
+                    .get((reg, repo, digest))
+                    .db()?
+                    .map(|g| decode(g.value()))
+                    .transpose()?
+                    .unwrap_or_default();
+                if m.count > 0 && !old(m.last_ms) {
+                    continue;
+                }
+                out.push(UnreferencedLayer {
+                    registry_id: reg.to_owned(),
+                    repository: repo.to_owned(),
+                    digest: digest.to_owned(),
+                    blob_key: l.blob_key,
+                    stored: String::from_utf8_lossy(stored).into_owned(),
+                    marks: m.count,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes each of `layers` (with its marks) that is still exactly as read: the same
+    /// record, no mark since, and still no image of its repository referencing it, each
+    /// checked inside the write transaction that deletes it. Returns how many went.
+    pub async fn remove_unreferenced_layers(
+        &self,
+        layers: &[UnreferencedLayer],
+    ) -> StoreResult<u64> {
+        let mut removed = 0;
+        // One write transaction per repository: short, so requests are not held up for long.
+        let mut by_repository: std::collections::BTreeMap<(&str, &str), Vec<UnreferencedLayer>> =
+            std::collections::BTreeMap::new();
+        for l in layers {
+            by_repository
+                .entry((l.registry_id.as_str(), l.repository.as_str()))
+                .or_default()
+                .push(l.clone());
+        }
+        for ((reg, repo), doomed) in by_repository {
+            let (reg, repo) = (reg.to_owned(), repo.to_owned());
+            removed += self
+                .write("remove unreferenced layers", move |txn| {
+                    let (reg, repo) = (reg.as_str(), repo.as_str());
+                    let images: Vec<ImageRecord> =
+                        in_repository(&txn.open_table(IMAGES).db()?, reg, repo)?;
+                    if images.iter().any(ImageRecord::blobs_unknown) {
+                        return Ok(0);
+                    }
+                    let mut records = txn.open_table(LAYERS).db()?;
+                    let mut marks = txn.open_table(LAYER_MARKS).db()?;
+                    let mut n = 0;
+                    for l in &doomed {
+                        let key = (reg, repo, l.digest.as_str());
+                        if images.iter().any(|i| i.blobs.contains(&l.digest)) {
+                            continue;
+                        }
+                        let same = records
+                            .get(key)
+                            .db()?
+                            .is_some_and(|g| g.value() == l.stored.as_bytes());
+                        let count = marks
+                            .get(key)
+                            .db()?
+                            .map(|g| decode::<LayerMarks>(g.value()))
+                            .transpose()?
+                            .map_or(0, |m| m.count);
+                        if same && count == l.marks {
+                            records.remove(key).db()?;
+                            marks.remove(key).db()?;
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })
+                .await?;
+        }
+        Ok(removed)
     }
 }

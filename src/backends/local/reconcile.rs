@@ -1,5 +1,14 @@
 //! Reconciles the blob directories with the state: removes what no record owns.
 //!
+//! First it deletes the layer records no image of their repository references that were
+//! neither recorded nor marked referenced by a PutImage within the grace period
+//! ([`LocalMetadata::unreferenced_layers`], then [`LocalMetadata::remove_unreferenced_layers`],
+//! which deletes a layer only if its record and its count of marks are still as read and no
+//! image references it, inside the deleting write transaction): a PutImage marks its layers
+//! before it writes its image, so one racing the deletion either keeps the layer or fails with
+//! `LayersNotFoundException` (docs/architecture.md, "Layers no image references"). Their bytes
+//! then go below with the rest.
+//!
 //! The state is read first, in one snapshot ([`LocalMetadata`]'s `owned`), and the directories
 //! are listed after it. A file is removed only if the snapshot owns nothing of it:
 //!
@@ -17,10 +26,11 @@
 //! period go. That is what keeps a file written after the snapshot (its mtime is later than the
 //! snapshot), and what protects downloads in flight (URLs issued before a repository was deleted
 //! stay valid for an hour). A PutImage racing the sweep cannot end with an image over removed
-//! bytes: PutImage references only recorded layers; a layer recorded after the snapshot either
-//! belongs to an upload the snapshot saw unfinished (its bytes are kept), or to one started after
-//! it (its bytes are younger than the grace period); and layer records are removed only with
-//! their repository, whose images go with them.
+//! bytes: PutImage references only layers whose records it marked; a layer recorded after the
+//! snapshot either belongs to an upload the snapshot saw unfinished (its bytes are kept), or to
+//! one started after it (its bytes are younger than the grace period); and layer records are
+//! removed only with their repository, whose images go with them, or by the first step above,
+//! which no marked layer passes.
 
 use std::collections::HashSet;
 use std::fs;
@@ -38,6 +48,8 @@ use crate::ports::StoreResult;
 pub struct Reconciled {
     pub files: u64,
     pub bytes: u64,
+    /// Layer records deleted because no image referenced them.
+    pub layers: u64,
 }
 
 /// Removes from `blobs`' directories what `meta`'s state does not own (see the module comment).
@@ -51,7 +63,12 @@ pub async fn reconcile(
     grace: Duration,
     clock: &dyn Clock,
 ) -> StoreResult<Reconciled> {
-    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(clock.now_ms());
+    let now_ms = clock.now_ms();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+    // Layer records no image references go first, so that their bytes go below with the rest.
+    let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    let unreferenced = meta.unreferenced_layers(now_ms, grace_ms).await?;
+    let layers = meta.remove_unreferenced_layers(&unreferenced).await?;
     let owned = meta.owned().await?;
     let (objects, multipart) = blobs.dirs();
     blocking("reconcile", move || {
@@ -71,7 +88,10 @@ pub async fn reconcile(
             now,
             at_start,
             grace,
-            done: Reconciled::default(),
+            done: Reconciled {
+                layers,
+                ..Reconciled::default()
+            },
         };
         sweep.objects(&objects);
         sweep.multipart(&multipart);
