@@ -13,6 +13,7 @@ mod oci_client;
 mod oci_clients;
 mod oci_podman;
 mod push;
+mod push_concurrent;
 mod request_limits;
 mod sdk_ecr;
 mod server_limits;
