@@ -1,7 +1,7 @@
 //! `ecr-layer-upload push` uploading several blobs at once (`--max-concurrent-uploads`): seen at
 //! the server through a proxy that counts the uploads with a part in flight, a failing blob
-//! failing the push while the others complete, and an interrupted concurrent push resumed from
-//! the state file all its blobs wrote.
+//! failing the push while the others complete, an interrupted concurrent push resumed from the
+//! state file all its blobs wrote, and a resumed upload that holds bytes of a file changed since.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -311,4 +311,56 @@ async fn an_interrupted_concurrent_push_resumes_every_saved_upload() {
             .unwrap()
             .is_empty()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_holding_bytes_of_a_since_repaired_file_starts_over() {
+    let server = server();
+    let ecr = server.ecr_client();
+    let repo = unique("push/other-bytes");
+    create(&ecr, &repo).await;
+    let tmp = temp_dir();
+    let layer = noise(3 * MIB + 123_457, 70);
+    let image = oci_image(std::slice::from_ref(&layer), "other-bytes");
+    let layout = tmp.path().join("layout");
+    write_single(&layout, &image, Some("v1"));
+    let d = digest(&layer);
+    let path = layout.join("blobs/sha256").join(&d[7..]);
+    let mut changed = layer.clone();
+    changed[MIB + 3] ^= 0xff;
+    std::fs::write(&path, &changed).unwrap();
+    let state = tmp.path().join("s.json");
+
+    // The changed file's four parts are all accepted (after the config's one part), and the run
+    // stops before it would have checked the digest.
+    let stopped = push_with(
+        &server,
+        &layout,
+        &repo,
+        &["--max-concurrent-uploads", "1"],
+        &state,
+        &[("ECR_PUSH_STOP_AFTER_PARTS", "5")],
+    );
+    assert!(!stopped.ok);
+    let saved = read_state(&state);
+    let entry = saved["uploads"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
+    assert_eq!(entry["nextByte"].as_u64(), Some(layer.len() as u64));
+
+    // Repaired, the file matches its digest but the saved upload holds the other bytes: the
+    // server refuses to complete it and the blob is uploaded again.
+    std::fs::write(&path, &layer).unwrap();
+    let run = push_with(&server, &layout, &repo, &[], &state, &[]);
+    assert!(run.ok, "{}", run.stderr);
+    let want = format!(
+        "upload {} of {d} holds other bytes than the file; starting over",
+        entry["uploadId"].as_str().unwrap()
+    );
+    assert!(run.stderr.contains(&want), "{}", run.stderr);
+    assert_blobs(&ecr, &repo, &image.blobs).await;
 }
