@@ -217,6 +217,26 @@ mod tests {
     }
 
     #[test]
+    fn the_status_line_shows_every_blob_under_way() {
+        let p = Progress::new(false);
+        let mut a = p.blob("sha256:aaaaaaaaaaaaaaaa", 100);
+        a.update(50, 50);
+        assert!(
+            p.board()
+                .status()
+                .starts_with("sha256:aaaaaaaaaaaa [###############---------------] 50 B / 100 B")
+        );
+        let b = p.blob("sha256:bbbbbbbbbbbbbbbb", 10);
+        assert_eq!(
+            p.board().status(),
+            "sha256:aaaaaaaaaaaa [#####-----]  sha256:bbbbbbbbbbbb [----------]"
+        );
+        a.finish("uploaded");
+        drop(b);
+        assert_eq!(p.board().status(), "");
+    }
+
+    #[test]
     fn human_sizes() {
         assert_eq!(human(52), "52 B");
         assert_eq!(human(2048), "2.0 KiB");
