@@ -1,7 +1,7 @@
 //! A blob's parts, read in order on the blocking pool and kept one part ahead of the one being
 //! sent: while part N is in flight, part N+1 is read (and hashed) from the file. At most two parts
-//! of a blob are held at a time, the one being sent and the one read ahead; a part that has to be
-//! sent again is read again from its offset rather than kept.
+//! of a blob are held at a time, the one being sent (by then as its encoded request) and the one
+//! read ahead; a part that has to be sent again is read again from its offset rather than kept.
 //!
 //! Every byte is hashed as it is read, in order, including the bytes before a resumed offset, so
 //! the blob's digest is checked however the upload moves (resumed, rewound to where the server
