@@ -30,10 +30,12 @@ unit:
 
 # The side-by-side benchmark (benches/compare.rs): direct S3 multipart vs the service on
 # both backends, against the project's own local S3 and DynamoDB servers, started here on ports and
-# a state directory of their own and stopped afterwards. `make bench BENCH_SIZE_MIB=1024` for 1 GiB.
+# a state directory of their own and stopped afterwards. `make bench BENCH_SIZE_MIB=1024` for 1 GiB;
+# `BENCH_ONLY=layer` or `BENCH_ONLY=image` runs only the one-layer comparison or the 4-layer push.
 # Then the CPU cost of verifying a signed 10 MiB part (benches/auth.rs).
 BENCH_SIZE_MIB ?= 256
 BENCH_ROUNDS ?= 3
+BENCH_ONLY ?=
 BENCH_S3_PORT ?= 41333
 BENCH_DYNAMODB_PORT ?= 41400
 BENCH_SERVICES_DIR ?= $(CURDIR)/target/bench-services
@@ -44,7 +46,8 @@ bench:
 	trap 'scripts/services.sh down; rm -rf "$$ECR_SERVICES_DIR"' EXIT; \
 	scripts/services.sh up || exit 1; \
 	set -a; eval "$$(scripts/services.sh env)"; set +a; \
-	BENCH_SIZE_MIB=$(BENCH_SIZE_MIB) BENCH_ROUNDS=$(BENCH_ROUNDS) $(CARGO) bench --bench compare
+	BENCH_SIZE_MIB=$(BENCH_SIZE_MIB) BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_ONLY=$(BENCH_ONLY) \
+	  $(CARGO) bench --bench compare
 	$(CARGO) bench --bench auth
 	$(MAKE) bench-registry
 

@@ -11,7 +11,12 @@
 //! clock starts (a client that costs nothing), so that what is timed is the service's work.
 //! Prints the medians and the ratios of issue 13's acceptance criteria (README, "Performance").
 //!
-//! Environment: `BENCH_SIZE_MIB` (256), `BENCH_ROUNDS` (3), and the lines of
+//! Then (criterion 7 of issue 13) a 4-layer image of the same total size, written as an OCI
+//! layout, is pushed by the `ecr-layer-upload push` command on each backend, one blob at a time
+//! (`--max-concurrent-uploads 1`) and with the default concurrency, interleaved in each round.
+//!
+//! Environment: `BENCH_SIZE_MIB` (256), `BENCH_ROUNDS` (3), `BENCH_ONLY` (`layer` for the one-layer
+//! comparison, `image` for the 4-layer push; both when unset), and the lines of
 //! `scripts/services.sh env` (the Makefile's `bench` target starts the servers and sets them).
 
 #[path = "../tests/common/mod.rs"]
@@ -353,6 +358,124 @@ async fn push_direct(
     )
 }
 
+/// A 4-layer image as an OCI layout in `dir`: four random layers of `size / 4` bytes and a config.
+fn write_image(dir: &std::path::Path, size: usize) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("layout directory");
+    let write = |data: &[u8]| -> serde_json::Value {
+        let hex = hex::encode(Sha256::digest(data));
+        std::fs::write(blobs.join(&hex), data).expect("write blob");
+        serde_json::json!({"digest": format!("sha256:{hex}"), "size": data.len()})
+    };
+    let mut layers = Vec::new();
+    for i in 0..4u64 {
+        let mut d = write(&common::noise(size / 4, 70 + i));
+        d["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+        layers.push(d);
+    }
+    let mut config = write(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers"}}"#);
+    config["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": layers,
+    }))
+    .unwrap();
+    let mut m = write(&manifest);
+    m["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    m["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "bench"});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [m]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+#[derive(Default, Clone, Copy)]
+struct ImagePush {
+    seconds: f64,
+    /// The push command's peak RSS (`VmHWM`, sampled while it runs).
+    client_rss: u64,
+}
+
+/// The image in `layout` pushed by `ecr-layer-upload push` to a fresh service on `backend` (10 MiB
+/// parts), `concurrency` blobs at once (`None`: the command's default).
+async fn push_image(
+    backend: &str,
+    layout: &std::path::Path,
+    concurrency: Option<u16>,
+) -> ImagePush {
+    let svc = Service::start(backend, PART, 5 * MIB);
+    let mut conn = Conn::open(&svc.addr).await;
+    let repo = format!("bench/image-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+    conn.call(
+        "CreateRepository",
+        Bytes::from(format!(r#"{{"repositoryName":"{repo}"}}"#)),
+    )
+    .await;
+    let state = common::temp_dir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ecr-layer-upload"));
+    cmd.arg("push")
+        .arg(layout)
+        .args(["--repository", &repo, "--tag", "v1"])
+        .args(["--endpoint-url", &format!("http://{}", svc.addr)])
+        .arg("--state-file")
+        .arg(state.path().join("uploads.json"))
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_ECR")
+        .env_remove("ECR_PUSH_STOP_AFTER_PARTS")
+        .env("AWS_CONFIG_FILE", state.path().join("no-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            state.path().join("no-credentials"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(n) = concurrency {
+        cmd.args(["--max-concurrent-uploads", &n.to_string()]);
+    }
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut child = cmd.spawn().expect("start ecr-layer-upload push");
+        let stderr = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+            text
+        });
+        let mut client_rss = 0;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for push") {
+                break status;
+            }
+            let hwm = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                });
+            client_rss = client_rss.max(hwm.unwrap_or(0) * 1024);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let text = reader.join().unwrap_or_default();
+        assert!(status.success(), "push failed: {text}");
+        assert!(text.contains("5 blobs uploaded"), "{text}");
+        drop(svc);
+        ImagePush {
+            seconds,
+            client_rss,
+        }
+    })
+    .await
+    .expect("push task")
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -400,6 +523,75 @@ async fn main() {
     let bucket = std::env::var("ECR_BUCKET").expect("ECR_BUCKET: run `make bench`");
     let lambda_part = lambda_part_size() as usize;
 
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wants = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    if wants("layer") {
+        compare_layer(size, size_mib, rounds, &bucket, lambda_part).await;
+    }
+    if wants("image") {
+        compare_image(size, size_mib, rounds).await;
+    }
+}
+
+/// Criterion 7: the 4-layer image pushed by the `push` command, one blob at a time and with its
+/// default concurrency, on both backends.
+async fn compare_image(size: usize, size_mib: usize, rounds: usize) {
+    let dir = common::temp_dir();
+    write_image(dir.path(), size);
+    let default = ecr_layer_upload::push::upload::DEFAULT_CONCURRENT_UPLOADS;
+    let mut runs: Vec<(&str, Vec<ImagePush>, Vec<ImagePush>)> =
+        vec![("AWS", vec![], vec![]), ("embedded", vec![], vec![])];
+    for round in 1..=rounds {
+        eprintln!("round {round} of {rounds}: 4-layer image, {size_mib} MiB in all");
+        for (name, one, many) in &mut runs {
+            let backend = if *name == "AWS" { "aws" } else { "local" };
+            one.push(push_image(backend, dir.path(), Some(1)).await);
+            many.push(push_image(backend, dir.path(), None).await);
+        }
+    }
+    let secs = |r: &[ImagePush]| median(r.iter().map(|p| p.seconds).collect());
+    let rss =
+        |r: &[ImagePush]| median(r.iter().map(|p| p.client_rss as f64).collect()) / MIB as f64;
+    println!();
+    println!(
+        "4-layer image (4 x {} MiB + config) pushed by `ecr-layer-upload push`, 10 MiB parts, medians of {rounds} interleaved rounds; {}",
+        size_mib / 4,
+        machine()
+    );
+    println!();
+    println!(
+        "| backend | one blob at a time | {default} at once (default) | speed-up | push command peak RSS MiB (1 / {default}) |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    let mb = size as f64 / 1e6;
+    let mut speedups = Vec::new();
+    for (name, one, many) in &runs {
+        let (a, b) = (secs(one), secs(many));
+        speedups.push(format!("{name} {:.2} x", a / b));
+        println!(
+            "| {name} | {a:.2} s ({:.0} MB/s) | {b:.2} s ({:.0} MB/s) | {:.2} | {:.0} / {:.0} |",
+            mb / a,
+            mb / b,
+            a / b,
+            rss(one),
+            rss(many)
+        );
+    }
+    println!();
+    println!(
+        "- 7. push command, 4-layer image: {default} blobs at once vs one at a time: {}",
+        speedups.join(", ")
+    );
+}
+
+/// Criteria 1 to 6: one layer, direct to S3 and through the service.
+async fn compare_layer(
+    size: usize,
+    size_mib: usize,
+    rounds: usize,
+    bucket: &str,
+    lambda_part: usize,
+) {
     let layer = Bytes::from(common::noise(size, 13));
     let hashing = Instant::now();
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
@@ -410,7 +602,7 @@ async fn main() {
     let mut reads = vec![];
     for round in 1..=rounds {
         eprintln!("round {round} of {rounds}: {size_mib} MiB");
-        let (run, read) = push_direct(&s3, &bucket, &layer, &digest).await;
+        let (run, read) = push_direct(&s3, bucket, &layer, &digest).await;
         direct.push(run);
         reads.push(read);
         aws10.push(push_service("aws", PART, 5 * MIB, &layer, &digest).await);

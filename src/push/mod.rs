@@ -3,9 +3,11 @@
 //! service alike. See docs/push.md.
 //!
 //! source (layout directory or tar, read in place) → image (the manifests and blobs to push) →
-//! upload (BatchCheck, Initiate, parts, Complete, PutImage) with state (resume) and progress.
+//! upload (BatchCheck, Initiate, parts, Complete, PutImage; several blobs at once, each one part
+//! read ahead: parts) with state (resume) and progress.
 
 pub mod image;
+pub mod parts;
 pub mod progress;
 pub mod source;
 pub mod state;
@@ -14,11 +16,13 @@ pub mod upload;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use aws_config::BehaviorVersion;
 
 use self::progress::{Progress, human};
-use self::upload::{BlobOutcome, Pusher};
+use self::upload::{BlobOutcome, DEFAULT_CONCURRENT_UPLOADS, Pusher, push_blobs};
 
 /// Read only by the push command, for tests: stop (exit non-zero, state kept) after this many
 /// parts were accepted, as an interrupted push would.
@@ -49,6 +53,11 @@ pub struct Options {
     /// else ~/.local/state/ecr-layer-upload/uploads.json]
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
+    /// how many blobs are uploaded at once (1: one after the other), as dockerd's setting of
+    /// the same name
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONCURRENT_UPLOADS,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_concurrent_uploads: u16,
 }
 
 fn nonempty(value: &str) -> Result<String, String> {
@@ -139,21 +148,26 @@ pub async fn run(opts: Options, env: impl Fn(&str) -> Option<String>) -> Result<
         ),
         None => None,
     };
-    let mut pusher = Pusher {
+    let pusher = Arc::new(Pusher {
         ecr: aws_sdk_ecr::Client::from_conf(conf.build()),
         registry_id: opts.registry_id.clone(),
         repository: opts.repository.clone(),
         endpoint_key: endpoint.unwrap_or_else(|| format!("ecr:{region}")),
-        state: state_path.map(state::StateFile::new),
-        progress,
+        state: Mutex::new(state_path.map(state::StateFile::new)),
+        progress: progress.clone(),
         stop_after_parts,
-        parts_sent: 0,
-    };
+        parts_sent: AtomicU64::new(0),
+    });
 
-    let blobs = plan.blobs();
+    let outcomes = push_blobs(
+        &pusher,
+        plan.blobs(),
+        usize::from(opts.max_concurrent_uploads),
+    )
+    .await?;
     let (mut uploaded, mut present, mut sent) = (0usize, 0usize, 0u64);
-    for blob in &blobs {
-        match pusher.push_blob(blob).await? {
+    for outcome in outcomes {
+        match outcome {
             BlobOutcome::Present => present += 1,
             BlobOutcome::Uploaded { sent: n } => {
                 uploaded += 1;
@@ -213,10 +227,11 @@ mod tests {
     fn parse_args_reads_every_option() {
         let o = parse_args(&args(
             "img.tar --repository a/b --tag v1 --endpoint-url=http://x --region eu-west-1 \
-             --registry-id 123456789012 --state-file s.json",
+             --registry-id 123456789012 --state-file s.json --max-concurrent-uploads 2",
         ))
         .unwrap()
         .unwrap();
+        assert_eq!(o.max_concurrent_uploads, 2);
         assert_eq!(o.input, PathBuf::from("img.tar"));
         assert_eq!(o.repository, "a/b");
         assert_eq!(o.tag.as_deref(), Some("v1"));
@@ -234,6 +249,10 @@ mod tests {
         assert!(parse_args(&args("dir --repository r --bogus 1")).is_err());
         assert!(parse_args(&args("a b --repository r")).is_err());
         assert!(parse_args(&args("dir --repository r --registry-id 12")).is_err());
+        assert!(parse_args(&args("dir --repository r --max-concurrent-uploads 0")).is_err());
+        assert!(parse_args(&args("dir --repository r --max-concurrent-uploads 65")).is_err());
+        let o = parse_args(&args("dir --repository r")).unwrap().unwrap();
+        assert_eq!(o.max_concurrent_uploads, DEFAULT_CONCURRENT_UPLOADS);
         assert_eq!(parse_args(&args("--help")).unwrap(), None);
     }
 

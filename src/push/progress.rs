@@ -1,12 +1,24 @@
-//! What a push prints on stderr: a bar per blob redrawn in place on a terminal, otherwise one
-//! plain line per blob. Only digests, sizes and rates are printed, never blob bytes.
+//! What a push prints on stderr: on a terminal one status line redrawn in place, showing every
+//! blob being uploaded (several are at once), otherwise one plain line per blob. Only digests,
+//! sizes and rates are printed, never blob bytes.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Progress {
     tty: bool,
+    board: Arc<Mutex<Board>>,
+}
+
+/// The blobs being uploaded, by bar id: what the terminal's status line shows.
+#[derive(Debug, Default)]
+struct Board {
+    next_id: u64,
+    active: BTreeMap<u64, (String, u64, u64, f64)>,
+    drawn: Option<Instant>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -28,41 +40,96 @@ pub fn short(digest: &str) -> &str {
     &digest[..end.min(digest.len())]
 }
 
-impl Progress {
-    pub fn new(tty: bool) -> Progress {
-        Progress { tty }
+fn bar(pos: u64, size: u64, width: usize) -> String {
+    let frac = if size == 0 {
+        1.0
+    } else {
+        pos as f64 / size as f64
+    };
+    let filled = ((frac * width as f64) as usize).min(width);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+impl Board {
+    /// The status line: one blob with a full bar, several with a short bar each.
+    fn status(&self) -> String {
+        let one = self.active.len() == 1;
+        self.active
+            .values()
+            .map(|(digest, pos, size, rate)| {
+                if one {
+                    format!(
+                        "{} {} {} / {} {rate:.1} MiB/s",
+                        short(digest),
+                        bar(*pos, *size, BAR_WIDTH),
+                        human(*pos),
+                        human(*size)
+                    )
+                } else {
+                    format!("{} {}", short(digest), bar(*pos, *size, 10))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
     }
 
-    /// A message on a line of its own.
+    fn draw(&mut self, err: &mut impl Write) {
+        let _ = write!(err, "\r\x1b[2K{}", self.status());
+        let _ = err.flush();
+        self.drawn = Some(Instant::now());
+    }
+}
+
+impl Progress {
+    pub fn new(tty: bool) -> Progress {
+        Progress {
+            tty,
+            board: Arc::default(),
+        }
+    }
+
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A message on a line of its own (the status line is drawn again below it).
     pub fn line(&self, msg: &str) {
+        let mut board = self.board();
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K");
         }
         let _ = writeln!(err, "{msg}");
+        if self.tty && !board.active.is_empty() {
+            board.draw(&mut err);
+        }
     }
 
     pub fn blob(&self, digest: &str, size: u64) -> BlobBar {
+        let mut board = self.board();
+        let id = board.next_id;
+        board.next_id += 1;
+        board.active.insert(id, (digest.to_string(), 0, size, 0.0));
         BlobBar {
-            tty: self.tty,
+            progress: self.clone(),
+            id,
             digest: digest.to_string(),
             size,
             pos: 0,
             sent: 0,
             started: Instant::now(),
-            drawn: None,
         }
     }
 }
 
 pub struct BlobBar {
-    tty: bool,
+    progress: Progress,
+    id: u64,
     digest: String,
     size: u64,
     pos: u64,
     sent: u64,
     started: Instant,
-    drawn: Option<Instant>,
 }
 
 impl BlobBar {
@@ -75,12 +142,18 @@ impl BlobBar {
     pub fn update(&mut self, pos: u64, newly_sent: u64) {
         self.pos = pos;
         self.sent += newly_sent;
-        if self.tty
-            && self
+        let rate = self.rate();
+        let mut board = self.progress.board();
+        if let Some(entry) = board.active.get_mut(&self.id) {
+            entry.1 = pos;
+            entry.3 = rate;
+        }
+        if self.progress.tty
+            && board
                 .drawn
                 .is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
         {
-            self.draw();
+            board.draw(&mut std::io::stderr().lock());
         }
     }
 
@@ -89,33 +162,22 @@ impl BlobBar {
         self.sent as f64 / MIB / secs
     }
 
-    fn draw(&mut self) {
-        let frac = if self.size == 0 {
-            1.0
-        } else {
-            self.pos as f64 / self.size as f64
-        };
-        let filled = ((frac * BAR_WIDTH as f64) as usize).min(BAR_WIDTH);
-        let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[2K{} [{}{}] {} / {} {:.1} MiB/s",
-            short(&self.digest),
-            "#".repeat(filled),
-            "-".repeat(BAR_WIDTH - filled),
-            human(self.pos),
-            human(self.size),
-            self.rate()
-        );
-        let _ = err.flush();
-        self.drawn = Some(Instant::now());
-    }
-
     /// Ends the blob's line with `outcome` (`uploaded`, `exists`, ...).
-    pub fn finish(mut self, outcome: &str) {
-        if self.tty {
-            self.draw();
-            let _ = writeln!(std::io::stderr().lock(), " {outcome}");
+    pub fn finish(self, outcome: &str) {
+        let mut board = self.progress.board();
+        board.active.remove(&self.id);
+        let mut err = std::io::stderr().lock();
+        if self.progress.tty {
+            let _ = writeln!(
+                err,
+                "\r\x1b[2K{} {} {} {outcome}",
+                short(&self.digest),
+                bar(self.pos, self.size, BAR_WIDTH),
+                human(self.size)
+            );
+            if !board.active.is_empty() {
+                board.draw(&mut err);
+            }
         } else {
             let detail = if self.sent > 0 {
                 format!(
@@ -128,12 +190,19 @@ impl BlobBar {
                 String::new()
             };
             let _ = writeln!(
-                std::io::stderr().lock(),
+                err,
                 "{outcome} {} ({}{detail})",
                 self.digest,
                 human(self.size)
             );
         }
+    }
+}
+
+impl Drop for BlobBar {
+    /// A bar dropped without `finish` (its blob failed) leaves the status line.
+    fn drop(&mut self) {
+        self.progress.board().active.remove(&self.id);
     }
 }
 
@@ -145,6 +214,26 @@ mod tests {
     fn short_keeps_the_algorithm_and_twelve_hex_digits() {
         assert_eq!(short("sha256:0123456789abcdef"), "sha256:0123456789ab");
         assert_eq!(short("sha256:01"), "sha256:01");
+    }
+
+    #[test]
+    fn the_status_line_shows_every_blob_under_way() {
+        let p = Progress::new(false);
+        let mut a = p.blob("sha256:aaaaaaaaaaaaaaaa", 100);
+        a.update(50, 50);
+        assert!(
+            p.board()
+                .status()
+                .starts_with("sha256:aaaaaaaaaaaa [###############---------------] 50 B / 100 B")
+        );
+        let b = p.blob("sha256:bbbbbbbbbbbbbbbb", 10);
+        assert_eq!(
+            p.board().status(),
+            "sha256:aaaaaaaaaaaa [#####-----]  sha256:bbbbbbbbbbbb [----------]"
+        );
+        a.finish("uploaded");
+        drop(b);
+        assert_eq!(p.board().status(), "");
     }
 
     #[test]

@@ -19,9 +19,15 @@ pub struct Region {
 impl Region {
     /// A blocking reader of exactly this range.
     pub fn open(&self) -> std::io::Result<std::io::Take<BufReader<File>>> {
+        self.open_at(0)
+    }
+
+    /// A blocking reader of the range from its byte `pos` on.
+    pub fn open_at(&self, pos: u64) -> std::io::Result<std::io::Take<BufReader<File>>> {
+        let pos = pos.min(self.len);
         let mut f = File::open(&self.path)?;
-        f.seek(SeekFrom::Start(self.offset))?;
-        Ok(BufReader::with_capacity(1 << 16, f).take(self.len))
+        f.seek(SeekFrom::Start(self.offset + pos))?;
+        Ok(BufReader::with_capacity(1 << 16, f).take(self.len - pos))
     }
 }
 

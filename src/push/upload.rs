@@ -1,9 +1,12 @@
 //! The ECR calls of a push, in the order AWS's Go client (amazon-ecr-containerd-resolver) makes
 //! them: per blob BatchCheckLayerAvailability with that one digest, then (if UNAVAILABLE)
 //! InitiateLayerUpload, UploadLayerPart strictly in order at exactly `partSize`, and
-//! CompleteLayerUpload; then PutImage with the manifest bytes exactly as stored.
+//! CompleteLayerUpload; then PutImage with the manifest bytes exactly as stored. Several blobs
+//! are uploaded at once ([`push_blobs`]), each reading its next part while one is sent
+//! (`parts.rs`).
 
-use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_ecr::Client;
 use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -12,11 +15,10 @@ use aws_sdk_ecr::operation::put_image::PutImageError;
 use aws_sdk_ecr::operation::upload_layer_part::UploadLayerPartError;
 use aws_sdk_ecr::primitives::Blob;
 use aws_sdk_ecr::types::LayerAvailability;
-use sha2::{Digest, Sha256};
 
 use super::image::{BlobRef, ManifestPush};
+use super::parts::Parts;
 use super::progress::Progress;
-use super::source::Region;
 use super::state::{self, StateFile};
 
 /// How many times one blob's upload is re-synchronised with the server (a part that failed
@@ -33,11 +35,61 @@ pub struct Pusher {
     pub repository: String,
     /// The endpoint part of the state key: the endpoint URL, or `ecr:<region>` for real ECR.
     pub endpoint_key: String,
-    pub state: Option<StateFile>,
+    /// Shared by the blobs uploaded at once: each change of the file is made under this lock
+    /// (and written through a rename, `state.rs`); `None` once it could not be used.
+    pub state: Mutex<Option<StateFile>>,
     pub progress: Progress,
     /// Test seam: stop (as if interrupted) once this many parts were accepted in this run.
     pub stop_after_parts: Option<u64>,
-    pub parts_sent: u64,
+    pub parts_sent: AtomicU64,
+}
+
+/// How many blobs `push` uploads at once unless `--max-concurrent-uploads` says otherwise:
+/// dockerd's default for the same setting (`max-concurrent-uploads`). AWS's Go client
+/// (amazon-ecr-containerd-resolver's ecr-push, through containerd's `Client.Push` without
+/// `WithMaxConcurrentUploadedLayers`) sets no limit at all and starts every blob of a manifest at
+/// once; a bound keeps the client's memory at about two parts per blob being uploaded.
+pub const DEFAULT_CONCURRENT_UPLOADS: u16 = 5;
+
+/// Pushes `blobs`, up to `concurrency` at once, started in the order given. After a blob fails
+/// no other one starts; those under way run to their end (each is left complete, or resumable
+/// from the state file as after an interruption), then the first failure is the answer and the
+/// others are printed before it.
+pub async fn push_blobs(
+    pusher: &Arc<Pusher>,
+    blobs: Vec<BlobRef>,
+    concurrency: usize,
+) -> Result<Vec<BlobOutcome>, String> {
+    let mut queue = blobs.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut outcomes = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    loop {
+        while failures.is_empty() && running.len() < concurrency.max(1) {
+            let Some(blob) = queue.next() else {
+                break;
+            };
+            let pusher = Arc::clone(pusher);
+            running.spawn(async move { pusher.push_blob(&blob).await });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        match done {
+            Ok(Ok(outcome)) => outcomes.push(outcome),
+            Ok(Err(msg)) => failures.push(msg),
+            Err(e) => failures.push(format!("a blob's upload stopped: {e}")),
+        }
+    }
+    match failures.split_first() {
+        None => Ok(outcomes),
+        Some((first, others)) => {
+            for msg in others {
+                pusher.progress.line(&format!("also failed: {msg}"));
+            }
+            Err(first.clone())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,58 +141,6 @@ pub fn expected_offset(
     }
 }
 
-/// Reads a blob in order and hashes every byte it reads, so the digest is verified however the
-/// upload moves (resumed at an offset, rewound to where the server is).
-struct BlobReader {
-    region: Region,
-    reader: std::io::Take<std::io::BufReader<std::fs::File>>,
-    hasher: Sha256,
-    pos: u64,
-}
-
-impl BlobReader {
-    fn open(region: &Region) -> std::io::Result<BlobReader> {
-        Ok(BlobReader {
-            region: region.clone(),
-            reader: region.open()?,
-            hasher: Sha256::new(),
-            pos: 0,
-        })
-    }
-
-    fn read_chunk(&mut self, len: u64) -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len as usize];
-        self.reader.read_exact(&mut buf)?;
-        self.hasher.update(&buf);
-        self.pos += len;
-        Ok(buf)
-    }
-
-    /// Moves to `target`, hashing what lies before it (rewinding means reading from 0 again).
-    fn seek(&mut self, target: u64) -> std::io::Result<()> {
-        if target < self.pos {
-            *self = BlobReader::open(&self.region)?;
-        }
-        let mut buf = vec![0u8; 1 << 20];
-        while self.pos < target {
-            let n = (target - self.pos).min(buf.len() as u64) as usize;
-            self.reader.read_exact(&mut buf[..n])?;
-            self.hasher.update(&buf[..n]);
-            self.pos += n as u64;
-        }
-        Ok(())
-    }
-
-    fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
-    }
-}
-
-/// Blocking file reads on a runtime worker, without stalling the runtime's other tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
 impl Pusher {
     fn key(&self, digest: &str) -> String {
         state::key(
@@ -151,40 +151,32 @@ impl Pusher {
         )
     }
 
-    /// A state file that cannot be read or written costs the ability to resume, not the push:
-    /// one warning, then the push goes on without it.
-    fn state_failed(&mut self, msg: String) {
-        self.progress.line(&format!(
-            "warning: {msg}; unfinished uploads will not be resumable"
-        ));
-        self.state = None;
-    }
-
-    fn saved(&mut self, key: &str) -> Option<state::Saved> {
-        match self.state.as_ref().map(|s| s.get(key)) {
-            Some(Ok(saved)) => saved,
-            Some(Err(msg)) => {
-                self.state_failed(msg);
+    /// Runs `f` on the state file under its lock. A state file that cannot be read or written
+    /// costs the ability to resume, not the push: one warning, then the push goes on without it.
+    fn with_state<T>(&self, f: impl FnOnce(&StateFile) -> Result<T, String>) -> Option<T> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match f(state.as_ref()?) {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                *state = None;
+                self.progress.line(&format!(
+                    "warning: {msg}; unfinished uploads will not be resumable"
+                ));
                 None
             }
-            None => None,
         }
     }
 
-    fn save(&mut self, key: &str, upload_id: &str, next: u64, part_size: u64) {
-        if let Some(Err(msg)) = self
-            .state
-            .as_ref()
-            .map(|s| s.put(key, upload_id, next, part_size))
-        {
-            self.state_failed(msg);
-        }
+    fn saved(&self, key: &str) -> Option<state::Saved> {
+        self.with_state(|s| s.get(key)).flatten()
     }
 
-    fn forget(&mut self, key: &str) {
-        if let Some(Err(msg)) = self.state.as_ref().map(|s| s.remove(key)) {
-            self.state_failed(msg);
-        }
+    fn save(&self, key: &str, upload_id: &str, next: u64, part_size: u64) {
+        self.with_state(|s| s.put(key, upload_id, next, part_size));
+    }
+
+    fn forget(&self, key: &str) {
+        self.with_state(|s| s.remove(key));
     }
 
     async fn is_available(&self, digest: &str) -> Result<bool, String> {
@@ -231,7 +223,7 @@ impl Pusher {
     }
 
     /// Makes `blob` present in the repository.
-    pub async fn push_blob(&mut self, blob: &BlobRef) -> Result<BlobOutcome, String> {
+    pub async fn push_blob(&self, blob: &BlobRef) -> Result<BlobOutcome, String> {
         let digest = blob.digest.as_str();
         let key = self.key(digest);
         if self.is_available(digest).await? {
@@ -240,48 +232,52 @@ impl Pusher {
             return Ok(BlobOutcome::Present);
         }
         let read_err = |e: std::io::Error| format!("cannot read blob {digest}: {e}");
-        let mut reader = blocking(|| BlobReader::open(&blob.region)).map_err(read_err)?;
-        let (mut upload_id, mut part_size) = match self.saved(&key) {
+        let (mut upload_id, mut part_size, start) = match self.saved(&key) {
             Some(saved) if saved.next_byte <= blob.size && saved.part_size > 0 => {
                 self.progress.line(&format!(
                     "resuming {digest} at byte {} of upload {}",
                     saved.next_byte, saved.upload_id
                 ));
-                blocking(|| reader.seek(saved.next_byte)).map_err(read_err)?;
-                (saved.upload_id, saved.part_size)
+                (saved.upload_id, saved.part_size, saved.next_byte)
             }
             _ => {
                 let (id, size) = self.initiate(digest).await?;
                 self.save(&key, &id, 0, size);
-                (id, size)
+                (id, size, 0)
             }
         };
+        let mut parts = Parts::open(&blob.region, blob.size, part_size)
+            .await
+            .map_err(read_err)?;
+        parts.seek(start, part_size).await.map_err(read_err)?;
         let mut bar = self.progress.blob(digest, blob.size);
-        bar.update(reader.pos, 0);
+        bar.update(start, 0);
         let mut resyncs = 0u32;
-        // The part being sent, kept until the server accepts it so a retry re-sends it as is.
-        let mut chunk: Option<Vec<u8>> = None;
         loop {
-            if chunk.is_none() && reader.pos < blob.size {
-                let len = part_size.min(blob.size - reader.pos);
-                chunk = Some(blocking(|| reader.read_chunk(len)).map_err(read_err)?);
-            }
-            let Some(part) = &chunk else {
+            let Some(part) = parts.next().await.map_err(read_err)? else {
                 // Every byte is on the server: check what was read, then complete.
-                let actual = reader.digest();
+                let actual = parts.digest().await.map_err(read_err)?;
                 if actual != digest {
+                    // What was sent is not the blob: a later run starts a fresh upload.
+                    self.forget(&key);
                     return Err(format!("corrupt layout: blob {digest} has digest {actual}"));
                 }
                 match self.complete(digest, &upload_id).await {
                     Ok(()) => break,
-                    Err(CompleteFailure::UploadGone) if resyncs < MAX_RESYNCS => {
+                    Err(failure @ (CompleteFailure::UploadGone | CompleteFailure::OtherBytes))
+                        if resyncs < MAX_RESYNCS =>
+                    {
                         resyncs += 1;
+                        let why = match failure {
+                            CompleteFailure::OtherBytes => "holds other bytes than the file",
+                            _ => "is gone",
+                        };
                         self.progress.line(&format!(
-                            "upload {upload_id} of {digest} is gone; starting over"
+                            "upload {upload_id} of {digest} {why}; starting over"
                         ));
                         (upload_id, part_size) = self.initiate(digest).await?;
                         self.save(&key, &upload_id, 0, part_size);
-                        blocking(|| reader.seek(0)).map_err(read_err)?;
+                        parts.seek(0, part_size).await.map_err(read_err)?;
                         bar.update(0, 0);
                         continue;
                     }
@@ -290,11 +286,17 @@ impl Pusher {
                             "CompleteLayerUpload for {digest}: upload {upload_id} not found"
                         ));
                     }
+                    Err(CompleteFailure::OtherBytes) => {
+                        return Err(format!(
+                            "CompleteLayerUpload for {digest}: upload {upload_id} holds other bytes than the file"
+                        ));
+                    }
                     Err(CompleteFailure::Other(msg)) => return Err(msg),
                 }
             };
-            let first = reader.pos - part.len() as u64;
-            let last = reader.pos - 1;
+            let (first, end, len, mark) = (part.first, part.end(), part.len(), part.mark());
+            let last = end - 1;
+            // The part's bytes go to the request; a retry reads them again (`parts.rewind`).
             let sent = self
                 .ecr
                 .upload_layer_part()
@@ -303,21 +305,18 @@ impl Pusher {
                 .upload_id(&upload_id)
                 .part_first_byte(first as i64)
                 .part_last_byte(last as i64)
-                .layer_part_blob(Blob::new(part.clone()))
+                .layer_part_blob(Blob::new(part.bytes))
                 .send()
                 .await;
             let err = match sent {
                 Ok(_) => {
-                    let len = part.len() as u64;
-                    chunk = None;
-                    self.save(&key, &upload_id, reader.pos, part_size);
-                    bar.update(reader.pos, len);
-                    self.parts_sent += 1;
-                    if self.stop_after_parts.is_some_and(|n| self.parts_sent >= n) {
+                    self.save(&key, &upload_id, end, part_size);
+                    bar.update(end, len);
+                    let sent_so_far = self.parts_sent.fetch_add(1, Ordering::SeqCst) + 1;
+                    if self.stop_after_parts.is_some_and(|n| sent_so_far >= n) {
                         bar.finish("stopped");
                         return Err(format!(
-                            "UploadLayerPart for {digest}: stopped after {} parts, as {} asks",
-                            self.parts_sent,
+                            "UploadLayerPart for {digest}: stopped after {sent_so_far} parts, as {} asks",
                             super::STOP_AFTER_PARTS_ENV
                         ));
                     }
@@ -345,10 +344,8 @@ impl Pusher {
                     self.progress.line(&format!(
                         "resuming {digest} at byte {next} of upload {upload_id}"
                     ));
-                    chunk = None;
-                    if next != reader.pos {
-                        blocking(|| reader.seek(next)).map_err(read_err)?;
-                    }
+                    // When the server already has this part, the part read ahead is the next.
+                    parts.seek(next, part_size).await.map_err(read_err)?;
                     self.save(&key, &upload_id, next, part_size);
                     bar.update(next, 0);
                 }
@@ -360,8 +357,7 @@ impl Pusher {
                     ));
                     (upload_id, part_size) = self.initiate(digest).await?;
                     self.save(&key, &upload_id, 0, part_size);
-                    chunk = None;
-                    blocking(|| reader.seek(0)).map_err(read_err)?;
+                    parts.seek(0, part_size).await.map_err(read_err)?;
                     bar.update(0, 0);
                 }
                 _ => {
@@ -372,6 +368,7 @@ impl Pusher {
                     ));
                     tokio::time::sleep(std::time::Duration::from_millis(500 * u64::from(resyncs)))
                         .await;
+                    parts.rewind(mark).await.map_err(read_err)?;
                 }
             }
         }
@@ -402,6 +399,11 @@ impl Pusher {
                 Some(CompleteLayerUploadError::LayerAlreadyExistsException(_)) => Ok(()),
                 Some(CompleteLayerUploadError::UploadNotFoundException(_)) => {
                     Err(CompleteFailure::UploadGone)
+                }
+                // The bytes just read match the digest, so the upload's are others: sent by an
+                // earlier run from a file that has changed since.
+                Some(CompleteLayerUploadError::InvalidLayerException(_)) => {
+                    Err(CompleteFailure::OtherBytes)
                 }
                 _ => Err(CompleteFailure::Other(format!(
                     "CompleteLayerUpload for {digest}: {}",
@@ -438,6 +440,7 @@ impl Pusher {
 
 enum CompleteFailure {
     UploadGone,
+    OtherBytes,
     Other(String),
 }
 

@@ -14,6 +14,7 @@ mod oci_clients;
 mod oci_docker;
 mod oci_podman;
 mod push;
+mod push_concurrent;
 mod request_limits;
 mod sdk_ecr;
 mod server_limits;

@@ -11,13 +11,13 @@ use aws_sdk_ecr::types::{ImageIdentifier, LayerAvailability};
 
 use crate::common::{self, Server, create_repository as create, digest, noise, temp_dir, unique};
 
-const MIB: usize = 1024 * 1024;
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const MIB: usize = 1024 * 1024;
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-fn server() -> Server {
+pub(crate) fn server() -> Server {
     Server::start(&[
         ("ECR_PART_SIZE", "1048576"),
         ("ECR_MIN_PART_SIZE", "1048576"),
@@ -25,14 +25,14 @@ fn server() -> Server {
 }
 
 /// An image written as files: the manifest (or index) pushed last and every blob.
-struct Image {
-    manifest: Vec<u8>,
-    media_type: &'static str,
-    blobs: Vec<(String, Vec<u8>)>,
+pub(crate) struct Image {
+    pub(crate) manifest: Vec<u8>,
+    pub(crate) media_type: &'static str,
+    pub(crate) blobs: Vec<(String, Vec<u8>)>,
 }
 
 impl Image {
-    fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         digest(&self.manifest)
     }
 }
@@ -42,7 +42,7 @@ fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
 }
 
 /// Config and layers → an OCI manifest, its blobs (manifest included) keyed by digest.
-fn oci_image(layers: &[Vec<u8>], note: &str) -> Image {
+pub(crate) fn oci_image(layers: &[Vec<u8>], note: &str) -> Image {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {"Labels": {"note": note}},
         "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| digest(l)).collect::<Vec<_>>()},
@@ -89,7 +89,7 @@ fn write_layout(dir: &Path, entries: &[(&[u8], &str, Option<&str>)], blobs: &[(S
 }
 
 /// A single-image layout tagged `tag`; its blobs include the manifest.
-fn write_single(dir: &Path, image: &Image, tag: Option<&str>) {
+pub(crate) fn write_single(dir: &Path, image: &Image, tag: Option<&str>) {
     let mut blobs = image.blobs.clone();
     blobs.push((image.digest(), image.manifest.clone()));
     write_layout(dir, &[(&image.manifest, image.media_type, tag)], &blobs);
@@ -103,13 +103,13 @@ fn tar_dir(dir: &Path, out: &Path) {
     b.finish().unwrap();
 }
 
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
-fn push_with(
+pub(crate) fn push_with(
     server: &Server,
     input: &Path,
     repo: &str,
@@ -157,7 +157,7 @@ fn push_with(
     run
 }
 
-fn push(server: &Server, input: &Path, repo: &str, extra: &[&str], state: &Path) -> Run {
+pub(crate) fn push(server: &Server, input: &Path, repo: &str, extra: &[&str], state: &Path) -> Run {
     push_with(server, input, repo, extra, state, &[])
 }
 
@@ -180,7 +180,12 @@ async fn manifest_by(
     image.image_manifest().unwrap().to_string()
 }
 
-async fn manifest_by_tag(ecr: &aws_sdk_ecr::Client, repo: &str, tag: &str, mt: &str) -> String {
+pub(crate) async fn manifest_by_tag(
+    ecr: &aws_sdk_ecr::Client,
+    repo: &str,
+    tag: &str,
+    mt: &str,
+) -> String {
     manifest_by(
         ecr,
         repo,
@@ -191,7 +196,11 @@ async fn manifest_by_tag(ecr: &aws_sdk_ecr::Client, repo: &str, tag: &str, mt: &
 }
 
 /// Every blob is AVAILABLE with its size, and downloads byte for byte.
-async fn assert_blobs(ecr: &aws_sdk_ecr::Client, repo: &str, blobs: &[(String, Vec<u8>)]) {
+pub(crate) async fn assert_blobs(
+    ecr: &aws_sdk_ecr::Client,
+    repo: &str,
+    blobs: &[(String, Vec<u8>)],
+) {
     for (d, data) in blobs {
         let out = ecr
             .batch_check_layer_availability()
@@ -230,7 +239,7 @@ async fn http_get(url: &str) -> Vec<u8> {
     body
 }
 
-fn read_state(path: &Path) -> serde_json::Value {
+pub(crate) fn read_state(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -246,6 +255,9 @@ fn saved_upload(path: &Path) -> (String, String, u64) {
         v["nextByte"].as_u64().unwrap(),
     )
 }
+
+/// One blob at a time, for the tests that count parts in the order a sequential push sends them.
+const SEQUENTIAL: [&str; 2] = ["--max-concurrent-uploads", "1"];
 
 fn two_layers(seed: u64) -> Vec<Vec<u8>> {
     // The first layer spans four 1 MiB parts, the last one short.
@@ -476,12 +488,13 @@ async fn an_interrupted_push_resumes_the_same_upload_from_its_offset() {
     write_single(&layout, &image, Some("v1"));
     let state = tmp.path().join("s.json");
 
-    // The config is one part; the second part is the big layer's first MiB.
+    // The config is one part; the second part is the big layer's first MiB (blobs one at a
+    // time, so that the parts are counted in this order).
     let stopped = push_with(
         &server,
         &layout,
         &repo,
-        &[],
+        &SEQUENTIAL,
         &state,
         &[("ECR_PUSH_STOP_AFTER_PARTS", "2")],
     );
@@ -553,7 +566,7 @@ async fn a_stale_saved_offset_is_corrected_by_the_server() {
         &server,
         &layout,
         &repo,
-        &[],
+        &SEQUENTIAL,
         &state,
         &[("ECR_PUSH_STOP_AFTER_PARTS", "3")],
     );
@@ -565,7 +578,14 @@ async fn a_stale_saved_offset_is_corrected_by_the_server() {
 
     // Saved offset ahead of the server (the part's answer was lost before it was stored).
     edit_saved(&state, |e| e["nextByte"] = (3 * MIB as u64).into());
-    let run = push_with(&server, &layout, &repo, &[], &state, &stop_after_one);
+    let run = push_with(
+        &server,
+        &layout,
+        &repo,
+        &SEQUENTIAL,
+        &state,
+        &stop_after_one,
+    );
     assert!(!run.ok, "the seam stops after one more part");
     let want = format!("resuming {big} at byte {} of upload {upload_id}", 2 * MIB);
     assert!(run.stderr.contains(&want), "{}", run.stderr);
@@ -596,7 +616,7 @@ async fn an_upload_the_server_forgot_starts_over() {
         &server,
         &layout,
         &repo,
-        &[],
+        &SEQUENTIAL,
         &state,
         &[("ECR_PUSH_STOP_AFTER_PARTS", "2")],
     );
@@ -817,13 +837,14 @@ async fn a_part_that_fails_after_the_sdk_retries_is_sent_again() {
     let image = oci_image(&two_layers(15), "flaky");
     let layout = tmp.path().join("layout");
     write_single(&layout, &image, Some("v1"));
-    // Part 3 (the big layer's second MiB) and the SDK's two retries of it all see an error.
+    // Part 3 (the big layer's second MiB) and the SDK's two retries of it all see an error
+    // (blobs one at a time, so that the proxy counts the parts in this order).
     let proxy = flaky_proxy(server.endpoint.clone(), 3, 5).await;
     let run = push_with(
         &server,
         &layout,
         &repo,
-        &[],
+        &SEQUENTIAL,
         &tmp.path().join("s.json"),
         &[("AWS_ENDPOINT_URL_ECR", &proxy)],
     );
