@@ -64,8 +64,11 @@ pub enum UploadState {
 pub struct PartFingerprint {
     pub first: u64,
     pub last: u64,
-    /// Lower-case hex sha256 of the part's bytes.
-    pub sha256: String,
+    /// The part's content fingerprint, `service::part_fingerprint`. Records written
+    /// before it was a CRC hold a sha256 here; they only ever fail to match, so a re-send across
+    /// that change is answered as a part that does not continue the upload.
+    #[serde(alias = "sha256")]
+    pub checksum: String,
 }
 
 /// One layer upload. Kept small: per-part data lives in [`StagedSegment`] and [`FlushedPart`]

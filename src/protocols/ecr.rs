@@ -382,7 +382,69 @@ where
     T::try_from(decode::<W>(body)?)
 }
 
+/// UploadLayerPart's body is almost all one base64 string. Read by serde_json alone, every byte
+/// of it is scanned for escapes and checked as UTF-8 before the base64 decoder reads it again.
+/// Base64 never needs an escape, so when the blob's value is a plain string it is found with a
+/// vectorised search instead and decoded straight from the body, while serde reads the rest of
+/// the request (a few hundred bytes) with the blob's value emptied. Anything unusual (the key
+/// written with an escape or more than once, an escape or a non-base64 byte in the value, a
+/// `layerPartBlob` that is not the top-level member) takes the general path, so both paths give
+/// the same answer for every body (tested below).
 fn decode_upload_part(body: &[u8]) -> Result<wire::UploadLayerPartRequest, EcrError> {
+    decode_upload_part_fast(body).map_or_else(|| decode_upload_part_general(body), Ok)
+}
+
+fn decode_upload_part_fast(body: &[u8]) -> Option<wire::UploadLayerPartRequest> {
+    const KEY: &[u8] = b"\"layerPartBlob\"";
+    let is_blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut found = memchr::memmem::find_iter(body, KEY);
+    let at = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    // A member name starts after `{` or `,`: anywhere else (a value, or inside a string, whose
+    // quotes would be escaped) this is not the key, and the general path decides.
+    if !matches!(body[..at].iter().rev().find(|b| !is_blank(b)), Some(b'{' | b',')) {
+        return None;
+    }
+    let mut i = at + KEY.len();
+    let mut expect = |want: u8| -> Option<()> {
+        while body.get(i).is_some_and(is_blank) {
+            i += 1;
+        }
+        (body.get(i) == Some(&want)).then(|| i += 1)
+    };
+    expect(b':')?;
+    expect(b'"')?;
+    let start = i;
+    let end = start + memchr::memchr2(b'"', b'\\', &body[start..])?;
+    if body[end] != b'"' {
+        return None;
+    }
+    let text = &body[start..end];
+    if text.len() > (crate::domain::limits::MAX_LAYER_PART as usize).div_ceil(3) * 4 {
+        return None;
+    }
+    let blob = BASE64.decode(text).ok()?;
+    let mut rest = Vec::with_capacity(body.len() - text.len());
+    rest.extend_from_slice(&body[..start]);
+    rest.extend_from_slice(&body[end..]);
+    let raw: RawUploadLayerPart = decode(&rest).ok()?;
+    // The emptied value must be the request's own member (not one of a nested object).
+    if raw.layer_part_blob.as_deref() != Some("") {
+        return None;
+    }
+    Some(wire::UploadLayerPartRequest {
+        registry_id: raw.registry_id,
+        repository_name: raw.repository_name,
+        upload_id: raw.upload_id,
+        part_first_byte: raw.part_first_byte,
+        part_last_byte: raw.part_last_byte,
+        layer_part_blob: Some(Bytes::from(blob)),
+    })
+}
+
+fn decode_upload_part_general(body: &[u8]) -> Result<wire::UploadLayerPartRequest, EcrError> {
     let raw: RawUploadLayerPart = decode(body)?;
     let blob = match raw.layer_part_blob {
         None => None,
@@ -589,4 +651,96 @@ async fn authorization_token(
             proxy_endpoint: format!("{scheme}://{host}"),
         }],
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a decoded request says, blob included, or the error's text.
+    fn outcome(r: Result<wire::UploadLayerPartRequest, EcrError>) -> String {
+        match r {
+            Ok(w) => format!(
+                "{:?} {:?} {:?} {:?} {:?} {:?}",
+                w.registry_id,
+                w.repository_name,
+                w.upload_id,
+                w.part_first_byte,
+                w.part_last_byte,
+                w.layer_part_blob
+            ),
+            Err(e) => format!("error {e:?}"),
+        }
+    }
+
+    fn same(body: &str) -> bool {
+        let fast = decode_upload_part(body.as_bytes());
+        let general = decode_upload_part_general(body.as_bytes());
+        assert_eq!(outcome(fast), outcome(general), "body {body:?}");
+        decode_upload_part_fast(body.as_bytes()).is_some()
+    }
+
+    #[test]
+    fn the_fast_path_reads_plain_bodies() {
+        assert!(same(
+            r#"{"repositoryName":"r","uploadId":"u","partFirstByte":0,"partLastByte":2,"layerPartBlob":"YWJj"}"#
+        ));
+        assert!(same(
+            "{ \"layerPartBlob\" :\n \"YWJj\" , \"repositoryName\":\"r\" }"
+        ));
+        assert!(same(r#"{"layerPartBlob":""}"#));
+    }
+
+    #[test]
+    fn unusual_bodies_take_the_general_path_with_the_same_answer() {
+        for body in [
+            // an escaped '/' is valid JSON and valid base64 once read
+            r#"{"layerPartBlob":"a\/8="}"#,
+            r#"{"layerPartBl\u006fb":"YWJj"}"#,
+            r#"{"layerPartBlob":"YWJj","layerPartBlob":"YWJj"}"#,
+            r#"{"x":{"layerPartBlob":"YWJj"}}"#,
+            r#"{"x":{"layerPartBlob":"YWJj"},"layerPartBlob":"YQ=="}"#,
+            r#"{"uploadId":"\"layerPartBlob\":\"YWJj\""}"#,
+            r#"{"uploadId":"x,"layerPartBlob":"YWJj"}"#,
+            r#"["layerPartBlob","YWJj"]"#,
+            r#"{"layerPartBlob":"YWJ"}"#,
+            r#"{"layerPartBlob":"YW Jj"}"#,
+            r#"{"layerPartBlob":12}"#,
+            r#"{"layerPartBlob":"YWJj"#,
+            r#"{"layerPartBlob":"YWJj"} x"#,
+            r#"{"layerPartBlob":"YWJj",}"#,
+            r#"{"layerPartBlob""YWJj"}"#,
+            r#"{"partFirstByte":"0","layerPartBlob":"YWJj"}"#,
+        ] {
+            assert!(!same(body), "{body} should not take the fast path");
+        }
+    }
+
+    proptest! {
+        /// Bodies stitched from JSON fragments, valid or not: both paths always agree.
+        #[test]
+        fn both_paths_agree(parts in proptest::collection::vec(prop_oneof![
+            Just("{"), Just("}"), Just(","), Just(":"), Just(" "), Just("\""), Just("\\"),
+            Just("\"layerPartBlob\""), Just("\"uploadId\""), Just("\"partFirstByte\""),
+            Just("\"YWJj\""), Just("\"YQ==\""), Just("YWJj"), Just("12"), Just("null"),
+            Just("[") , Just("]"), Just("\"u\""), Just("\\/"),
+        ], 0..14)) {
+            let body: String = parts.concat();
+            same(&body);
+        }
+
+        /// Well-formed requests with any blob always take the fast path and decode it exactly.
+        #[test]
+        fn any_blob_round_trips(blob in proptest::collection::vec(any::<u8>(), 0..300),
+                                ws in "[ \t\r\n]{0,3}") {
+            let text = BASE64.encode(&blob);
+            let body = format!(
+                "{{{ws}\"uploadId\"{ws}:{ws}\"u\",{ws}\"layerPartBlob\"{ws}:{ws}\"{text}\"{ws}}}"
+            );
+            prop_assert!(same(&body));
+            let got = decode_upload_part(body.as_bytes()).unwrap().layer_part_blob.unwrap();
+            prop_assert_eq!(got.as_ref(), blob.as_slice());
+        }
+    }
 }

@@ -17,7 +17,7 @@ use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 
 pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
 pub use oci::{Blob, Reference, StoredManifest};
-pub use upload::{COMPLETING_LEASE_MS, HEARTBEAT, staging_key};
+pub use upload::{COMPLETING_LEASE_MS, HEARTBEAT, part_fingerprint, staging_key};
 
 /// What the operations need to know about their deployment, fixed at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]

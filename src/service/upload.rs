@@ -22,7 +22,6 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use super::types::*;
@@ -56,10 +55,28 @@ fn blob_key(upload_id: &str) -> String {
     format!("layers/{upload_id}")
 }
 
-/// Staging object of the part starting at `offset` with content hash `sha256_hex`. Content is in
-/// the key so that a losing concurrent writer can never overwrite the winner's bytes.
-pub fn staging_key(upload_id: &str, offset: u64, sha256_hex: &str) -> String {
-    format!("staging/{upload_id}/{offset:020}-{}", &sha256_hex[..16])
+/// A new staging object for the part starting at `offset`. The key ends in 64 random bits, so
+/// that concurrent writers of one offset never share an object: a loser can neither overwrite
+/// nor remove the winner's bytes.
+pub fn staging_key(upload_id: &str, offset: u64) -> Result<String, EcrError> {
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| EcrError::Server(format!("no random source for a staging key: {e}")))?;
+    Ok(format!(
+        "staging/{upload_id}/{offset:020}-{}",
+        hex::encode(nonce)
+    ))
+}
+
+/// A part's content fingerprint: its CRC-64/NVME in hex. It only tells a byte-identical re-send
+/// of the last accepted part (an SDK retry after a lost answer) from a different part; it is
+/// not what keeps wrong bytes out of a layer (completion verifies the layer's sha256 digest),
+/// so it does not need to be a cryptographic hash, and the CRC costs a small fraction of one.
+pub fn part_fingerprint(data: &[u8]) -> String {
+    format!(
+        "{:016x}",
+        crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data)
+    )
 }
 
 /// The retryable answer to a CompleteLayerUpload that meets another one at work on the upload.
@@ -251,13 +268,12 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 ),
             ));
         }
-        let sha = hex::encode(Sha256::digest(&blob));
         let fingerprint = PartFingerprint {
             first,
             last,
-            sha256: sha.clone(),
+            checksum: part_fingerprint(&blob),
         };
-        let key = staging_key(&upload_id, first, &sha);
+        let key = staging_key(&upload_id, first)?;
         let mut staged = false;
         for _ in 0..MAX_ATTEMPTS {
             if up.last_part.as_ref() == Some(&fingerprint) {

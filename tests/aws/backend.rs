@@ -266,7 +266,7 @@ fn template_lifecycle_rules_clean_up_abandoned_uploads() {
         "an enabled rule expires the staging/ prefix: {rules:#?}"
     );
     // That prefix is where the service stages bytes.
-    assert!(staging_key("id", 0, &"0".repeat(64)).starts_with("staging/id/"));
+    assert!(staging_key("id", 0).unwrap().starts_with("staging/id/"));
 }
 
 // ---------------------------------------------------------------------------------------------

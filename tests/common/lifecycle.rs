@@ -177,7 +177,10 @@ pub async fn recreated_repository_shares_nothing<M: MetadataStore, B: BlobStore>
     let staged = noise(1000, 12);
     part(svc, name, &open, 0, &staged).await.unwrap();
     let up = svc.metadata().get_upload(&open).await.unwrap().unwrap();
-    let staged_key = staging_key(&open, 0, &hex::encode(sha2::Sha256::digest(&staged)));
+    let segments = svc.metadata().list_segments(&open, 0).await.unwrap();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let staged_key = segments[0].key.clone();
+    assert!(staged_key.starts_with(&format!("staging/{open}/")), "{staged_key}");
     assert!(
         svc.blobs()
             .object_size(&staged_key)

@@ -206,7 +206,7 @@ fn advanced(u: &UploadRecord, len: u64) -> UploadRecord {
         last_part: Some(PartFingerprint {
             first,
             last: first + len - 1,
-            sha256: "ab".repeat(32),
+            checksum: "ab".repeat(8),
         }),
         version: u.version + 1,
         updated_at_ms: u.updated_at_ms + 1,

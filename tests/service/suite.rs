@@ -654,9 +654,17 @@ pub async fn concurrent_parts_at_one_offset_stage_only_the_winner<F: Backend>() 
         );
     }
 
-    // Only the winner's bytes are staged: the losers removed their staging objects.
+    // Only the winner's bytes are staged: the losers removed their staging objects, and the one
+    // left is the object the upload's record names, holding the winner's bytes.
     let objects = staged_objects(&ctx, &svc, &id).await;
-    let winner_key = staging_key(&id, 0, &hex::encode(Sha256::digest(&layer)));
+    let segments = svc.metadata().list_segments(&id, 0).await.unwrap();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let winner_key = segments[0].key.clone();
+    assert!(winner_key.starts_with(&format!("staging/{id}/")));
+    assert_eq!(
+        svc.blobs().get_object(&winner_key).await.unwrap().as_ref(),
+        layer.as_slice()
+    );
     assert_eq!(
         objects.into_iter().collect::<Vec<_>>(),
         [(winner_key, layer.len() as u64)]
