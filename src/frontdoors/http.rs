@@ -574,9 +574,20 @@ async fn oci_request<M: MetadataStore, B: BlobStore>(
         rest: Bytes::new(),
         ended: false,
     };
-    let stream = futures_util::stream::unfold(gathering, |mut g| async move {
-        let piece = g.next().await?;
-        Some((piece, g))
+    // The next piece is read while the service writes the one before (a reader task a piece
+    // ahead, no further: it takes a slot in the channel before it reads on), so a body streams
+    // in while the parts are written. The reader ends when the request does (its receiver goes).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut g = gathering;
+        while let Ok(slot) = tx.reserve().await {
+            let Some(piece) = g.next().await else { return };
+            slot.send(piece);
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let piece = rx.recv().await?;
+        Some((piece, rx))
     });
     let req = http::Request::from_parts(parts, Box::pin(stream) as oci::BodyStream);
     let svc = svc.clone();
