@@ -362,7 +362,12 @@ fn open_data_file(dir: &Path, path: &Path) -> io::Result<File> {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             // `owns` saw the directory; if it is gone now, the upload was aborted or completed.
-            let f = OpenOptions::new().write(true).create(true).open(path)?;
+            // Never truncate: a racing writer may have created it and written a part meanwhile.
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
             sync_dir(dir)?;
             Ok(f)
         }
