@@ -19,6 +19,10 @@
 //! completion hands exactly those ETags to the multipart completion, which refuses any mismatch.
 //! Numbers ascend with offsets (a claim at an offset happens after the part before it was
 //! accepted), and claims that never led to a part are bounded by [`MAX_UNUSED_PART_NUMBERS`].
+//! Of two claims for one range only the later one is accepted (the earlier answers a retryable
+//! `ServerException`), and a staged flush always records a number above every claim: so the part
+//! recorded for a range is the highest-numbered write overlapping it, which is what lets the
+//! embedded store write parts in place in one file (`BlobStore::upload_part_at`).
 
 use bytes::Bytes;
 
@@ -86,7 +90,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let len = blob.len() as u64;
         let etag = self
             .blobs
-            .upload_part(&up.blob_key, &up.multipart_id, number, blob)
+            .upload_part_at(&up.blob_key, &up.multipart_id, number, first, blob)
             .await?;
         let part = FlushedPart {
             number,
@@ -121,6 +125,14 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 // numbers only grow); refuse rather than record a part out of order.
                 return Err(EcrError::Server(format!(
                     "upload {upload_id} changed under a direct part at byte {first}; retry the request"
+                )));
+            }
+            if part_counter(&up) > number {
+                // A later request claimed a number for this same range: the last claim wins,
+                // so that a store writing parts in place (the embedded one) holds the bytes of
+                // the part recorded, whichever write landed last (`BlobStore::upload_part_at`).
+                return Err(EcrError::Server(format!(
+                    "another request is writing the part at byte {first} of upload {upload_id}; retry the request"
                 )));
             }
             let mut next = self.advanced(&up, &fingerprint);

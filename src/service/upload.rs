@@ -467,7 +467,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             number,
             etag: self
                 .blobs
-                .upload_part(&up.blob_key, &up.multipart_id, number, data.clone())
+                .upload_part_at(&up.blob_key, &up.multipart_id, number, offset, data.clone())
                 .await?,
             offset,
             len,
@@ -483,7 +483,13 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     number,
                     etag: self
                         .blobs
-                        .upload_part(&up.blob_key, &up.multipart_id, number, data.clone())
+                        .upload_part_at(
+                            &up.blob_key,
+                            &up.multipart_id,
+                            number,
+                            offset,
+                            data.clone(),
+                        )
                         .await?,
                     offset,
                     len,
