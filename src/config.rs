@@ -261,8 +261,9 @@ pub struct ServeArgs {
     /// most `1024`]
     #[arg(long, env = "ECR_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<String>,
-    /// local server: request body bytes held at once across requests (≥ 32 MiB); beyond it a
-    /// request gets `LimitExceededException`, which SDKs retry
+    /// local server: request body bytes held at once across requests, `/v2/` bodies included
+    /// (≥ 32 MiB); beyond it a request gets `LimitExceededException` (`/v2/`: 429
+    /// `TOOMANYREQUESTS`), which clients retry
     #[arg(
         long,
         env = "ECR_MAX_BUFFERED_BYTES",

@@ -383,19 +383,7 @@ async fn read_body(
             return Err(Unread::TooLarge);
         }
         if !data.is_empty() {
-            let n = u32::try_from(data.len()).map_err(|_| Unread::TooLarge)?;
-            let more = match reading.budget.clone().try_acquire_many_owned(n) {
-                Ok(p) => p,
-                Err(_) => match tokio::time::timeout(
-                    BUFFER_WAIT,
-                    reading.budget.clone().acquire_many_owned(n),
-                )
-                .await
-                {
-                    Ok(Ok(p)) => p,
-                    _ => return Err(Unread::NoRoom),
-                },
-            };
+            let more = take_room(reading.budget, data.len()).await?;
             match &mut room {
                 Some(r) => r.merge(more),
                 None => room = Some(more),
@@ -407,6 +395,91 @@ async fn read_body(
         bytes: buf,
         _room: room,
     }))
+}
+
+/// Room for `n` more body bytes in the buffered-bytes budget, waiting at most [`BUFFER_WAIT`].
+async fn take_room(budget: &Arc<Semaphore>, n: usize) -> Result<OwnedSemaphorePermit, Unread> {
+    let n = u32::try_from(n).map_err(|_| Unread::TooLarge)?;
+    match budget.clone().try_acquire_many_owned(n) {
+        Ok(p) => Ok(p),
+        Err(_) => {
+            match tokio::time::timeout(BUFFER_WAIT, budget.clone().acquire_many_owned(n)).await {
+                Ok(Ok(p)) => Ok(p),
+                _ => Err(Unread::NoRoom),
+            }
+        }
+    }
+}
+
+/// An OCI request body as it is read: frames gathered into pieces of [`oci::piece_size`]
+/// bytes, each holding its room in the buffered-bytes budget.
+struct Gathering {
+    body: Incoming,
+    idle: Duration,
+    budget: Arc<Semaphore>,
+    piece: usize,
+    /// The rest of a frame that filled the previous piece.
+    rest: Bytes,
+    ended: bool,
+}
+
+impl Gathering {
+    /// The next piece: `piece` bytes (fewer at the end of the body), holding their room in the
+    /// budget until the last reference to them is dropped, that is until the service has
+    /// written them.
+    async fn next(&mut self) -> Option<Result<Bytes, oci::BodyError>> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut room: Option<OwnedSemaphorePermit> = None;
+        while buf.len() < self.piece {
+            if self.rest.is_empty() {
+                if self.ended {
+                    break;
+                }
+                match tokio::time::timeout(self.idle, self.body.frame()).await {
+                    Err(_) => {
+                        self.ended = true;
+                        let e = oci::BodyError(format!("no data for {} s", self.idle.as_secs()));
+                        return Some(Err(e));
+                    }
+                    Ok(None) => {
+                        self.ended = true;
+                        break;
+                    }
+                    Ok(Some(Err(e))) => {
+                        self.ended = true;
+                        return Some(Err(oci::BodyError(e.to_string())));
+                    }
+                    Ok(Some(Ok(frame))) => {
+                        // Trailers carry no data.
+                        self.rest = frame.into_data().unwrap_or_default();
+                        continue;
+                    }
+                }
+            }
+            let take = (self.piece - buf.len()).min(self.rest.len());
+            let data = self.rest.split_to(take);
+            let Ok(more) = take_room(&self.budget, data.len()).await else {
+                self.ended = true;
+                self.rest = Bytes::new();
+                return Some(Err(oci::BodyError::no_room()));
+            };
+            match &mut room {
+                Some(r) => r.merge(more),
+                None => {
+                    room = Some(more);
+                    buf.reserve_exact(self.piece);
+                }
+            }
+            buf.extend_from_slice(&data);
+        }
+        if buf.is_empty() {
+            return None;
+        }
+        Some(Ok(Bytes::from_owner(Held {
+            bytes: buf,
+            _room: room,
+        })))
+    }
 }
 
 /// Body of the local server's answers: API answers in one piece, downloads streamed.
@@ -442,7 +515,7 @@ async fn respond<M: MetadataStore, B: BlobStore>(
         return download(svc.blobs(), head, req.headers(), resolved).await;
     }
     if oci::wire::is_oci_path(req.uri().path()) {
-        return oci_request(svc, auth, reading.limits.idle_timeout, req).await;
+        return oci_request(svc, auth, reading, req).await;
     }
     let (parts, body) = req.into_parts();
     let limit = ecr::body_limit(&parts.headers);
@@ -483,32 +556,38 @@ async fn respond<M: MetadataStore, B: BlobStore>(
 }
 
 /// Answers a request of the OCI API (src/protocols/oci.rs): its body is handed over as it
-/// arrives (a layer pushed in one request is written part by part, never held whole), and a
-/// blob is streamed back. Like an API request, it runs in a task of its own.
+/// arrives, in pieces of one part each (a layer pushed in one request is written part by part,
+/// never held whole) counted in the buffered-bytes budget until written, and a blob is streamed
+/// back. Like an API request, it runs in a task of its own.
 async fn oci_request<M: MetadataStore, B: BlobStore>(
     svc: &Arc<Service<M, B>>,
     auth: Option<Arc<Auth>>,
-    idle: Duration,
+    reading: &Reading<'_>,
     req: http::Request<Incoming>,
 ) -> http::Response<ResponseBody> {
     let (parts, body) = req.into_parts();
-    let stream = futures_util::stream::unfold(Some(body), move |state| async move {
-        let mut body = state?;
-        loop {
-            match tokio::time::timeout(idle, body.frame()).await {
-                Err(_) => {
-                    let e = oci::BodyError(format!("no data for {} s", idle.as_secs()));
-                    return Some((Err(e), None));
-                }
-                Ok(None) => return None,
-                Ok(Some(Err(e))) => return Some((Err(oci::BodyError(e.to_string())), None)),
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Some((Ok(data), Some(body)));
-                    }
-                }
-            }
+    let gathering = Gathering {
+        body,
+        idle: reading.limits.idle_timeout,
+        budget: Arc::clone(reading.budget),
+        piece: oci::piece_size(svc),
+        rest: Bytes::new(),
+        ended: false,
+    };
+    // The next piece is read while the service writes the one before (a reader task a piece
+    // ahead, no further: it takes a slot in the channel before it reads on), so a body streams
+    // in while the parts are written. The reader ends when the request does (its receiver goes).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut g = gathering;
+        while let Ok(slot) = tx.reserve().await {
+            let Some(piece) = g.next().await else { return };
+            slot.send(piece);
         }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let piece = rx.recv().await?;
+        Some((piece, rx))
     });
     let req = http::Request::from_parts(parts, Box::pin(stream) as oci::BodyStream);
     let svc = svc.clone();

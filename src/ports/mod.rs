@@ -464,6 +464,23 @@ pub trait BlobStore: Send + Sync + 'static {
         number: u32,
         data: Bytes,
     ) -> impl Future<Output = StoreResult<String>> + Send;
+    /// [`upload_part`](Self::upload_part) told where the part's first byte lands in the object
+    /// (`offset`, the part's [`FlushedPart::offset`]), for a store that writes each part in place
+    /// so that completion need not copy (the embedded store). Numbers are handed out so that of
+    /// two writes overlapping a range, the one that can still be recorded has the higher number
+    /// (`service/direct.rs`): such a store may refuse, with `Conflict`, a write overlapping one
+    /// of a higher number. By default, the plain `upload_part`.
+    fn upload_part_at(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        data: Bytes,
+    ) -> impl Future<Output = StoreResult<String>> + Send {
+        let _ = offset;
+        self.upload_part(key, multipart_id, number, data)
+    }
     /// Assemble the object at `key` from `parts` (in order, with the ETags recorded for them).
     /// A part whose ETag no longer matches fails with `Conflict`. Completing an upload that was
     /// already completed into an object of the same total size succeeds.

@@ -404,7 +404,10 @@ fn decode_upload_part_fast(body: &[u8]) -> Option<wire::UploadLayerPartRequest> 
     }
     // A member name starts after `{` or `,`: anywhere else (a value, or inside a string, whose
     // quotes would be escaped) this is not the key, and the general path decides.
-    if !matches!(body[..at].iter().rev().find(|b| !is_blank(b)), Some(b'{' | b',')) {
+    if !matches!(
+        body[..at].iter().rev().find(|b| !is_blank(b)),
+        Some(b'{' | b',')
+    ) {
         return None;
     }
     let mut i = at + KEY.len();

@@ -45,6 +45,31 @@ impl Payload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyError(pub String);
 
+impl BodyError {
+    /// The server holds as many request bytes as it may (the local server's
+    /// `ECR_MAX_BUFFERED_BYTES`): answered 429 `TOOMANYREQUESTS`, which clients retry.
+    pub fn no_room() -> Self {
+        BodyError(NO_ROOM.to_owned())
+    }
+
+    fn is_no_room(&self) -> bool {
+        self.0 == NO_ROOM
+    }
+}
+
+const NO_ROOM: &str = "the server holds as many request bytes as it may at once; retry the request";
+
+/// The size of the parts an upload's body is cut into ([`Settings::s3_part_size`], within
+/// ECR's part limit). A front door that hands the body over in pieces of exactly this size
+/// (the last one shorter) has each piece written as it is, without a copy.
+///
+/// [`Settings::s3_part_size`]: crate::service::Settings::s3_part_size
+pub fn piece_size<M: MetadataStore, B: BlobStore>(svc: &Service<M, B>) -> usize {
+    usize::try_from(svc.settings().s3_part_size)
+        .unwrap_or(usize::MAX)
+        .clamp(1, crate::domain::limits::MAX_LAYER_PART as usize)
+}
+
 /// A request body as it arrives.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
 
@@ -549,9 +574,7 @@ async fn write_body<M: MetadataStore, B: BlobStore>(
     start: u64,
     mut body: BodyStream,
 ) -> Result<u64, OciError> {
-    let chunk = usize::try_from(svc.settings().s3_part_size)
-        .unwrap_or(usize::MAX)
-        .clamp(1, crate::domain::limits::MAX_LAYER_PART as usize);
+    let chunk = piece_size(svc);
     let mut next = start;
     let mut buf = BytesMut::new();
     let send = |next: u64, part: Bytes| async move {
@@ -567,17 +590,33 @@ async fn write_body<M: MetadataStore, B: BlobStore>(
         Ok::<u64, OciError>(next + len)
     };
     while let Some(piece) = body.next().await {
-        let piece = piece.map_err(|e| {
-            OciError::new(
-                StatusCode::BAD_REQUEST,
-                "BLOB_UPLOAD_INVALID",
-                format!("the request body could not be read: {}", e.0),
-            )
+        let mut piece = piece.map_err(|e| {
+            if e.is_no_room() {
+                OciError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", e.0)
+            } else {
+                OciError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BLOB_UPLOAD_INVALID",
+                    format!("the request body could not be read: {}", e.0),
+                )
+            }
         })?;
-        buf.extend_from_slice(&piece);
-        while buf.len() >= chunk {
-            let part = buf.split_to(chunk).freeze();
-            next = send(next, part).await?;
+        while !piece.is_empty() {
+            if buf.is_empty() && piece.len() >= chunk {
+                // A whole part in one piece (the local server hands bodies over so): written
+                // as it is, with no copy.
+                next = send(next, piece.split_to(chunk)).await?;
+                continue;
+            }
+            if buf.capacity() == 0 {
+                // One allocation per part, filled once: no growing and moving.
+                buf = BytesMut::with_capacity(chunk);
+            }
+            let take = (chunk - buf.len()).min(piece.len());
+            buf.extend_from_slice(&piece.split_to(take));
+            if buf.len() == chunk {
+                next = send(next, std::mem::take(&mut buf).freeze()).await?;
+            }
         }
     }
     if !buf.is_empty() {
@@ -779,11 +818,15 @@ async fn read_all(mut body: BodyStream, max: usize) -> Result<Option<Bytes>, Oci
     let mut buf = BytesMut::new();
     while let Some(piece) = body.next().await {
         let piece = piece.map_err(|e| {
-            OciError::new(
-                StatusCode::BAD_REQUEST,
-                "MANIFEST_INVALID",
-                format!("the request body could not be read: {}", e.0),
-            )
+            if e.is_no_room() {
+                OciError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", e.0)
+            } else {
+                OciError::new(
+                    StatusCode::BAD_REQUEST,
+                    "MANIFEST_INVALID",
+                    format!("the request body could not be read: {}", e.0),
+                )
+            }
         })?;
         if buf.len() + piece.len() > max {
             return Ok(None);

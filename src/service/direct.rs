@@ -3,8 +3,11 @@
 //! later (`service/upload.rs` has the staged path and the state machine).
 //!
 //! A part goes this way when nothing is staged before it (`flushed_bytes` is its first byte) and
-//! it is at least `s3_part_size` long, so that every multipart part but the last stays at least
-//! that size whichever path wrote it.
+//! it is at least `s3_part_size` or [`DIRECT_MIN_PART`] long, whichever is less, so that every
+//! multipart part but the last stays at least that size whichever path wrote it. The second
+//! bound lets a client's last part (which ECR does not mark as last) of 6 MiB or more skip the
+//! staging write and the copy at completion too, while keeping every part well above S3's
+//! 5 MiB minimum and the part numbers within reach (below).
 //!
 //! Racing writers: the part number is claimed first, by a conditional write that raises the
 //! upload's `part_numbers_used`, and only then written. Every claim gets a number of its own, so
@@ -16,6 +19,10 @@
 //! completion hands exactly those ETags to the multipart completion, which refuses any mismatch.
 //! Numbers ascend with offsets (a claim at an offset happens after the part before it was
 //! accepted), and claims that never led to a part are bounded by [`MAX_UNUSED_PART_NUMBERS`].
+//! Of two claims for one range only the later one is accepted (the earlier answers a retryable
+//! `ServerException`), and a staged flush always records a number above every claim: so the part
+//! recorded for a range is the highest-numbered write overlapping it, which is what lets the
+//! embedded store write parts in place in one file (`BlobStore::upload_part_at`).
 
 use bytes::Bytes;
 
@@ -31,9 +38,13 @@ use crate::ports::{
 /// S3's highest part number.
 const MAX_PART_NUMBER: u32 = 10_000;
 
+/// The size from which a part goes the direct way even when `s3_part_size` is larger. With every
+/// part at least this long, ECR's largest layer (52,000 MiB) needs at most 8,667 part numbers.
+pub const DIRECT_MIN_PART: u64 = 6 * 1024 * 1024;
+
 /// Part numbers an upload may claim without recording a part (lost races, failed writes) before
 /// it stops taking the direct path: the staged path's parts then still find numbers for the
-/// largest layer with `s3_part_size` at 6 MiB or more.
+/// largest layer with `s3_part_size` at 6 MiB or more (8,667 + 1,000 < 10,000).
 pub const MAX_UNUSED_PART_NUMBERS: u32 = 1_000;
 
 /// The highest part number handed out for `up`, recorded or not.
@@ -47,7 +58,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     pub(super) fn goes_direct(&self, up: &UploadRecord, first: u64, len: u64) -> bool {
         let counter = part_counter(up);
         up.flushed_bytes == first
-            && len >= self.settings.s3_part_size
+            && len >= self.settings.s3_part_size.min(DIRECT_MIN_PART)
             && counter < MAX_PART_NUMBER
             && counter - up.parts_flushed.min(counter) < MAX_UNUSED_PART_NUMBERS
     }
@@ -79,7 +90,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let len = blob.len() as u64;
         let etag = self
             .blobs
-            .upload_part(&up.blob_key, &up.multipart_id, number, blob)
+            .upload_part_at(&up.blob_key, &up.multipart_id, number, first, blob)
             .await?;
         let part = FlushedPart {
             number,
@@ -114,6 +125,14 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 // numbers only grow); refuse rather than record a part out of order.
                 return Err(EcrError::Server(format!(
                     "upload {upload_id} changed under a direct part at byte {first}; retry the request"
+                )));
+            }
+            if part_counter(&up) > number {
+                // A later request claimed a number for this same range: the last claim wins,
+                // so that a store writing parts in place (the embedded one) holds the bytes of
+                // the part recorded, whichever write landed last (`BlobStore::upload_part_at`).
+                return Err(EcrError::Server(format!(
+                    "another request is writing the part at byte {first} of upload {upload_id}; retry the request"
                 )));
             }
             let mut next = self.advanced(&up, &fingerprint);

@@ -15,6 +15,7 @@ use crate::domain::error::EcrError;
 use crate::domain::model::{Page, PageToken, RegistryId, RepositoryName};
 use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 
+pub use direct::DIRECT_MIN_PART;
 pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
 pub use oci::{Blob, Reference, StoredManifest};
 pub use upload::{COMPLETING_LEASE_MS, HEARTBEAT, part_fingerprint, staging_key};

@@ -467,7 +467,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             number,
             etag: self
                 .blobs
-                .upload_part(&up.blob_key, &up.multipart_id, number, data.clone())
+                .upload_part_at(&up.blob_key, &up.multipart_id, number, offset, data.clone())
                 .await?,
             offset,
             len,
@@ -483,7 +483,13 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     number,
                     etag: self
                         .blobs
-                        .upload_part(&up.blob_key, &up.multipart_id, number, data.clone())
+                        .upload_part_at(
+                            &up.blob_key,
+                            &up.multipart_id,
+                            number,
+                            offset,
+                            data.clone(),
+                        )
                         .await?,
                     offset,
                     len,
@@ -739,6 +745,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         digests: &[LayerDigest],
         assembled: &mut bool,
     ) -> Result<LayerRecord, EcrError> {
+        let started = std::time::Instant::now();
         let up = {
             // The record is held while the flushes write it (see `keep_lease`).
             let mut up = lease.lock().await;
@@ -758,14 +765,24 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             }
             up.clone()
         };
+        let flushed = started.elapsed();
         let parts = self.meta.list_parts(&up.upload_id).await?;
         self.blobs
             .complete_multipart(&up.blob_key, &up.multipart_id, &parts)
             .await?;
         *assembled = true;
+        let joined = started.elapsed();
 
         let (computed, size) =
             verify::sha256_of_object(&self.blobs, &up.blob_key, up.next_byte).await?;
+        tracing::debug!(
+            upload_id = %up.upload_id,
+            parts = parts.len(),
+            flush_ms = flushed.as_millis() as u64,
+            assemble_ms = (joined - flushed).as_millis() as u64,
+            verify_ms = (started.elapsed() - joined).as_millis() as u64,
+            "completion steps"
+        );
         if size != up.next_byte {
             return Err(EcrError::Server(format!(
                 "assembled layer of upload {} has {size} bytes, expected {}",

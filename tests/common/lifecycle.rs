@@ -180,7 +180,10 @@ pub async fn recreated_repository_shares_nothing<M: MetadataStore, B: BlobStore>
     let segments = svc.metadata().list_segments(&open, 0).await.unwrap();
     assert_eq!(segments.len(), 1, "{segments:?}");
     let staged_key = segments[0].key.clone();
-    assert!(staged_key.starts_with(&format!("staging/{open}/")), "{staged_key}");
+    assert!(
+        staged_key.starts_with(&format!("staging/{open}/")),
+        "{staged_key}"
+    );
     assert!(
         svc.blobs()
             .object_size(&staged_key)

@@ -9,6 +9,7 @@ mod common;
 mod auth;
 mod completion_cuts;
 mod oci_auth;
+mod oci_buffered;
 mod oci_client;
 mod oci_clients;
 mod oci_docker;

@@ -2,7 +2,7 @@
 //! service suite (`tests/service/suite.rs` has the backends and the generator):
 //! `direct_behaviours!(service_suite::service_tests!(service_direct, Backend))`.
 //!
-//! An ECR part of at least `s3_part_size` with nothing staged before it is written once, as a
+//! An ECR part of at least `s3_part_size` (or 6 MiB) with nothing staged before it is written once, as a
 //! multipart part, with no staging object; racing writers of one range leave exactly one part
 //! recorded, and a completion never assembles bytes other than the ones accepted.
 
@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use ecr_layer_upload::domain::limits::S3_MIN_PART_SIZE;
 use ecr_layer_upload::ports::{BlobStore, MetadataStore};
+use ecr_layer_upload::service::{DIRECT_MIN_PART, Settings};
 use futures_util::TryStreamExt;
 
 use crate::common::service::{complete, create_repository as repo, initiate, part, small_parts};
@@ -26,6 +27,7 @@ macro_rules! direct_behaviours {
         $($callback)::+! {
             $($args)* ;
             big_parts_are_written_once_as_multipart_parts,
+            a_last_part_of_six_mib_is_written_once_under_larger_s3_parts,
             a_staged_prefix_then_big_parts_make_ascending_parts,
             concurrent_big_parts_for_one_range_record_exactly_the_winner,
             bytes_written_under_a_recorded_number_later_are_never_assembled
@@ -98,6 +100,73 @@ pub async fn big_parts_are_written_once_as_multipart_parts<F: Backend>() {
         .expect("layer recorded");
     assert_eq!(read_all::<F>(&svc, &record.blob_key).await, layer);
     assert_eq!(staged(&ctx, &svc, &id).await, 0, "staging dropped");
+}
+
+/// With the default `s3_part_size` (8 MiB), 10 MiB ECR parts go direct, and so does a last part
+/// of 6 MiB ([`DIRECT_MIN_PART`]): nothing is staged, so completion neither copies nor flushes.
+/// A part of less than 6 MiB is still staged.
+pub async fn a_last_part_of_six_mib_is_written_once_under_larger_s3_parts<F: Backend>() {
+    let ctx = Ctx::<F>::open().await;
+    let svc = ctx.service(Settings {
+        min_part_size: 0,
+        ..Settings::default()
+    });
+    assert!(svc.settings().s3_part_size > DIRECT_MIN_PART);
+    repo(&svc, "app").await;
+    let (ten, six) = (10 * MIB, DIRECT_MIN_PART as usize);
+
+    // 10, 10 and 6 MiB: three multipart parts, nothing staged at any point.
+    let id = initiate(&svc, "app").await;
+    let layer = noise(2 * ten + six, 7);
+    let mut first = 0usize;
+    for len in [ten, ten, six] {
+        part(&svc, "app", &id, first as u64, &layer[first..first + len])
+            .await
+            .unwrap();
+        first += len;
+        assert_eq!(staged(&ctx, &svc, &id).await, 0, "nothing staged");
+    }
+    let parts = svc.metadata().list_parts(&id).await.unwrap();
+    let got: Vec<(u32, u64, u64)> = parts.iter().map(|p| (p.number, p.offset, p.len)).collect();
+    let (t, s) = (ten as u64, six as u64);
+    assert_eq!(got, vec![(1, 0, t), (2, t, t), (3, 2 * t, s)]);
+    let d = digest(&layer);
+    assert_eq!(
+        complete(&svc, "app", &id, &[&d])
+            .await
+            .unwrap()
+            .layer_digest,
+        d
+    );
+    let record = svc
+        .metadata()
+        .get_layer(&svc.settings().registry_id, "app", &d)
+        .await
+        .unwrap()
+        .expect("layer recorded");
+    assert_eq!(read_all::<F>(&svc, &record.blob_key).await, layer);
+
+    // One byte short of 6 MiB: staged, and flushed at completion.
+    let id = initiate(&svc, "app").await;
+    let layer = noise(ten + six - 1, 8);
+    part(&svc, "app", &id, 0, &layer[..ten]).await.unwrap();
+    part(&svc, "app", &id, ten as u64, &layer[ten..])
+        .await
+        .unwrap();
+    assert_eq!(
+        staged(&ctx, &svc, &id).await,
+        1,
+        "the short last part is staged"
+    );
+    assert_eq!(svc.metadata().list_parts(&id).await.unwrap().len(), 1);
+    let d = digest(&layer);
+    assert_eq!(
+        complete(&svc, "app", &id, &[&d])
+            .await
+            .unwrap()
+            .layer_digest,
+        d
+    );
 }
 
 pub async fn a_staged_prefix_then_big_parts_make_ascending_parts<F: Backend>() {

@@ -29,7 +29,7 @@ use ecr_layer_upload::frontdoors::lambda::part_size as lambda_part_size;
 use ecr_layer_upload::ports::{BlobStore, FlushedPart, MetadataStore, UploadRecord};
 use ecr_layer_upload::protocols::ecr::wire;
 use ecr_layer_upload::service::types::*;
-use ecr_layer_upload::service::{Service, Settings, staging_key};
+use ecr_layer_upload::service::{DIRECT_MIN_PART, Service, Settings, staging_key};
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 
@@ -276,8 +276,9 @@ async fn staged_objects<F: Backend>(ctx: &Ctx<F>, svc: &Svc<F>, id: &str) -> BTr
     found
 }
 
-/// The multipart parts the coalescing rule makes of ECR parts of `sizes` before completion:
-/// after each part, while the staged bytes reach `s3_part_size`, the shortest prefix of staged
+/// The multipart parts the coalescing rule makes of ECR parts of `sizes` before completion: a
+/// part of at least `s3_part_size` or 6 MiB with nothing staged before it is one on its own;
+/// after any other part, while the staged bytes reach `s3_part_size`, the shortest prefix of staged
 /// parts that reaches it becomes the next part. Returns the parts as (offset, len) and the
 /// lengths still staged.
 fn expected_flushes(sizes: &[u64], s3_part_size: u64) -> (Vec<(u64, u64)>, Vec<u64>) {
@@ -285,6 +286,12 @@ fn expected_flushes(sizes: &[u64], s3_part_size: u64) -> (Vec<(u64, u64)>, Vec<u
     let mut staged: Vec<u64> = Vec::new();
     let mut flushed = 0u64;
     for &len in sizes {
+        if staged.is_empty() && len >= s3_part_size.min(DIRECT_MIN_PART) {
+            // The direct path (src/service/direct.rs): the part is a multipart part on its own.
+            parts.push((flushed, len));
+            flushed += len;
+            continue;
+        }
         staged.push(len);
         loop {
             let mut total = 0;

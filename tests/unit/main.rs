@@ -26,6 +26,7 @@ mod decoder_props;
 mod direct_parts;
 mod events;
 mod image_race;
+mod in_place_parts;
 mod keys_store;
 mod lambda_auth;
 mod lambda_limits;

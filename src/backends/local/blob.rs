@@ -8,6 +8,18 @@
 //!   the file name rather than in a file beside the part so that bytes and ETag change in one
 //!   rename: after a crash or a concurrent overwrite, a part is found under an ETag only if those
 //!   are its bytes, which is what lets completion detect an overwritten part (docs/architecture.md, "Bytes").
+//!   Written by [`BlobStore::upload_part`], which is not told where the part lands.
+//! - `multipart/<id>/data`: the parts written by [`BlobStore::upload_part_at`], each at its
+//!   offset in the layer, so that completion truncates this file to the layer's length and
+//!   renames it into place: each byte is written once, and read once (by the verification).
+//!   Their ETag names number, offset and length (`at<offset>l<len>n<number>`), not content: the
+//!   service hands out numbers so that the part recorded for a range is the highest-numbered
+//!   write overlapping it (`service/direct.rs`), and this store, under one lock per upload,
+//!   refuses a write overlapping one of a higher number and lets a higher number overwrite, so
+//!   the file holds the recorded part's bytes whichever write landed last. Every write is
+//!   fdatasynced before it is acknowledged; bytes of a write that was never recorded (a lost
+//!   race, a crash before the record) lie past the accepted length or under a later part, and
+//!   are overwritten or truncated away at completion.
 //!
 //! Temporary files are named `.tmp-<uuid>` in the directory of their target; keys may not have
 //! components starting with `.`, so no key can name one.
@@ -17,10 +29,12 @@
 //! with a 32-byte key kept in `<dir>/download.key` (created once, mode 0600) so that URLs stay
 //! valid across restarts. `<base>` is the server's public address ([`LocalBlobs::with_public_url`]).
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use hmac::{KeyInit, Mac};
@@ -39,6 +53,8 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 const READ_CHUNK: u64 = 256 * 1024;
 /// Name of the file in a multipart directory that holds the upload's object key.
 const KEY_FILE: &str = "key";
+/// Name of the file in a multipart directory that parts written in place go to.
+const DATA_FILE: &str = "data";
 /// File in the data directory holding the key that signs download URLs.
 const SECRET_FILE: &str = "download.key";
 const SECRET_LEN: usize = 32;
@@ -75,10 +91,45 @@ impl std::fmt::Debug for Downloads {
     }
 }
 
+/// A part written in place: bytes `[first, end)` of the layer, under part `number`.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    first: u64,
+    end: u64,
+    number: u32,
+}
+
+/// The writes in place of each multipart upload since this process started, one lock per
+/// upload: held while a part is checked, written and synced, so that overlapping writes land
+/// in a known order. After a restart it starts empty: the writes of before are finished (the
+/// process that made them is gone), and every write after has a higher number.
+#[derive(Debug, Default)]
+struct InPlace {
+    uploads: Mutex<HashMap<String, Arc<Mutex<Vec<Written>>>>>,
+}
+
+impl InPlace {
+    fn upload(&self, multipart_id: &str) -> Arc<Mutex<Vec<Written>>> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(uploads.entry(multipart_id.to_owned()).or_default())
+    }
+
+    fn forget(&self, multipart_id: &str) {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads.remove(multipart_id);
+    }
+}
+
+/// The ETag of a part written in place.
+fn in_place_etag(number: u32, offset: u64, len: u64) -> String {
+    format!("at{offset}l{len}n{number}")
+}
+
 /// The embedded [`BlobStore`]: files under `<dir>/blobs/`. Clones share the directory.
 #[derive(Debug, Clone)]
 pub struct LocalBlobs {
     roots: Arc<Roots>,
+    in_place: Arc<InPlace>,
     /// Smallest size accepted for a non-final part at completion; 0 disables the check.
     min_part_size: u64,
     downloads: Arc<Downloads>,
@@ -107,6 +158,7 @@ impl LocalBlobs {
         };
         Ok(Self {
             roots: Arc::new(roots),
+            in_place: Arc::default(),
             min_part_size: 0,
             downloads: Arc::new(downloads),
         }
@@ -292,6 +344,34 @@ fn owns(dir: &Path, key: &str) -> StoreResult<bool> {
         Ok(stored) => Ok(stored == key.as_bytes()),
         Err(e) if is_absent(&e) => Ok(false),
         Err(e) => Err(io_err("cannot read", &path, e)),
+    }
+}
+
+/// Where a part's bytes are at completion.
+enum Source {
+    /// A part file of [`BlobStore::upload_part`].
+    File(PathBuf),
+    /// A range of the data file of [`BlobStore::upload_part_at`].
+    InPlace { offset: u64, len: u64 },
+}
+
+/// Opens the data file of the multipart directory `dir` for writing, creating it (and making the
+/// new entry durable) on first use.
+fn open_data_file(dir: &Path, path: &Path) -> io::Result<File> {
+    match OpenOptions::new().write(true).open(path) {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // `owns` saw the directory; if it is gone now, the upload was aborted or completed.
+            // Never truncate: a racing writer may have created it and written a part meanwhile.
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            sync_dir(dir)?;
+            Ok(f)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -618,6 +698,56 @@ impl BlobStore for LocalBlobs {
         .await
     }
 
+    async fn upload_part_at(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        data: Bytes,
+    ) -> StoreResult<String> {
+        check_part_number(number)?;
+        let dir = self.multipart_dir(multipart_id)?;
+        let len = data.len() as u64;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| StoreError::failure("part extends past the largest offset"))?;
+        let writes = self.in_place.upload(multipart_id);
+        let (key, multipart_id) = (key.to_owned(), multipart_id.to_owned());
+        blocking("upload_part_at", move || {
+            if !owns(&dir, &key)? {
+                return Err(no_such_upload(&multipart_id));
+            }
+            let mut writes = writes.lock().unwrap_or_else(|e| e.into_inner());
+            // A write of a higher number over these bytes is the one that can be recorded: ours
+            // lost and must not land over it.
+            if writes
+                .iter()
+                .any(|w| w.number > number && w.first < end && offset < w.end)
+            {
+                return Err(StoreError::Conflict);
+            }
+            let path = dir.join(DATA_FILE);
+            let written = open_data_file(&dir, &path).and_then(|file| {
+                file.write_all_at(&data, offset)?;
+                file.sync_data()
+            });
+            match written {
+                Ok(()) => {}
+                // Aborted or completed while we wrote.
+                Err(e) if is_absent(&e) => return Err(no_such_upload(&multipart_id)),
+                Err(e) => return Err(io_err("cannot write", &path, e)),
+            }
+            writes.push(Written {
+                first: offset,
+                end,
+                number,
+            });
+            Ok(in_place_etag(number, offset, len))
+        })
+        .await
+    }
+
     async fn complete_multipart(
         &self,
         key: &str,
@@ -628,43 +758,126 @@ impl BlobStore for LocalBlobs {
         let target = self.object_path(key)?;
         let dir = self.multipart_dir(multipart_id)?;
         let roots = Arc::clone(&self.roots);
+        let writes = self.in_place.upload(multipart_id);
         let (key, multipart_id, parts) = (key.to_owned(), multipart_id.to_owned(), parts.to_vec());
+        let in_place = Arc::clone(&self.in_place);
         blocking("complete_multipart", move || {
+            let total: u64 = parts.iter().map(|p| p.len).sum();
+            // Held to the end: no part write lands in the data file while it is checked and
+            // renamed into place (one that comes after finds it gone).
+            let known = writes.lock().unwrap_or_else(|e| e.into_inner());
             if !owns(&dir, &key)? {
                 // A retry after a completion whose answer was lost: the object is already there.
-                let total: u64 = parts.iter().map(|p| p.len).sum();
                 return match fs::metadata(&target) {
                     Ok(meta) if meta.is_file() && meta.len() == total => Ok(()),
                     _ => Err(no_such_upload(&multipart_id)),
                 };
             }
             let mut sources = Vec::with_capacity(parts.len());
+            let mut next = 0u64;
             for part in &parts {
                 // An ETag that could not be one of ours cannot name a part (and must not name a
                 // path outside the directory).
                 if part.etag.is_empty() || !part.etag.bytes().all(|b| b.is_ascii_alphanumeric()) {
                     return Err(StoreError::Conflict);
                 }
-                let path = dir.join(part_file_name(part.number, &part.etag));
-                if !path.is_file() {
-                    return Err(StoreError::Conflict);
+                if part.etag == in_place_etag(part.number, part.offset, part.len) {
+                    // Parts in place must tile the layer from its first byte, and no write of
+                    // a higher number may have landed over them since start-up.
+                    let end = part.offset + part.len;
+                    let overwritten = known.iter().any(|w| {
+                        w.number > part.number && w.first < end && part.offset < w.end
+                    });
+                    if part.offset != next || overwritten {
+                        return Err(StoreError::Conflict);
+                    }
+                    sources.push(Source::InPlace {
+                        offset: part.offset,
+                        len: part.len,
+                    });
+                } else {
+                    let path = dir.join(part_file_name(part.number, &part.etag));
+                    if !path.is_file() {
+                        return Err(StoreError::Conflict);
+                    }
+                    sources.push(Source::File(path));
                 }
-                sources.push(path);
+                next += part.len;
             }
-            // io::copy streams through a fixed buffer (or copy_file_range), so memory stays flat
-            // whatever the layer size.
-            let assembled = write_atomic(&target, Some(&roots.objects), |out| {
-                for source in &sources {
-                    io::copy(&mut File::open(source)?, out)?;
+            let data = dir.join(DATA_FILE);
+            if sources.iter().all(|s| matches!(s, Source::InPlace { .. })) {
+                // Every part is in the data file, in order from byte 0: it is the layer, once
+                // cut to the layer's length (bytes past it belong to no recorded part).
+                match OpenOptions::new().write(true).open(&data) {
+                    Ok(file) => {
+                        let len = file
+                            .metadata()
+                            .map_err(|e| io_err("cannot stat", &data, e))?
+                            .len();
+                        if len < total {
+                            return Err(StoreError::Conflict);
+                        }
+                        if len > total {
+                            file.set_len(total)
+                                .and_then(|()| file.sync_all())
+                                .map_err(|e| io_err("cannot truncate", &data, e))?;
+                        }
+                        drop(file);
+                        let parent = target
+                            .parent()
+                            .ok_or_else(|| StoreError::failure("object key has no directory"))?;
+                        create_dirs_durably(&roots.objects, parent)
+                            .and_then(|()| fs::rename(&data, &target))
+                            .and_then(|()| sync_dir(parent))
+                            .and_then(|()| sync_dir(&dir))
+                            .map_err(|e| io_err("cannot assemble", &target, e))?;
+                    }
+                    // A completion cut after the rename: the layer is in place already.
+                    Err(e)
+                        if is_absent(&e)
+                            && fs::metadata(&target)
+                                .is_ok_and(|m| m.is_file() && m.len() == total) => {}
+                    Err(e) if is_absent(&e) => return Err(StoreError::Conflict),
+                    Err(e) => return Err(io_err("cannot open", &data, e)),
                 }
-                Ok(())
-            });
-            match assembled {
-                Ok(()) => {}
-                // A part was replaced between the check and the copy.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Conflict),
-                Err(e) => return Err(io_err("cannot assemble", &target, e)),
+            } else {
+                // io::copy streams through a fixed buffer (or copy_file_range), so memory stays
+                // flat whatever the layer size.
+                let assembled = write_atomic(&target, Some(&roots.objects), |out| {
+                    let mut in_place = None;
+                    for source in &sources {
+                        match source {
+                            Source::File(path) => {
+                                io::copy(&mut File::open(path)?, out)?;
+                            }
+                            Source::InPlace { offset, len } => {
+                                if in_place.is_none() {
+                                    in_place = Some(File::open(&data)?);
+                                }
+                                let file = in_place.as_mut().ok_or_else(|| io::Error::other("data file"))?;
+                                io::Seek::seek(file, io::SeekFrom::Start(*offset))?;
+                                let copied = io::copy(&mut io::Read::take(&mut *file, *len), out)?;
+                                if copied != *len {
+                                    return Err(io::Error::new(
+                                        io::ErrorKind::NotFound,
+                                        "the data file ends before a part",
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                });
+                match assembled {
+                    Ok(()) => {}
+                    // A part was replaced between the check and the copy.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(StoreError::Conflict);
+                    }
+                    Err(e) => return Err(io_err("cannot assemble", &target, e)),
+                }
             }
+            in_place.forget(&multipart_id);
             // The key file goes first: once it is gone, a retry takes the "already completed"
             // path above instead of finding some parts missing.
             let key_file = dir.join(KEY_FILE);
@@ -687,10 +900,13 @@ impl BlobStore for LocalBlobs {
             return Ok(());
         };
         let key = key.to_owned();
+        let in_place = Arc::clone(&self.in_place);
+        let multipart_id = multipart_id.to_owned();
         blocking("abort_multipart", move || {
             if !owns(&dir, &key)? {
                 return Ok(());
             }
+            in_place.forget(&multipart_id);
             match fs::remove_dir_all(&dir) {
                 Ok(()) => Ok(()),
                 Err(e) if is_absent(&e) => Ok(()),

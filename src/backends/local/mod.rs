@@ -5,9 +5,11 @@
 //!   is what makes the conditional writes (version compare, create-if-absent) atomic: redb runs
 //!   write transactions one at a time and commits them durably.
 //! - [`LocalBlobs`] keeps bytes as files under `<dir>/blobs/` (docs/architecture.md, "Bytes"): objects at
-//!   `objects/<key>`, multipart uploads as directories `multipart/<id>/` holding one file per
-//!   part. Every write goes to a temporary file, is fsynced and renamed into place, so a reader
-//!   or a restart sees either the old or the new content, never a torn one.
+//!   `objects/<key>`, multipart uploads as directories `multipart/<id>/` holding one data file
+//!   that each part is written into at its offset (and renamed into place at completion), or one
+//!   file per part for parts written without an offset. Every other write goes to a temporary
+//!   file, is fsynced and renamed into place, so a reader or a restart sees either the old or the
+//!   new content, never a torn one; a part in place is fdatasynced before it is acknowledged.
 //!
 //! - [`reconcile`] removes what no record owns any more from the blob directories: temporary
 //!   files of writes a crash cut, staging objects and multipart directories of no live upload,
