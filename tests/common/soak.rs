@@ -254,6 +254,38 @@ pub async fn run<M: MetadataStore, B: BlobStore>(
     all
 }
 
+/// Makes the completed layers live as a real push does once its layers are in: PutImage of
+/// manifests that reference them, up to 100 layers each (the first one doubling as the config).
+/// The collection of unreferenced layers keeps exactly the layers some image references, so the
+/// checks after it see what a registry keeps. Layers that are not recorded are left to `verify`.
+pub async fn reference<M: MetadataStore, B: BlobStore>(svc: &Service<M, B>, layers: &[Completed]) {
+    for (i, batch) in layers.chunks(100).enumerate() {
+        let mut descriptors = Vec::new();
+        for (repo, d) in batch {
+            if let Ok(Some(layer)) = svc.metadata().get_layer(REGISTRY, repo, d).await {
+                descriptors.push(format!(
+                    r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{}}}"#,
+                    layer.size
+                ));
+            }
+        }
+        let Some(first) = descriptors.first() else {
+            continue;
+        };
+        let config = first.replace("image.layer.v1.tar", "image.config.v1+json");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{config},"layers":[{}]}}"#,
+            descriptors.join(",")
+        );
+        svc.put_image(PutImageRequest {
+            image_tag: Some(format!("soak-{i}").parse().unwrap()),
+            ..PutImageRequest::new(batch[0].0.parse().unwrap(), manifest)
+        })
+        .await
+        .unwrap();
+    }
+}
+
 /// Reads every completed layer back through `meta` and `blobs` and hashes it; returns how many
 /// did not match (or were not found).
 pub async fn verify<M: MetadataStore, B: BlobStore>(

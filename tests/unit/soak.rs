@@ -9,7 +9,7 @@ use ecr_layer_upload::domain::clock::SystemClock;
 use ecr_layer_upload::service::Service;
 
 use crate::common::service::small_parts;
-use crate::common::soak::{Counts, SoakConfig, report, run, verify};
+use crate::common::soak::{Counts, SoakConfig, reference, report, run, verify};
 use crate::common::temp_dir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -21,8 +21,9 @@ async fn soak_embedded() {
     let blobs = LocalBlobs::open(dir.path()).unwrap();
     let svc = Arc::new(Service::new(meta.clone(), blobs.clone(), small_parts()));
     let counts = Arc::new(Counts::default());
-    let layers = run(svc, "soak/embedded", &cfg, counts.clone()).await;
+    let layers = run(svc.clone(), "soak/embedded", &cfg, counts.clone()).await;
     let bad = verify(&meta, &blobs, &layers).await;
+    reference(&svc, &layers).await;
     // What the run left that no record owns: what the start-up reconciliation removes.
     let left = reconcile(&meta, &blobs, true, Duration::ZERO, &SystemClock)
         .await
