@@ -754,6 +754,30 @@ async fn an_unwritable_state_file_costs_resuming_not_the_push() {
     assert_eq!(stored.as_bytes(), image.manifest.as_slice());
 }
 
+/// Sends a request of the ECR API (`POST /`, `headers`, `body`) to the server at `target` on a
+/// connection of its own; its answer's head and whole body. The test proxies' way through.
+pub(crate) async fn forward(
+    target: &str,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+) -> (http::response::Parts, bytes::Bytes) {
+    use http_body_util::{BodyExt, Full};
+    let uri: http::Uri = target.parse().unwrap();
+    let stream = tokio::net::TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut fwd = http::Request::post("/").body(Full::new(body)).unwrap();
+    *fwd.headers_mut() = headers;
+    let resp = sender.send_request(fwd).await.unwrap();
+    let (head, body) = resp.into_parts();
+    (head, body.collect().await.unwrap().to_bytes())
+}
+
 /// A proxy in front of the server that passes every request on but answers `ServerException`
 /// (HTTP 500) for UploadLayerPart requests number `fail_from..=fail_to`: parts that the server
 /// stored while the client saw an error, as a Lambda timeout would do.
@@ -786,24 +810,7 @@ async fn flaky_proxy(target: String, fail_from: u64, fail_to: u64) -> String {
                             };
                             let (head, body) = req.into_parts();
                             let body = body.collect().await.unwrap().to_bytes();
-                            let uri: http::Uri = target.parse().unwrap();
-                            let stream = tokio::net::TcpStream::connect((
-                                uri.host().unwrap(),
-                                uri.port_u16().unwrap(),
-                            ))
-                            .await
-                            .unwrap();
-                            let (mut sender, conn) = hyper::client::conn::http1::handshake(
-                                hyper_util::rt::TokioIo::new(stream),
-                            )
-                            .await
-                            .unwrap();
-                            tokio::spawn(conn);
-                            let mut fwd = http::Request::post("/").body(Full::new(body)).unwrap();
-                            *fwd.headers_mut() = head.headers;
-                            let resp = sender.send_request(fwd).await.unwrap();
-                            let (rhead, rbody) = resp.into_parts();
-                            let rbody = rbody.collect().await.unwrap().to_bytes();
+                            let (rhead, rbody) = forward(&target, head.headers, body).await;
                             if (fail_from..=fail_to).contains(&n) {
                                 let err = r#"{"__type":"ServerException","message":"injected"}"#;
                                 return Ok::<_, std::convert::Infallible>(

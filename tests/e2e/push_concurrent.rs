@@ -10,8 +10,8 @@ use std::time::Duration;
 use aws_sdk_ecr::types::{ImageIdentifier, LayerAvailability};
 
 use super::push::{
-    MIB, OCI_MANIFEST, assert_blobs, manifest_by_tag, oci_image, push_with, read_state, server,
-    write_single,
+    MIB, OCI_MANIFEST, assert_blobs, forward, manifest_by_tag, oci_image, push_with, read_state,
+    server, write_single,
 };
 use crate::common::{create_repository as create, digest, noise, temp_dir, unique};
 
@@ -83,24 +83,7 @@ async fn counting_proxy(target: String) -> (String, Arc<Mutex<Seen>>) {
                                 )
                                 .await;
                             }
-                            let uri: http::Uri = target.parse().unwrap();
-                            let stream = tokio::net::TcpStream::connect((
-                                uri.host().unwrap(),
-                                uri.port_u16().unwrap(),
-                            ))
-                            .await
-                            .unwrap();
-                            let (mut sender, conn) = hyper::client::conn::http1::handshake(
-                                hyper_util::rt::TokioIo::new(stream),
-                            )
-                            .await
-                            .unwrap();
-                            tokio::spawn(conn);
-                            let mut fwd = http::Request::post("/").body(Full::new(body)).unwrap();
-                            *fwd.headers_mut() = head.headers;
-                            let resp = sender.send_request(fwd).await.unwrap();
-                            let (rhead, rbody) = resp.into_parts();
-                            let rbody = rbody.collect().await.unwrap().to_bytes();
+                            let (rhead, rbody) = forward(&target, head.headers, body).await;
                             if let Some(id) = upload {
                                 let mut s = seen.lock().unwrap();
                                 let n = s.in_flight.get_mut(&id).unwrap();
