@@ -210,6 +210,18 @@ impl<B: BlobStore> BlobStore for ManifestGate<B> {
             .upload_part(key, multipart_id, number, data)
             .await
     }
+    async fn upload_part_at(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        data: Bytes,
+    ) -> StoreResult<String> {
+        self.inner
+            .upload_part_at(key, multipart_id, number, offset, data)
+            .await
+    }
     async fn complete_multipart(
         &self,
         key: &str,

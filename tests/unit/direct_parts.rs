@@ -76,6 +76,19 @@ mod written {
                 .upload_part(key, multipart_id, number, data)
                 .await
         }
+        async fn upload_part_at(
+            &self,
+            key: &str,
+            multipart_id: &str,
+            number: u32,
+            offset: u64,
+            data: Bytes,
+        ) -> StoreResult<String> {
+            self.parts.fetch_add(data.len() as u64, Ordering::SeqCst);
+            self.inner
+                .upload_part_at(key, multipart_id, number, offset, data)
+                .await
+        }
         async fn complete_multipart(
             &self,
             key: &str,

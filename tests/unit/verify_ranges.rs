@@ -90,6 +90,18 @@ impl BlobStore for Longer {
     ) -> StoreResult<String> {
         self.0.upload_part(key, multipart_id, number, data).await
     }
+    async fn upload_part_at(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        data: Bytes,
+    ) -> StoreResult<String> {
+        self.0
+            .upload_part_at(key, multipart_id, number, offset, data)
+            .await
+    }
     async fn complete_multipart(
         &self,
         key: &str,
