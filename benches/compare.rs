@@ -15,8 +15,12 @@
 //! layout, is pushed by the `ecr-layer-upload push` command on each backend, one blob at a time
 //! (`--max-concurrent-uploads 1`) and with the default concurrency, interleaved in each round.
 //!
+//! Last (criterion 6), the service's peak RSS for one push per path of a 16 MiB, a 256 MiB and a
+//! 1 GiB layer (`BENCH_RSS_SIZES_MIB`).
+//!
 //! Environment: `BENCH_SIZE_MIB` (256), `BENCH_ROUNDS` (3), `BENCH_ONLY` (`layer` for the one-layer
-//! comparison, `image` for the 4-layer push; both when unset), and the lines of
+//! comparison, `image` for the 4-layer push, `rss` for peak memory by layer size; all three when
+//! unset, or a comma-separated list), and the lines of
 //! `scripts/services.sh env` (the Makefile's `bench` target starts the servers and sets them).
 
 #[path = "../tests/common/mod.rs"]
@@ -186,6 +190,8 @@ struct Run {
     /// CPU seconds of the service during the parts, and in all.
     service_part_cpu: f64,
     service_cpu: f64,
+    /// CPU seconds of the S3 server during the parts, and in all (with the completion's read).
+    s3_part_cpu: f64,
     s3_cpu: f64,
     peak_rss: u64,
 }
@@ -236,6 +242,7 @@ async fn push_service(
         conn.call("UploadLayerPart", body).await;
     }
     let svc_parts = cpu_seconds(svc.pid());
+    let s3_parts = cpu_seconds(s3);
     let completing = Instant::now();
     let done = conn.call("CompleteLayerUpload", complete).await;
     let complete_seconds = completing.elapsed().as_secs_f64();
@@ -246,6 +253,7 @@ async fn push_service(
         complete_seconds,
         service_part_cpu: svc_parts - svc0,
         service_cpu: cpu_seconds(svc.pid()) - svc0,
+        s3_part_cpu: s3_parts - s30,
         s3_cpu: cpu_seconds(s3) - s30,
         peak_rss: peak_rss(svc.pid()),
     }
@@ -314,6 +322,7 @@ async fn push_direct(
                 .build(),
         );
     }
+    let s3_part_cpu = cpu_seconds(pid) - cpu0;
     let completing = Instant::now();
     s3.complete_multipart_upload()
         .bucket(bucket)
@@ -351,6 +360,7 @@ async fn push_direct(
         Run {
             seconds,
             complete_seconds,
+            s3_part_cpu,
             s3_cpu,
             ..Run::default()
         },
@@ -531,6 +541,67 @@ async fn main() {
     if wants("image") {
         compare_image(size, size_mib, rounds).await;
     }
+    if wants("rss") {
+        compare_rss(lambda_part).await;
+    }
+}
+
+/// Criterion 6: the service's peak RSS against 64 MiB + 2 x part, one push per path and layer
+/// size (`BENCH_RSS_SIZES_MIB`, "16,256,1024"), each against a fresh process: the figure must not
+/// grow with the layer.
+async fn compare_rss(lambda_part: usize) {
+    let sizes: Vec<usize> = std::env::var("BENCH_RSS_SIZES_MIB")
+        .unwrap_or_else(|_| "16,256,1024".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let paths = [
+        ("AWS, 10 MiB parts", "aws", PART, 5 * MIB),
+        ("AWS, Lambda parts", "aws", lambda_part, MIB),
+        ("embedded, 10 MiB parts", "local", PART, 5 * MIB),
+    ];
+    let mut peaks = vec![Vec::new(); paths.len()];
+    for &mib in &sizes {
+        eprintln!("peak RSS: {mib} MiB layer");
+        let layer = Bytes::from(common::noise(mib * MIB, 17));
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+        for (i, (_, backend, part, min_part)) in paths.iter().enumerate() {
+            let run = push_service(backend, *part, *min_part, &layer, &digest).await;
+            peaks[i].push(run.peak_rss as f64 / MIB as f64);
+        }
+    }
+    println!();
+    println!(
+        "Service peak RSS MiB by layer size, one push each; {}",
+        machine()
+    );
+    println!();
+    let head: Vec<String> = sizes.iter().map(|m| format!("{m} MiB")).collect();
+    println!(
+        "| path | {} | bound (64 MiB + 2 x part) | largest / bound | largest / smallest |",
+        head.join(" | ")
+    );
+    println!("|{}", " --- |".repeat(sizes.len() + 4));
+    let mut summary = Vec::new();
+    for ((name, _, part, _), peak) in paths.iter().zip(&peaks) {
+        let bound = (64 * MIB + 2 * part) as f64 / MIB as f64;
+        let max = peak.iter().copied().fold(0.0, f64::max);
+        let min = peak.iter().copied().fold(f64::INFINITY, f64::min);
+        let cells: Vec<String> = peak.iter().map(|p| format!("{p:.0}")).collect();
+        println!(
+            "| {name} | {} | {bound:.0} | {:.2} | {:.2} |",
+            cells.join(" | "),
+            max / bound,
+            max / min
+        );
+        summary.push(format!(
+            "{name} {:.2} of the bound, {:.2} x from smallest to largest",
+            max / bound,
+            max / min
+        ));
+    }
+    println!();
+    println!("- 6. peak RSS over layer sizes: {}", summary.join("; "));
 }
 
 /// Criterion 7: the 4-layer image pushed by the `push` command, one blob at a time and with its
@@ -614,6 +685,7 @@ async fn compare_layer(
     let mbs = |runs: &[Run]| size as f64 / 1e6 / med(runs, |r| r.seconds);
     let direct_mbs = mbs(&direct);
     let direct_cpu = med(&direct, |r| r.s3_cpu);
+    let direct_part_cpu = med(&direct, |r| r.s3_part_cpu);
     let read = median(reads);
     println!();
     println!(
@@ -622,11 +694,11 @@ async fn compare_layer(
     );
     println!();
     println!(
-        "| path | throughput | vs direct | S3 CPU s | vs direct | service CPU s (parts / all) | GB per service CPU s (parts) | completion s | peak RSS MiB | RSS bound MiB |"
+        "| path | throughput | vs direct | S3 CPU s (parts / all) | vs direct (parts / all) | service CPU s (parts / all) | GB per service CPU s (parts) | completion s | peak RSS MiB | RSS bound MiB |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| (a) direct S3 multipart, 10 MiB parts | {direct_mbs:.0} MB/s | 1.00 | {direct_cpu:.2} | 1.00 | — | — | {:.3} | — | — |",
+        "| (a) direct S3 multipart, 10 MiB parts | {direct_mbs:.0} MB/s | 1.00 | {direct_part_cpu:.2} / {direct_cpu:.2} | 1.00 / 1.00 | — | — | {:.3} | — | — |",
         med(&direct, |r| r.complete_seconds)
     );
     for (name, runs, part) in [
@@ -636,6 +708,7 @@ async fn compare_layer(
     ] {
         let aws = !name.contains("embedded");
         let s3_cpu = med(runs, |r| r.s3_cpu);
+        let s3_part_cpu = med(runs, |r| r.s3_part_cpu);
         println!(
             "| {name} ({part} B) | {:.0} MB/s | {} | {} | {} | {:.2} / {:.2} | {:.2} | {:.3} | {:.0} | {:.0} |",
             mbs(runs),
@@ -645,12 +718,16 @@ async fn compare_layer(
                 "—".into()
             },
             if aws {
-                format!("{s3_cpu:.2}")
+                format!("{s3_part_cpu:.2} / {s3_cpu:.2}")
             } else {
                 "—".into()
             },
             if aws {
-                format!("{:.2}", s3_cpu / direct_cpu)
+                format!(
+                    "{:.2} / {:.2}",
+                    s3_part_cpu / direct_part_cpu,
+                    s3_cpu / direct_cpu
+                )
             } else {
                 "—".into()
             },
@@ -669,14 +746,16 @@ async fn compare_layer(
     println!();
     println!("Ratios (issue 13's criteria):");
     println!(
-        "- 2. AWS 10 MiB parts: throughput {:.2} x direct (>= 0.8), S3 CPU {:.2} x direct (<= 1.2)",
+        "- 2. AWS 10 MiB parts: throughput {:.2} x direct (>= 0.8), S3 CPU {:.2} x direct (<= 1.2; writing the parts alone {:.2} x)",
         mbs(&aws10) / direct_mbs,
-        med(&aws10, |r| r.s3_cpu) / direct_cpu
+        med(&aws10, |r| r.s3_cpu) / direct_cpu,
+        med(&aws10, |r| r.s3_part_cpu) / direct_part_cpu
     );
     println!(
-        "- 3. AWS Lambda parts: throughput {:.2} x direct (>= 0.45), S3 CPU {:.2} x direct",
+        "- 3. AWS Lambda parts: throughput {:.2} x direct (>= 0.45), S3 CPU {:.2} x direct (writing the parts alone {:.2} x)",
         mbs(&awsl) / direct_mbs,
-        med(&awsl, |r| r.s3_cpu) / direct_cpu
+        med(&awsl, |r| r.s3_cpu) / direct_cpu,
+        med(&awsl, |r| r.s3_part_cpu) / direct_part_cpu
     );
     println!(
         "- 4. service GB per CPU-second on the part path: AWS {:.2}, Lambda parts {:.2}, embedded {:.2} (>= 0.5)",
