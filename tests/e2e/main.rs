@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod allocator;
 mod auth;
 mod completion_cuts;
 mod oci_auth;
