@@ -295,7 +295,11 @@ mod tests {
         ] {
             let r = running_over(&data, &cuts);
             assert_eq!(r.len(), 1000);
-            assert_eq!(r.digest(), <[u8; 32]>::from(Sha256::digest(&data)), "{cuts:?}");
+            assert_eq!(
+                r.digest(),
+                <[u8; 32]>::from(Sha256::digest(&data)),
+                "{cuts:?}"
+            );
             assert_eq!(r.crc64(), part_crc(&data), "{cuts:?}");
         }
     }
@@ -322,7 +326,10 @@ mod tests {
         let s = r.encode();
         assert_eq!(s.sha256.len(), 64);
         assert_eq!(s.tail, hex::encode(&data[64..]));
-        assert_eq!((s.len, s.crc64, s.last_part.as_str()), (70, part_crc(&data), "abc"));
+        assert_eq!(
+            (s.len, s.crc64, s.last_part.as_str()),
+            (70, part_crc(&data), "abc")
+        );
         assert_eq!(Running::decode(&s), Some(r));
     }
 
@@ -426,7 +433,11 @@ mod tests {
             ..up.clone()
         };
         assert_eq!(recorded_digest(&behind), None);
-        assert_eq!(accept(&behind, &a).hash, None, "an inconsistent state is dropped");
+        assert_eq!(
+            accept(&behind, &a).hash,
+            None,
+            "an inconsistent state is dropped"
+        );
 
         // The same length, but the last part is another one than the state covered.
         let replaced = UploadRecord {

@@ -24,8 +24,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Mutex;
 
-use super::types::*;
 use super::incremental::{self, PartHash, VerifyMode};
+use super::types::*;
 use super::{Service, direct, verify};
 use crate::domain::error::{EcrError, StoreError};
 use crate::domain::invalid;
@@ -484,7 +484,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let crc = up.part_checksums.then(|| incremental::part_crc(&data));
         let mut part = FlushedPart {
             number,
-            etag: self.write_part(up, number, offset, data.clone(), crc).await?,
+            etag: self
+                .write_part(up, number, offset, data.clone(), crc)
+                .await?,
             offset,
             len,
         };
@@ -497,7 +499,9 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 number = direct::part_counter(up) + 1;
                 part = FlushedPart {
                     number,
-                    etag: self.write_part(up, number, offset, data.clone(), crc).await?,
+                    etag: self
+                        .write_part(up, number, offset, data.clone(), crc)
+                        .await?,
                     offset,
                     len,
                 };
