@@ -554,6 +554,9 @@ async fn main() {
     }
 }
 
+/// A push of [`compare_completion`]: backend, layer MiB, `ECR_VERIFY`.
+type Case = (&'static str, usize, &'static str);
+
 /// Criterion 5's opt-in half: CompleteLayerUpload's time with `ECR_VERIFY=incremental` beside
 /// the default streaming verification, for a 16 MiB layer and one of the bench size, on both
 /// backends (10 MiB parts), and what the incremental state costs on the part path.
@@ -567,8 +570,7 @@ async fn compare_completion(size: usize, size_mib: usize, rounds: usize) {
             (mib, layer, digest)
         })
         .collect();
-    // (backend, layer MiB, verify) → runs
-    let mut runs: Vec<((&str, usize, &str), Vec<Run>)> = Vec::new();
+    let mut runs: Vec<(Case, Vec<Run>)> = Vec::new();
     for backend in ["aws", "local"] {
         for (mib, _, _) in &layers {
             for verify in ["stream", "incremental"] {
