@@ -835,6 +835,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         *assembled = true;
         let joined = started.elapsed();
 
+        let from_state = recorded.is_some();
         let (computed, size) = match recorded {
             Some((digest, _)) => (digest, up.next_byte),
             None => verify::sha256_of_object(&self.blobs, &up.blob_key, up.next_byte).await?,
@@ -842,7 +843,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         tracing::debug!(
             upload_id = %up.upload_id,
             parts = parts.len(),
-            incremental = up.hash.is_some(),
+            from_state,
             flush_ms = flushed.as_millis() as u64,
             assemble_ms = (joined - flushed).as_millis() as u64,
             verify_ms = (started.elapsed() - joined).as_millis() as u64,
