@@ -38,6 +38,7 @@ macro_rules! incremental_behaviours {
             incremental_lambda_sized_staged_parts_complete,
             incremental_replaced_part_falls_back_to_streaming,
             incremental_missing_state_falls_back_to_streaming,
+            incremental_undecodable_state_falls_back_to_streaming,
             incremental_state_behind_the_upload_falls_back_to_streaming,
             incremental_upload_begun_in_stream_mode_is_streamed,
             incremental_v2_chunks_of_any_size_complete
@@ -263,6 +264,28 @@ pub async fn incremental_missing_state_falls_back_to_streaming<F: Backend>() {
     assert_eq!(record::<F>(&svc, &id).await.hash, None);
     let whole = [&layer[..], &more[..]].concat();
     refuses_then_completes::<F>(&svc, &id, &digest(&layer), &digest(&whole), &whole).await;
+}
+
+/// A state this code did not write (another encoding, a damaged record) that claims the upload's
+/// length and last part: completion streams.
+pub async fn incremental_undecodable_state_falls_back_to_streaming<F: Backend>() {
+    let (_ctx, svc) = open::<F>(small_parts()).await;
+    let id = initiate(&svc, "app").await;
+    let layer = noise(MIB + 3, 12);
+    send::<F>(&svc, &id, &layer, MIB).await;
+    let up = record::<F>(&svc, &id).await;
+    let mut state = up.hash.clone().expect("a state");
+    state.sha256 = "not hex".into();
+    let damaged = UploadRecord {
+        version: up.version + 1,
+        hash: Some(state),
+        ..up.clone()
+    };
+    svc.metadata()
+        .update_upload(&damaged, SideWrite::None)
+        .await
+        .unwrap();
+    refuses_then_completes::<F>(&svc, &id, &digest(b"x"), &digest(&layer), &layer).await;
 }
 
 /// A state that covers fewer bytes than the upload holds (a part accepted by a writer that did
