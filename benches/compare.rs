@@ -15,12 +15,16 @@
 //! layout, is pushed by the `ecr-layer-upload push` command on each backend, one blob at a time
 //! (`--max-concurrent-uploads 1`) and with the default concurrency, interleaved in each round.
 //!
+//! And (criterion 5, opt-in half) CompleteLayerUpload's time with `ECR_VERIFY=incremental` beside
+//! the default streaming verification, for a 16 MiB layer and one of the bench size, on both
+//! backends.
+//!
 //! Last (criterion 6), the service's peak RSS for one push per path of a 16 MiB, a 256 MiB and a
 //! 1 GiB layer (`BENCH_RSS_SIZES_MIB`).
 //!
 //! Environment: `BENCH_SIZE_MIB` (256), `BENCH_ROUNDS` (3), `BENCH_ONLY` (`layer` for the one-layer
-//! comparison, `image` for the 4-layer push, `rss` for peak memory by layer size; all three when
-//! unset, or a comma-separated list), and the lines of
+//! comparison, `completion` for the verification modes, `image` for the 4-layer push, `rss` for
+//! peak memory by layer size; all when unset; a comma-separated list for several), and the lines of
 //! `scripts/services.sh env` (the Makefile's `bench` target starts the servers and sets them).
 
 #[path = "../tests/common/mod.rs"]
@@ -89,7 +93,7 @@ struct Service {
 }
 
 impl Service {
-    fn start(backend: &str, part_size: usize, min_part: usize) -> Service {
+    fn start(backend: &str, part_size: usize, min_part: usize, verify: &str) -> Service {
         let data = common::temp_dir();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ecr-layer-upload"))
             .arg("serve")
@@ -100,6 +104,7 @@ impl Service {
             .env("ECR_BACKEND", backend)
             .env("ECR_PART_SIZE", part_size.to_string())
             .env("ECR_MIN_PART_SIZE", min_part.to_string())
+            .env("ECR_VERIFY", verify)
             .env("RUST_LOG", "info")
             .env_remove("AWS_LAMBDA_RUNTIME_API")
             .stdout(Stdio::piped())
@@ -203,7 +208,19 @@ async fn push_service(
     layer: &Bytes,
     digest: &str,
 ) -> Run {
-    let svc = Service::start(backend, part, min_part);
+    push_verified(backend, part, min_part, layer, digest, "stream").await
+}
+
+/// [`push_service`] with the service's `ECR_VERIFY` set to `verify`.
+async fn push_verified(
+    backend: &str,
+    part: usize,
+    min_part: usize,
+    layer: &Bytes,
+    digest: &str,
+    verify: &str,
+) -> Run {
+    let svc = Service::start(backend, part, min_part, verify);
     let mut conn = Conn::open(&svc.addr).await;
     let repo = format!("bench/{}", &uuid::Uuid::new_v4().to_string()[..8]);
     conn.call(
@@ -414,7 +431,7 @@ async fn push_image(
     layout: &std::path::Path,
     concurrency: Option<u16>,
 ) -> ImagePush {
-    let svc = Service::start(backend, PART, 5 * MIB);
+    let svc = Service::start(backend, PART, 5 * MIB, "stream");
     let mut conn = Conn::open(&svc.addr).await;
     let repo = format!("bench/image-{}", &uuid::Uuid::new_v4().to_string()[..8]);
     conn.call(
@@ -538,6 +555,9 @@ async fn main() {
     if wants("layer") {
         compare_layer(size, size_mib, rounds, &bucket, lambda_part).await;
     }
+    if wants("completion") {
+        compare_completion(size, size_mib, rounds).await;
+    }
     if wants("image") {
         compare_image(size, size_mib, rounds).await;
     }
@@ -602,6 +622,84 @@ async fn compare_rss(lambda_part: usize) {
     }
     println!();
     println!("- 6. peak RSS over layer sizes: {}", summary.join("; "));
+}
+
+/// A push of [`compare_completion`]: backend, layer MiB, `ECR_VERIFY`.
+type Case = (&'static str, usize, &'static str);
+
+/// Criterion 5's opt-in half: CompleteLayerUpload's time with `ECR_VERIFY=incremental` beside
+/// the default streaming verification, for a 16 MiB layer and one of the bench size, on both
+/// backends (10 MiB parts), and what the incremental state costs on the part path.
+async fn compare_completion(size: usize, size_mib: usize, rounds: usize) {
+    const SMALL_MIB: usize = 16;
+    let layers: Vec<(usize, Bytes, String)> = [SMALL_MIB, size_mib]
+        .into_iter()
+        .map(|mib| {
+            let layer = Bytes::from(common::noise(mib * MIB, 17 + mib as u64));
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+            (mib, layer, digest)
+        })
+        .collect();
+    let mut runs: Vec<(Case, Vec<Run>)> = Vec::new();
+    for backend in ["aws", "local"] {
+        for (mib, _, _) in &layers {
+            for verify in ["stream", "incremental"] {
+                runs.push(((backend, *mib, verify), Vec::new()));
+            }
+        }
+    }
+    for round in 1..=rounds {
+        eprintln!(
+            "round {round} of {rounds}: completion, stream vs incremental, {SMALL_MIB} and {size_mib} MiB"
+        );
+        for ((backend, mib, verify), out) in &mut runs {
+            let (_, layer, digest) = layers
+                .iter()
+                .find(|(m, _, _)| m == mib)
+                .expect("layer of that size");
+            out.push(push_verified(backend, PART, 5 * MIB, layer, digest, verify).await);
+        }
+    }
+    let find = |backend: &str, mib: usize, verify: &str| -> &[Run] {
+        &runs
+            .iter()
+            .find(|((b, m, v), _)| *b == backend && *m == mib && *v == verify)
+            .expect("measured")
+            .1
+    };
+    println!();
+    println!(
+        "CompleteLayerUpload by verification mode (`ECR_VERIFY`), 10 MiB parts, medians of {rounds} interleaved rounds; {}",
+        machine()
+    );
+    println!();
+    println!(
+        "| backend | layer | completion s, stream | completion s, incremental | service CPU s on the part path, stream / incremental |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    let mut line = Vec::new();
+    for (backend, name) in [("aws", "AWS"), ("local", "embedded")] {
+        for (mib, _, _) in &layers {
+            let (s, i) = (
+                find(backend, *mib, "stream"),
+                find(backend, *mib, "incremental"),
+            );
+            let inc = med(i, |r| r.complete_seconds);
+            println!(
+                "| {name} | {mib} MiB | {:.3} | {inc:.3} | {:.2} / {:.2} |",
+                med(s, |r| r.complete_seconds),
+                med(s, |r| r.service_part_cpu),
+                med(i, |r| r.service_part_cpu),
+            );
+            line.push(format!("{name} {mib} MiB {:.0} ms", inc * 1000.0));
+        }
+    }
+    println!();
+    println!(
+        "- 5. incremental completion (< 100 ms whatever the size): {}",
+        line.join(", ")
+    );
+    let _ = size;
 }
 
 /// Criterion 7: the 4-layer image pushed by the `push` command, one blob at a time and with its

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use clap::builder::Resettable;
 use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::service::Settings;
+use crate::service::{Settings, VerifyMode};
 
 use crate::domain::limits::{MAX_LAYER_PART, S3_MAX_PART_SIZE, S3_MIN_PART_SIZE};
 use crate::frontdoors::http::Limits;
@@ -223,6 +223,18 @@ pub struct ServeArgs {
         default_value = "false"
     )]
     pub create_on_push: String,
+    /// how CompleteLayerUpload verifies a layer's digest: `stream` reads the assembled layer back
+    /// through SHA-256; `incremental` keeps a SHA-256 state with the upload, advanced by each
+    /// part (about one CPU-second per GB on the part path), and completes without reading the
+    /// layer back (S3 also checks the assembled object's CRC-64), streaming whenever that state
+    /// is missing or does not match the upload
+    #[arg(
+        long,
+        env = "ECR_VERIFY",
+        value_name = "MODE",
+        default_value = "stream"
+    )]
+    pub verify: String,
     /// local server: a request's head must arrive whole within this long of the server waiting
     /// for it (so a kept-alive connection with no next request is closed after it too)
     #[arg(
@@ -518,6 +530,15 @@ impl Config {
                 ));
             }
         };
+        let verify = match args.verify.trim() {
+            "stream" | "" => VerifyMode::Stream,
+            "incremental" => VerifyMode::Incremental,
+            other => {
+                return Err(format!(
+                    "ECR_VERIFY: '{other}' is not one of stream, incremental"
+                ));
+            }
+        };
         let secs = |name: &str, value: String| -> Result<std::time::Duration, String> {
             match value.parse::<u64>() {
                 Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n)),
@@ -587,6 +608,7 @@ impl Config {
                 // The public URL's authority; without one, the address bound (set at start-up).
                 registry_host,
                 create_on_push,
+                verify,
             },
             server_limits,
             gc_grace,

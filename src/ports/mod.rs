@@ -109,6 +109,36 @@ pub struct UploadRecord {
     pub updated_at_ms: u64,
     /// Seconds since the epoch after which the upload counts as absent (DynamoDB TTL attribute).
     pub expires_at: u64,
+    /// Incremental verification (`service::VerifyMode::Incremental`): the SHA-256 and CRC-64
+    /// of the bytes accepted so far, advanced by every accepted part in the write that accepts
+    /// it. Absent in the default mode and in records written before it existed; a state that is
+    /// absent or does not match the upload makes completion verify by streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<HashState>,
+    /// The multipart upload was created with a full-object CRC-64/NVME checksum: every part is
+    /// written with its CRC-64, and the assembly may be given the whole object's
+    /// ([`BlobStore::create_multipart_checksummed`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub part_checksums: bool,
+}
+
+/// A resumable SHA-256 over a prefix of a layer, with its CRC-64/NVME, as kept in an
+/// [`UploadRecord`] (`service/incremental.rs` advances and finishes it). Plain values, so that
+/// its encoding is this crate's and not a hash library's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashState {
+    /// The eight 32-bit words of the SHA-256 state after the whole 64-byte blocks, big-endian,
+    /// as 64 lower-case hex digits.
+    pub sha256: String,
+    /// The bytes after the last whole block (fewer than 64), in lower-case hex.
+    pub tail: String,
+    /// Bytes covered: the blocks and the tail.
+    pub len: u64,
+    /// CRC-64/NVME of the bytes covered.
+    pub crc64: u64,
+    /// The fingerprint ([`PartFingerprint::checksum`]) of the last part covered, `""` before
+    /// the first: the state matches an upload only if its last part is that one.
+    pub last_part: String,
 }
 
 /// Bytes received but not yet written as a multipart part: one staging object per ECR part.
@@ -480,6 +510,48 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<String>> + Send {
         let _ = offset;
         self.upload_part(key, multipart_id, number, data)
+    }
+    /// [`create_multipart`](Self::create_multipart) for an upload whose assembled object the
+    /// store verifies against a full-object CRC-64/NVME
+    /// ([`complete_multipart_checksummed`](Self::complete_multipart_checksummed)); its parts are
+    /// written with [`upload_part_checksummed`](Self::upload_part_checksummed). A store that
+    /// verifies nothing itself (the default) creates a plain one.
+    fn create_multipart_checksummed(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = StoreResult<String>> + Send {
+        self.create_multipart(key)
+    }
+    /// [`upload_part_at`](Self::upload_part_at) of a part of a multipart upload created by
+    /// [`create_multipart_checksummed`](Self::create_multipart_checksummed), with the part's
+    /// CRC-64/NVME (`crc64`), which the store checks against the bytes it receives. By default,
+    /// the plain `upload_part_at`.
+    fn upload_part_checksummed(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        data: Bytes,
+        crc64: u64,
+    ) -> impl Future<Output = StoreResult<String>> + Send {
+        let _ = crc64;
+        self.upload_part_at(key, multipart_id, number, offset, data)
+    }
+    /// [`complete_multipart`](Self::complete_multipart) of an upload created by
+    /// [`create_multipart_checksummed`](Self::create_multipart_checksummed): with
+    /// `Some(crc64)`, the CRC-64/NVME of the whole object as the service computed it, which the
+    /// store compares with the object it assembles, failing (never assembling) on a mismatch.
+    /// By default, the plain `complete_multipart`.
+    fn complete_multipart_checksummed(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        parts: &[FlushedPart],
+        crc64: Option<u64>,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        let _ = crc64;
+        self.complete_multipart(key, multipart_id, parts)
     }
     /// Assemble the object at `key` from `parts` (in order, with the ETags recorded for them).
     /// A part whose ETag no longer matches fails with `Conflict`. Completing an upload that was

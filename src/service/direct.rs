@@ -27,6 +27,7 @@
 use bytes::Bytes;
 
 use super::Service;
+use super::incremental::PartHash;
 use super::types::UploadLayerPartResponse;
 use super::upload::{MAX_ATTEMPTS, invalid_part};
 use crate::domain::error::{EcrError, StoreError};
@@ -85,12 +86,13 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         number: u32,
         blob: Bytes,
         fingerprint: PartFingerprint,
+        mut hash: PartHash,
     ) -> Result<UploadLayerPartResponse, EcrError> {
         let (first, last) = (fingerprint.first, fingerprint.last);
         let len = blob.len() as u64;
+        // The part's fingerprint is its CRC-64/NVME: the checksum of a checksummed upload.
         let etag = self
-            .blobs
-            .upload_part_at(&up.blob_key, &up.multipart_id, number, first, blob)
+            .write_part(&up, number, first, blob, Some(hash.crc()))
             .await?;
         let part = FlushedPart {
             number,
@@ -135,7 +137,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     "another request is writing the part at byte {first} of upload {upload_id}; retry the request"
                 )));
             }
-            let mut next = self.advanced(&up, &fingerprint);
+            let mut next = self.advanced(&up, &fingerprint, &mut hash);
             next.flushed_bytes = last + 1;
             next.parts_flushed = up.parts_flushed + 1;
             match self

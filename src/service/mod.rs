@@ -2,6 +2,7 @@
 
 mod direct;
 mod images;
+mod incremental;
 mod oci;
 mod repository;
 pub mod types;
@@ -17,6 +18,7 @@ use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 
 pub use direct::DIRECT_MIN_PART;
 pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
+pub use incremental::{Running as RunningHash, VerifyMode, part_crc};
 pub use oci::{Blob, Reference, StoredManifest};
 pub use upload::{COMPLETING_LEASE_MS, HEARTBEAT, part_fingerprint, staging_key};
 
@@ -48,6 +50,9 @@ pub struct Settings {
     /// A push through the OCI API (`/v2/`) to a repository that does not exist creates it
     /// (with ECR's defaults) instead of answering NAME_UNKNOWN.
     pub create_on_push: bool,
+    /// How CompleteLayerUpload verifies the layer's digest: by streaming the assembled object
+    /// (the default), or from a SHA-256 state each part advances (`service/incremental.rs`).
+    pub verify: VerifyMode,
 }
 
 /// A front door's bound on the size of one answer, with its way of counting: BatchGetImage stops
@@ -84,6 +89,7 @@ impl Default for Settings {
             response_limit: None,
             registry_host: None,
             create_on_push: false,
+            verify: VerifyMode::Stream,
         }
     }
 }

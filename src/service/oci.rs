@@ -305,6 +305,8 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             created_at_ms: now,
             updated_at_ms: now,
             expires_at: now / 1000 + self.settings.upload_ttl_secs,
+            hash: None,
+            part_checksums: false,
         };
         self.meta.create_upload(&up).await?;
         let mut done = up.clone();

@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Mutex;
 
+use super::incremental::{self, PartHash, VerifyMode};
 use super::types::*;
 use super::{Service, direct, verify};
 use crate::domain::error::{EcrError, StoreError};
@@ -73,10 +74,12 @@ pub fn staging_key(upload_id: &str, offset: u64) -> Result<String, EcrError> {
 /// not what keeps wrong bytes out of a layer (completion verifies the layer's sha256 digest),
 /// so it does not need to be a cryptographic hash, and the CRC costs a small fraction of one.
 pub fn part_fingerprint(data: &[u8]) -> String {
-    format!(
-        "{:016x}",
-        crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data)
-    )
+    fingerprint_of(incremental::part_crc(data))
+}
+
+/// The fingerprint of a part whose CRC-64/NVME is `crc`.
+fn fingerprint_of(crc: u64) -> String {
+    format!("{crc:016x}")
 }
 
 /// The retryable answer to a CompleteLayerUpload that meets another one at work on the upload.
@@ -107,7 +110,12 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             .await?;
         let upload_id = UploadId::random().into_string();
         let key = blob_key(&upload_id);
-        let multipart_id = self.blobs.create_multipart(&key).await?;
+        let incremental = self.settings.verify == VerifyMode::Incremental;
+        let multipart_id = if incremental {
+            self.blobs.create_multipart_checksummed(&key).await?
+        } else {
+            self.blobs.create_multipart(&key).await?
+        };
         let now = self.clock_ms();
         let record = UploadRecord {
             upload_id: upload_id.clone(),
@@ -127,6 +135,8 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             created_at_ms: now,
             updated_at_ms: now,
             expires_at: self.expiry(now, now),
+            hash: incremental.then(incremental::initial_state),
+            part_checksums: incremental,
         };
         self.meta.create_upload(&record).await?;
         Ok(InitiateLayerUploadResponse {
@@ -268,11 +278,14 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 ),
             ));
         }
+        let crc = incremental::part_crc(&blob);
         let fingerprint = PartFingerprint {
             first,
             last,
-            checksum: part_fingerprint(&blob),
+            checksum: fingerprint_of(crc),
         };
+        // Advances the upload's SHA-256 state, if it keeps one (incremental mode only).
+        let mut hash = PartHash::new(blob.clone(), crc);
         let key = staging_key(&upload_id, first)?;
         let mut staged = false;
         for _ in 0..MAX_ATTEMPTS {
@@ -328,7 +341,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 match self.claim_part_number(&up).await {
                     Ok((claimed, number)) => {
                         return self
-                            .write_direct(&repo, claimed, number, blob, fingerprint)
+                            .write_direct(&repo, claimed, number, blob, fingerprint, hash)
                             .await;
                     }
                     Err(StoreError::Conflict) => {
@@ -342,7 +355,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 self.blobs.put_object(&key, blob.clone()).await?;
                 staged = true;
             }
-            let next = self.advanced(&up, &fingerprint);
+            let next = self.advanced(&up, &fingerprint, &mut hash);
             let segment = StagedSegment {
                 offset: first,
                 len: blob.len() as u64,
@@ -376,13 +389,16 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     }
 
     /// `up` having accepted the part `fingerprint` (which starts at its `next_byte`): the next
-    /// version, with the part as the last one.
+    /// version, with the part as the last one and the upload's hash state, if it keeps one,
+    /// advanced by it (`hash`, the part's bytes).
     pub(super) fn advanced(
         &self,
         up: &UploadRecord,
         fingerprint: &PartFingerprint,
+        hash: &mut PartHash,
     ) -> UploadRecord {
         let mut next = self.touched(up);
+        next.hash = hash.advance(up, fingerprint);
         next.next_byte = fingerprint.last + 1;
         if let Some(prev) = &up.last_part {
             let prev_len = prev.last - prev.first + 1;
@@ -463,11 +479,13 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         // same bytes under the same number. A number that was handed out meanwhile is not ours:
         // then the part is written again under the next one.
         let mut number = direct::part_counter(up) + 1;
+        // An upload created with a full-object checksum gets every part's CRC-64 (a fraction of
+        // a millisecond per MiB; the default mode skips it).
+        let crc = up.part_checksums.then(|| incremental::part_crc(&data));
         let mut part = FlushedPart {
             number,
             etag: self
-                .blobs
-                .upload_part_at(&up.blob_key, &up.multipart_id, number, offset, data.clone())
+                .write_part(up, number, offset, data.clone(), crc)
                 .await?,
             offset,
             len,
@@ -482,14 +500,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 part = FlushedPart {
                     number,
                     etag: self
-                        .blobs
-                        .upload_part_at(
-                            &up.blob_key,
-                            &up.multipart_id,
-                            number,
-                            offset,
-                            data.clone(),
-                        )
+                        .write_part(up, number, offset, data.clone(), crc)
                         .await?,
                     offset,
                     len,
@@ -522,6 +533,37 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             }
         }
         Err(EcrError::Server("could not record a flushed part".into()))
+    }
+
+    /// Writes `data` as part `number` of `up`'s multipart upload at `offset`, with its CRC-64
+    /// (`crc`) when the upload was created with a full-object checksum.
+    pub(super) async fn write_part(
+        &self,
+        up: &UploadRecord,
+        number: u32,
+        offset: u64,
+        data: Bytes,
+        crc: Option<u64>,
+    ) -> Result<String, StoreError> {
+        match crc {
+            Some(crc) if up.part_checksums => {
+                self.blobs
+                    .upload_part_checksummed(
+                        &up.blob_key,
+                        &up.multipart_id,
+                        number,
+                        offset,
+                        data,
+                        crc,
+                    )
+                    .await
+            }
+            _ => {
+                self.blobs
+                    .upload_part_at(&up.blob_key, &up.multipart_id, number, offset, data)
+                    .await
+            }
+        }
     }
 
     async fn segment_bytes(
@@ -767,17 +809,41 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         };
         let flushed = started.elapsed();
         let parts = self.meta.list_parts(&up.upload_id).await?;
-        self.blobs
-            .complete_multipart(&up.blob_key, &up.multipart_id, &parts)
-            .await?;
+        // Incremental mode: the digest of the bytes the parts were accepted with, if the
+        // recorded state matches the upload exactly (`service/incremental.rs`); else `None`,
+        // and the assembled object is streamed as in the default mode.
+        let recorded = incremental::recorded_digest(&up);
+        if up.hash.is_some() && recorded.is_none() {
+            tracing::info!(upload_id = %up.upload_id, "hash state does not match the upload; verifying by streaming");
+        }
+        if up.part_checksums {
+            // The store compares the assembled object with the CRC-64 of the accepted bytes
+            // (S3 refuses the assembly on a mismatch).
+            self.blobs
+                .complete_multipart_checksummed(
+                    &up.blob_key,
+                    &up.multipart_id,
+                    &parts,
+                    recorded.as_ref().map(|(_, crc)| *crc),
+                )
+                .await?;
+        } else {
+            self.blobs
+                .complete_multipart(&up.blob_key, &up.multipart_id, &parts)
+                .await?;
+        }
         *assembled = true;
         let joined = started.elapsed();
 
-        let (computed, size) =
-            verify::sha256_of_object(&self.blobs, &up.blob_key, up.next_byte).await?;
+        let from_state = recorded.is_some();
+        let (computed, size) = match recorded {
+            Some((digest, _)) => (digest, up.next_byte),
+            None => verify::sha256_of_object(&self.blobs, &up.blob_key, up.next_byte).await?,
+        };
         tracing::debug!(
             upload_id = %up.upload_id,
             parts = parts.len(),
+            from_state,
             flush_ms = flushed.as_millis() as u64,
             assemble_ms = (joined - flushed).as_millis() as u64,
             verify_ms = (started.elapsed() - joined).as_millis() as u64,

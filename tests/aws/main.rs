@@ -14,6 +14,8 @@ mod oci_suite;
 mod service_direct;
 #[path = "../service/images.rs"]
 mod service_images;
+#[path = "../service/incremental.rs"]
+mod service_incremental;
 #[path = "../service/suite.rs"]
 mod service_suite;
 #[path = "../contract/suite.rs"]
@@ -26,6 +28,7 @@ mod direct_parts;
 mod faults;
 mod gc;
 mod image_race;
+mod incremental;
 mod keys;
 mod layer_gc;
 mod lifecycle;

@@ -99,5 +99,7 @@ pub fn open_upload(upload_id: &str, repository: &str) -> ecr_layer_upload::ports
         created_at_ms: millis,
         updated_at_ms: millis,
         expires_at: secs + 86_400,
+        hash: None,
+        part_checksums: false,
     }
 }

@@ -195,6 +195,8 @@ fn upload() -> UploadRecord {
         created_at_ms: 1_700_000_000_000,
         updated_at_ms: 1_700_000_000_000,
         expires_at: now_secs() + 86_400,
+        hash: None,
+        part_checksums: false,
     }
 }
 

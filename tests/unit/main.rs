@@ -13,6 +13,8 @@ mod oci_suite;
 mod service_direct;
 #[path = "../service/images.rs"]
 mod service_images;
+#[path = "../service/incremental.rs"]
+mod service_incremental;
 #[path = "../service/suite.rs"]
 mod service_suite;
 #[path = "../contract/suite.rs"]
@@ -27,6 +29,7 @@ mod direct_parts;
 mod events;
 mod image_race;
 mod in_place_parts;
+mod incremental;
 mod keys_store;
 mod lambda_auth;
 mod lambda_limits;

@@ -1889,6 +1889,8 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             expires_at: 10,
+            hash: None,
+            part_checksums: false,
         };
         assert!(version_condition(&u).is_none());
         u.version = 3;

@@ -24,7 +24,7 @@ use aws_sdk_s3::error::SdkError;
 pub use dynamo::DynamoMetadata;
 pub use gc::{Collected, GcLimits, collect, remove_unreferenced_layers, unreferenced_layers};
 pub use keys::DynamoKeys;
-pub use s3::S3Blobs;
+pub use s3::{S3Blobs, crc64_header};
 
 use crate::domain::error::StoreError;
 

@@ -15,7 +15,12 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, Delete,
+    ObjectIdentifier,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 
 use super::sdk_failure;
@@ -134,6 +139,163 @@ impl S3Blobs {
                 Some(GetObjectError::NoSuchKey(_)) => Err(StoreError::NotFound(key.to_owned())),
                 _ => Err(sdk_failure(format!("{op} {key}"), e)),
             },
+        }
+    }
+}
+
+/// A CRC-64/NVME as S3's `x-amz-checksum-crc64nvme` carries it: base64 of its 8 big-endian
+/// bytes.
+pub fn crc64_header(crc: u64) -> String {
+    STANDARD.encode(crc.to_be_bytes())
+}
+
+/// Whether an S3 error says that a checksum did not match the bytes (S3 answers `BadDigest`;
+/// some servers `InvalidDigest`, `XAmzContentChecksumMismatch` or an `InvalidRequest` naming
+/// the checksum).
+fn checksum_mismatch(code: Option<&str>, message: Option<&str>) -> bool {
+    match code {
+        Some("BadDigest" | "InvalidDigest" | "XAmzContentChecksumMismatch") => true,
+        Some("InvalidRequest" | "InvalidArgument") => {
+            message.is_some_and(|m| m.to_ascii_lowercase().contains("checksum"))
+        }
+        _ => false,
+    }
+}
+
+impl S3Blobs {
+    /// UploadPart, with `crc64` as the part's CRC-64/NVME when given (S3 checks it against the
+    /// bytes; the SDK computes no checksum of its own then).
+    async fn put_part(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        data: Bytes,
+        crc64: Option<u64>,
+    ) -> StoreResult<String> {
+        let part_number = i32::try_from(number).map_err(|e| {
+            StoreError::backend(format!("upload_part {key}: part number {number}"), e)
+        })?;
+        let res = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(multipart_id)
+            .part_number(part_number)
+            .set_checksum_crc64_nvme(crc64.map(crc64_header))
+            .body(SdkByteStream::from(data))
+            // The body is not hashed into the signature (`UNSIGNED-PAYLOAD`, as the SDKs do over
+            // HTTPS). It carries the CRC-64 given, which S3 verifies (incremental verification),
+            // or no checksum at all (see `new`): the completion then verifies the assembled
+            // object's SHA-256.
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await;
+        match res {
+            Ok(out) => out.e_tag().map(str::to_owned).ok_or_else(|| {
+                StoreError::failure(format!(
+                    "upload_part {key} part {number}: answer without an ETag"
+                ))
+            }),
+            Err(e) => match e.as_service_error() {
+                Some(se) if se.code() == Some("NoSuchUpload") => Err(StoreError::NotFound(
+                    format!("multipart upload {multipart_id}"),
+                )),
+                Some(se) if checksum_mismatch(se.code(), se.message()) => {
+                    Err(StoreError::failure(format!(
+                        "upload_part {key} part {number}: S3 found the part's bytes do not match their CRC-64 ({})",
+                        se.code().unwrap_or("?")
+                    )))
+                }
+                _ => Err(sdk_failure(format!("upload_part {key} part {number}"), e)),
+            },
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        parts: &[FlushedPart],
+        crc64: Option<u64>,
+        checksummed: bool,
+    ) -> StoreResult<()> {
+        let mut completed = Vec::with_capacity(parts.len());
+        for p in parts {
+            let number = i32::try_from(p.number).map_err(|e| {
+                StoreError::backend(
+                    format!("complete_multipart {key}: part number {}", p.number),
+                    e,
+                )
+            })?;
+            completed.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(&p.etag)
+                    .build(),
+            );
+        }
+        let mut request = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(multipart_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            );
+        if checksummed {
+            request = request
+                .checksum_type(ChecksumType::FullObject)
+                .set_checksum_crc64_nvme(crc64.map(crc64_header));
+        }
+        let err = match request.send().await {
+            Ok(out) => {
+                // The assembled object's CRC-64 as S3 computed it, where it answers one: it must
+                // be the one given (a server that did not compare would otherwise pass).
+                if let (Some(want), Some(got)) = (crc64, out.checksum_crc64_nvme())
+                    && got != crc64_header(want)
+                {
+                    return Err(StoreError::failure(format!(
+                        "complete_multipart {key}: the assembled object's CRC-64 is {got}, not {} as the accepted bytes'",
+                        crc64_header(want)
+                    )));
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        // S3 may answer 200 with an <Error> body once the assembly failed; the SDK detects that
+        // body and returns it as a service error with the code inside, so it lands here too.
+        let (code, message) = match err.as_service_error() {
+            Some(se) => (se.code(), se.message()),
+            None => (None, None),
+        };
+        if crc64.is_some() && checksum_mismatch(code, message) {
+            // Never trusted: the assembled bytes are not the accepted ones.
+            return Err(StoreError::failure(format!(
+                "complete_multipart {key}: S3 refused the assembly, its CRC-64 is not the accepted bytes' ({})",
+                code.unwrap_or("?")
+            )));
+        }
+        match code {
+            // A recorded ETag no longer matches a stored part (a losing writer replaced it) or
+            // a part is missing: the recorded state lost a race.
+            Some("InvalidPart" | "InvalidPartOrder") => Err(StoreError::Conflict),
+            Some("NoSuchUpload") => {
+                // Either this is a retry of a completion whose answer was lost (the object is
+                // there, with the size of the parts), or the upload was aborted.
+                let expected: u64 = parts.iter().map(|p| p.len).sum();
+                match self.object_size(key).await? {
+                    Some(size) if size == expected => Ok(()),
+                    _ => Err(StoreError::Conflict),
+                }
+            }
+            _ => Err(sdk_failure(format!("complete_multipart {key}"), err)),
         }
     }
 }
@@ -270,37 +432,38 @@ impl BlobStore for S3Blobs {
         number: u32,
         data: Bytes,
     ) -> StoreResult<String> {
-        let part_number = i32::try_from(number).map_err(|e| {
-            StoreError::backend(format!("upload_part {key}: part number {number}"), e)
-        })?;
-        let res = self
+        self.put_part(key, multipart_id, number, data, None).await
+    }
+
+    async fn create_multipart_checksummed(&self, key: &str) -> StoreResult<String> {
+        let out = self
             .client
-            .upload_part()
+            .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .upload_id(multipart_id)
-            .part_number(part_number)
-            .body(SdkByteStream::from(data))
-            // The body is not hashed into the signature (`UNSIGNED-PAYLOAD`, as the SDKs do over
-            // HTTPS) and carries no checksum (see `new`): the completion verifies the assembled
-            // object's SHA-256.
-            .customize()
-            .disable_payload_signing()
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .checksum_type(ChecksumType::FullObject)
             .send()
-            .await;
-        match res {
-            Ok(out) => out.e_tag().map(str::to_owned).ok_or_else(|| {
-                StoreError::failure(format!(
-                    "upload_part {key} part {number}: answer without an ETag"
-                ))
-            }),
-            Err(e) => match e.as_service_error() {
-                Some(se) if se.code() == Some("NoSuchUpload") => Err(StoreError::NotFound(
-                    format!("multipart upload {multipart_id}"),
-                )),
-                _ => Err(sdk_failure(format!("upload_part {key} part {number}"), e)),
-            },
-        }
+            .await
+            .map_err(|e| sdk_failure(format!("create_multipart_checksummed {key}"), e))?;
+        out.upload_id().map(str::to_owned).ok_or_else(|| {
+            StoreError::failure(format!(
+                "create_multipart_checksummed {key}: answer without an upload id"
+            ))
+        })
+    }
+
+    async fn upload_part_checksummed(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        _offset: u64,
+        data: Bytes,
+        crc64: u64,
+    ) -> StoreResult<String> {
+        self.put_part(key, multipart_id, number, data, Some(crc64))
+            .await
     }
 
     async fn complete_multipart(
@@ -309,55 +472,17 @@ impl BlobStore for S3Blobs {
         multipart_id: &str,
         parts: &[FlushedPart],
     ) -> StoreResult<()> {
-        let mut completed = Vec::with_capacity(parts.len());
-        for p in parts {
-            let number = i32::try_from(p.number).map_err(|e| {
-                StoreError::backend(
-                    format!("complete_multipart {key}: part number {}", p.number),
-                    e,
-                )
-            })?;
-            completed.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .e_tag(&p.etag)
-                    .build(),
-            );
-        }
-        let res = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(multipart_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
-            .send()
-            .await;
-        let err = match res {
-            Ok(_) => return Ok(()),
-            Err(e) => e,
-        };
-        // S3 may answer 200 with an <Error> body once the assembly failed; the SDK detects that
-        // body and returns it as a service error with the code inside, so it lands here too.
-        match err.as_service_error().and_then(|se| se.code()) {
-            // A recorded ETag no longer matches a stored part (a losing writer replaced it) or
-            // a part is missing: the recorded state lost a race.
-            Some("InvalidPart" | "InvalidPartOrder") => Err(StoreError::Conflict),
-            Some("NoSuchUpload") => {
-                // Either this is a retry of a completion whose answer was lost (the object is
-                // there, with the size of the parts), or the upload was aborted.
-                let expected: u64 = parts.iter().map(|p| p.len).sum();
-                match self.object_size(key).await? {
-                    Some(size) if size == expected => Ok(()),
-                    _ => Err(StoreError::Conflict),
-                }
-            }
-            _ => Err(sdk_failure(format!("complete_multipart {key}"), err)),
-        }
+        self.complete(key, multipart_id, parts, None, false).await
+    }
+
+    async fn complete_multipart_checksummed(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        parts: &[FlushedPart],
+        crc64: Option<u64>,
+    ) -> StoreResult<()> {
+        self.complete(key, multipart_id, parts, crc64, true).await
     }
 
     async fn abort_multipart(&self, key: &str, multipart_id: &str) -> StoreResult<()> {
