@@ -109,6 +109,8 @@ pub struct Service<M, B> {
     blobs: B,
     settings: Settings,
     clock: Arc<dyn Clock>,
+    /// Staged segments this process wrote lately (`upload::RecentSegments`).
+    recent: upload::RecentSegments,
 }
 
 /// One page of `entries` (sorted by their keys): those after `after`, at most `max`, and the
@@ -132,6 +134,7 @@ fn paginate<T>(entries: Vec<(String, T)>, page: &Page) -> (Vec<T>, Option<PageTo
 impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     pub fn new(meta: M, blobs: B, settings: Settings) -> Self {
         Service {
+            recent: upload::RecentSegments::new(settings.s3_part_size),
             meta,
             blobs,
             settings,

@@ -82,6 +82,48 @@ fn fingerprint_of(crc: u64) -> String {
     format!("{crc:016x}")
 }
 
+/// The staged segments this process wrote lately and has not flushed yet, at most `limit` bytes
+/// of them (the S3 part size: the segments a part is made of, but the one at hand), newest kept:
+/// when they become a multipart part, their bytes come from here instead of
+/// being read back from the store, as long as the same process (a local server, a warm Lambda
+/// instance) takes the upload's parts. A staging key ends in random bits and its object is never
+/// rewritten, so bytes found under a key are that object's bytes; anything not found here is
+/// read from the store as before.
+pub(super) struct RecentSegments {
+    limit: u64,
+    held: std::sync::Mutex<std::collections::VecDeque<(String, Bytes)>>,
+}
+
+impl RecentSegments {
+    pub(super) fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            held: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    fn keep(&self, key: &str, bytes: &Bytes) {
+        if bytes.len() as u64 >= self.limit {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.push_back((key.to_owned(), bytes.clone()));
+        let mut total: u64 = held.iter().map(|(_, b)| b.len() as u64).sum();
+        while total > self.limit {
+            let Some((_, oldest)) = held.pop_front() else {
+                break;
+            };
+            total -= oldest.len() as u64;
+        }
+    }
+
+    fn take(&self, key: &str) -> Option<Bytes> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let at = held.iter().position(|(k, _)| k == key)?;
+        held.remove(at).map(|(_, bytes)| bytes)
+    }
+}
+
 /// The retryable answer to a CompleteLayerUpload that meets another one at work on the upload.
 fn completion_in_progress(upload_id: &str) -> EcrError {
     EcrError::Server(format!(
@@ -372,6 +414,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                         // The part is committed; the next part or completion flushes again.
                         tracing::warn!(upload_id = %upload_id, error = %crate::domain::error::chain(&e), "flush deferred");
                     }
+                    if up.flushed_bytes <= first {
+                        // Not in a multipart part yet: the flush that makes it one may find
+                        // its bytes here.
+                        self.recent.keep(&key, &blob);
+                    }
                     return Ok(UploadLayerPartResponse {
                         last_byte_received: last,
                         ..answer(&up)
@@ -573,7 +620,10 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     ) -> Result<Bytes, EcrError> {
         match fresh {
             Some((key, bytes)) if key == s.key => Ok(bytes.clone()),
-            _ => Ok(self.blobs.get_object(&s.key).await?),
+            _ => match self.recent.take(&s.key) {
+                Some(bytes) if bytes.len() as u64 == s.len => Ok(bytes),
+                _ => Ok(self.blobs.get_object(&s.key).await?),
+            },
         }
     }
 

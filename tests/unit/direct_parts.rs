@@ -38,6 +38,8 @@ mod written {
         inner: MemoryBlobs,
         staged: Arc<AtomicU64>,
         parts: Arc<AtomicU64>,
+        /// Bytes of staging objects read back.
+        read_back: Arc<AtomicU64>,
     }
 
     impl BlobStore for Counting {
@@ -46,7 +48,10 @@ mod written {
             self.inner.put_object(key, data).await
         }
         async fn get_object(&self, key: &str) -> StoreResult<Bytes> {
-            self.inner.get_object(key).await
+            let bytes = self.inner.get_object(key).await?;
+            self.read_back
+                .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+            Ok(bytes)
         }
         async fn read_object(
             &self,
@@ -111,22 +116,39 @@ mod written {
     /// non-final ECR part at 1 MiB, as behind Lambda); returns the bytes staged, the bytes
     /// written as parts, and the part lengths recorded before the completion.
     async fn push(len: usize, part_size: usize) -> (u64, u64, Vec<u64>) {
+        let (staged, parts, recorded, _) = push_through(len, part_size, 1).await;
+        (staged, parts, recorded)
+    }
+
+    /// [`push`] through `processes` services on the same stores, taking the parts in turn (as
+    /// Lambda instances may); also returns the bytes of staging objects read back.
+    async fn push_through(
+        len: usize,
+        part_size: usize,
+        processes: usize,
+    ) -> (u64, u64, Vec<u64>, u64) {
         let blobs = Counting {
             inner: MemoryBlobs::new().with_min_part_size(5 * MIB as u64),
             staged: Arc::default(),
             parts: Arc::default(),
+            read_back: Arc::default(),
         };
         let settings = Settings {
             min_part_size: MIB as u64,
             ..Settings::default()
         };
-        let svc = Service::new(MemoryMetadata::new(), blobs.clone(), settings);
-        create_repository(&svc, "app").await;
-        let id = initiate(&svc, "app").await;
+        let meta = MemoryMetadata::new();
+        let services: Vec<_> = (0..processes)
+            .map(|_| Service::new(meta.clone(), blobs.clone(), settings.clone()))
+            .collect();
+        let svc = &services[0];
+        create_repository(svc, "app").await;
+        let id = initiate(svc, "app").await;
         let layer = noise(len, 5);
         let mut first = 0usize;
-        for chunk in layer.chunks(part_size) {
-            part(&svc, "app", &id, first as u64, chunk).await.unwrap();
+        for (i, chunk) in layer.chunks(part_size).enumerate() {
+            let svc = &services[i % processes];
+            part(svc, "app", &id, first as u64, chunk).await.unwrap();
             first += chunk.len();
         }
         let parts: Vec<u64> = svc
@@ -138,11 +160,12 @@ mod written {
             .map(|p| p.len)
             .collect();
         let d = digest(&layer);
-        complete(&svc, "app", &id, &[&d]).await.unwrap();
+        complete(svc, "app", &id, &[&d]).await.unwrap();
         (
             blobs.staged.load(Ordering::SeqCst),
             blobs.parts.load(Ordering::SeqCst),
             parts,
+            blobs.read_back.load(Ordering::SeqCst),
         )
     }
 
@@ -162,6 +185,33 @@ mod written {
         assert_eq!(staged, len as u64, "each Lambda-sized part is staged once");
         assert_eq!(parts, len as u64, "and written into a part once");
         assert!(!recorded.is_empty());
+        for p in &recorded {
+            assert!(*p >= 8 * MIB as u64, "a non-final part of {p} bytes");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn staged_parts_are_not_read_back_by_the_process_that_staged_them() {
+        let len = 40 * MIB + 12345;
+        let (staged, parts, _, read_back) = push_through(len, lambda_part_size() as usize, 1).await;
+        assert_eq!((staged, parts), (len as u64, len as u64));
+        assert_eq!(read_back, 0, "every segment's bytes were at hand");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn staged_parts_another_process_wrote_are_read_from_the_store() {
+        // Two services on the same stores take the parts in turn: each reads back the segments
+        // the other staged, and the layer is still assembled right (`complete` checks its
+        // digest).
+        let len = 40 * MIB + 12345;
+        let (staged, parts, recorded, read_back) =
+            push_through(len, lambda_part_size() as usize, 2).await;
+        assert_eq!((staged, parts), (len as u64, len as u64));
+        assert!(read_back > 0, "segments staged by the other process");
+        assert!(
+            read_back < len as u64,
+            "not those staged by the flushing process"
+        );
         for p in &recorded {
             assert!(*p >= 8 * MIB as u64, "a non-final part of {p} bytes");
         }
