@@ -4,6 +4,7 @@ mod direct;
 mod images;
 mod oci;
 mod repository;
+mod stream;
 pub mod types;
 mod upload;
 mod verify;
@@ -18,6 +19,7 @@ use crate::ports::{BlobStore, MetadataStore, RepositoryRecord};
 pub use direct::DIRECT_MIN_PART;
 pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
 pub use oci::{Blob, Reference, StoredManifest};
+pub use stream::{StreamFailure, Streamed};
 pub use upload::{COMPLETING_LEASE_MS, HEARTBEAT, part_fingerprint, staging_key};
 
 /// What the operations need to know about their deployment, fixed at start-up.

@@ -36,6 +36,7 @@ mod layer_gc;
 mod lifecycle;
 mod local_backend;
 mod oci;
+mod oci_stream;
 mod orphans;
 mod server_errors;
 mod service;

@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use hmac::{KeyInit, Mac};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -44,7 +45,7 @@ use super::blocking;
 use crate::domain::error::StoreError;
 use crate::ports::multipart::{check_part_list, check_part_number, part_etag, resolve_range};
 use crate::ports::{
-    BlobStore, ByteStream, DownloadRefused, FlushedPart, SignedDownloads, StoreResult,
+    BlobStore, ByteStream, DownloadRefused, FlushedPart, PartStream, SignedDownloads, StoreResult,
 };
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -373,6 +374,60 @@ fn open_data_file(dir: &Path, path: &Path) -> io::Result<File> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Bytes written in place by a streamed part between background syncs.
+const BACKGROUND_SYNC: u64 = 32 * 1024 * 1024;
+
+/// Waits for a background sync of `path`.
+fn joined(sync: std::thread::JoinHandle<io::Result<()>>, path: &Path) -> StoreResult<()> {
+    sync.join()
+        .map_err(|_| StoreError::failure("a background sync failed"))?
+        .map_err(|e| io_err("cannot sync", path, e))
+}
+
+/// Writes one piece of a streamed part (number `number`) at `first` in the data file, under the
+/// upload's lock, as `upload_part_at` writes a part: refused with `Conflict` where a write of a
+/// higher number already covers these bytes. Returns the open data file, unsynced.
+fn write_piece(
+    writes: &Mutex<Vec<Written>>,
+    dir: &Path,
+    path: &Path,
+    number: u32,
+    first: u64,
+    piece: &[u8],
+    multipart_id: &str,
+) -> StoreResult<File> {
+    let end = first
+        .checked_add(piece.len() as u64)
+        .ok_or_else(|| StoreError::failure("part extends past the largest offset"))?;
+    let mut writes = writes.lock().unwrap_or_else(|e| e.into_inner());
+    if writes
+        .iter()
+        .any(|w| w.number > number && w.first < end && first < w.end)
+    {
+        return Err(StoreError::Conflict);
+    }
+    // Opened by name under the lock each time: once a completion has renamed the data file
+    // into place and removed the directory, a late piece finds it gone.
+    let file = match open_data_file(dir, path).and_then(|file| {
+        file.write_all_at(piece, first)?;
+        Ok(file)
+    }) {
+        Ok(file) => file,
+        Err(e) if is_absent(&e) => return Err(no_such_upload(multipart_id)),
+        Err(e) => return Err(io_err("cannot write", path, e)),
+    };
+    // The part's extent grows with each piece, so that a write of a lower number over the bytes
+    // written so far is refused.
+    match writes
+        .iter_mut()
+        .find(|w| w.number == number && w.end == first)
+    {
+        Some(w) => w.end = end,
+        None => writes.push(Written { first, end, number }),
+    }
+    Ok(file)
 }
 
 fn part_file_name(number: u32, etag: &str) -> String {
@@ -746,6 +801,90 @@ impl BlobStore for LocalBlobs {
             Ok(in_place_etag(number, offset, len))
         })
         .await
+    }
+
+    fn streams_parts(&self) -> bool {
+        true
+    }
+
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        mut data: PartStream<'_>,
+    ) -> StoreResult<(String, u64)> {
+        check_part_number(number)?;
+        let dir = self.multipart_dir(multipart_id)?;
+        let writes = self.in_place.upload(multipart_id);
+        {
+            let (dir, key, multipart_id) = (dir.clone(), key.to_owned(), multipart_id.to_owned());
+            blocking("upload_part_stream", move || {
+                if owns(&dir, &key)? {
+                    Ok(())
+                } else {
+                    Err(no_such_upload(&multipart_id))
+                }
+            })
+            .await?;
+        }
+        let path = dir.join(DATA_FILE);
+        let mut end = offset;
+        let mut synced = offset;
+        // At most one fdatasync runs beside the writes, so that the one before the answer
+        // finds little left to flush.
+        let mut syncing: Option<std::thread::JoinHandle<io::Result<()>>> = None;
+        let mut last_file: Option<File> = None;
+        let result = async {
+            while let Some(piece) = data.next().await {
+                if piece.is_empty() {
+                    continue;
+                }
+                let first = end;
+                let len = piece.len() as u64;
+                let (writes, dir, at) = (Arc::clone(&writes), dir.clone(), path.clone());
+                let multipart_id = multipart_id.to_owned();
+                let file = blocking("upload_part_stream", move || {
+                    write_piece(&writes, &dir, &at, number, first, &piece, &multipart_id)
+                })
+                .await?;
+                end = first + len;
+                if end - synced >= BACKGROUND_SYNC
+                    && syncing.as_ref().is_none_or(|h| h.is_finished())
+                {
+                    if let Some(done) = syncing.take() {
+                        joined(done, &path)?;
+                    }
+                    let clone = file
+                        .try_clone()
+                        .map_err(|e| io_err("cannot sync", &path, e))?;
+                    syncing = Some(std::thread::spawn(move || clone.sync_data()));
+                    synced = end;
+                }
+                last_file = Some(file);
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        let pending = syncing.take();
+        let finish = blocking("upload_part_stream", {
+            let path = path.clone();
+            move || {
+                if let Some(done) = pending {
+                    joined(done, &path)?;
+                }
+                if let Some(file) = last_file {
+                    file.sync_data()
+                        .map_err(|e| io_err("cannot sync", &path, e))?;
+                }
+                Ok(())
+            }
+        })
+        .await;
+        result?;
+        finish?;
+        Ok((in_place_etag(number, offset, end - offset), end - offset))
     }
 
     async fn complete_multipart(
