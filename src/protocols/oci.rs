@@ -603,15 +603,17 @@ async fn write_body<M: MetadataStore, B: BlobStore>(
     let threshold = svc.stream_threshold();
     let mut head = Vec::new();
     let mut gathered = 0u64;
+    let mut ended = false;
     while gathered < threshold {
         let Some(piece) = body.next().await else {
+            ended = true;
             break;
         };
         let piece = piece.map_err(unreadable)?;
         gathered += piece.len() as u64;
         head.push(piece);
     }
-    if gathered >= threshold {
+    if !ended {
         match svc
             .upload_layer_stream(name, upload_id, start, head, &mut body)
             .await
@@ -622,8 +624,12 @@ async fn write_body<M: MetadataStore, B: BlobStore>(
             Err(StreamFailure::Upload(e)) => return Err(wire::from_ecr(&e, Context::Upload)),
         }
     }
-    let body = futures_util::stream::iter(head.into_iter().map(Ok)).chain(body);
-    write_parts(svc, name, upload_id, start, Box::pin(body)).await
+    let head = futures_util::stream::iter(head.into_iter().map(Ok));
+    if ended {
+        // A body stream is not polled again once it has ended.
+        return write_parts(svc, name, upload_id, start, Box::pin(head)).await;
+    }
+    write_parts(svc, name, upload_id, start, Box::pin(head.chain(body))).await
 }
 
 /// Writes `body` into the upload from byte `start` on, in parts of the service's

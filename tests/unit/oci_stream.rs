@@ -90,14 +90,24 @@ async fn call(
     }
 }
 
+/// A body of `pieces`, which, as the local server's, must not be polled again once it has
+/// ended.
+fn strict(pieces: Vec<Result<Bytes, BodyError>>) -> BodyStream {
+    Box::pin(futures_util::stream::unfold(
+        pieces.into_iter(),
+        |mut it| async move { it.next().map(|p| (p, it)) },
+    ))
+}
+
 /// `data` in pieces of `piece` bytes.
 fn pieces(data: &[u8], piece: usize) -> BodyStream {
     let data = Bytes::copy_from_slice(data);
-    let chunks: Vec<Result<Bytes, BodyError>> = (0..data.len())
-        .step_by(piece)
-        .map(|at| Ok(data.slice(at..(at + piece).min(data.len()))))
-        .collect();
-    Box::pin(futures_util::stream::iter(chunks))
+    strict(
+        (0..data.len())
+            .step_by(piece)
+            .map(|at| Ok(data.slice(at..(at + piece).min(data.len()))))
+            .collect(),
+    )
 }
 
 /// A body whose pieces are sent through the returned channel, as a connection delivers them;
@@ -112,7 +122,7 @@ fn channel_body() -> (mpsc::Sender<Result<Bytes, BodyError>>, BodyStream) {
 }
 
 fn empty() -> BodyStream {
-    Box::pin(futures_util::stream::empty())
+    strict(Vec::new())
 }
 
 /// Starts an upload; its path.
@@ -402,7 +412,7 @@ async fn a_cut_patch_leaves_the_upload_as_it_was_and_a_retry_completes_it() {
         &svc,
         &location,
         Some((8 * MIB, data.len() - 8 * MIB)),
-        Box::pin(futures_util::stream::iter(cut)),
+        strict(cut),
     )
     .await;
     assert_eq!(a.status, 400);
