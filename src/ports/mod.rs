@@ -485,6 +485,12 @@ pub trait BlobStore: Send + Sync + 'static {
         let _ = offset;
         self.upload_part(key, multipart_id, number, data)
     }
+    /// Whether one stream reads an object about as fast as several ranged reads at once (a
+    /// local disk, unlike S3 over one connection): a completion then hashes the layer from one
+    /// stream rather than from ranges read in parallel, holding less of it in memory.
+    fn reads_one_stream_fast(&self) -> bool {
+        false
+    }
     /// Whether [`upload_part_stream`](Self::upload_part_stream) writes a part's bytes as they
     /// arrive, in bounded memory, rather than gathering them first (the default). A front door
     /// hands a store that does a body in small pieces.

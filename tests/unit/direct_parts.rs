@@ -91,6 +91,9 @@ mod written {
                 .upload_part_at(key, multipart_id, number, offset, data)
                 .await
         }
+        fn reads_one_stream_fast(&self) -> bool {
+            self.inner.reads_one_stream_fast()
+        }
         fn streams_parts(&self) -> bool {
             self.inner.streams_parts()
         }

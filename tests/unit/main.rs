@@ -41,4 +41,5 @@ mod orphans;
 mod server_errors;
 mod service;
 mod soak;
+mod verify_one_stream;
 mod verify_ranges;

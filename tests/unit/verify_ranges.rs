@@ -102,6 +102,9 @@ impl BlobStore for Longer {
             .upload_part_at(key, multipart_id, number, offset, data)
             .await
     }
+    fn reads_one_stream_fast(&self) -> bool {
+        self.0.reads_one_stream_fast()
+    }
     fn streams_parts(&self) -> bool {
         self.0.streams_parts()
     }

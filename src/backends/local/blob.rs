@@ -803,6 +803,10 @@ impl BlobStore for LocalBlobs {
         .await
     }
 
+    fn reads_one_stream_fast(&self) -> bool {
+        true
+    }
+
     fn streams_parts(&self) -> bool {
         true
     }
