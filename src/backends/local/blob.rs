@@ -36,10 +36,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use hmac::{KeyInit, Mac};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::blocking;
 use crate::domain::error::StoreError;
@@ -376,6 +375,37 @@ fn open_data_file(dir: &Path, path: &Path) -> io::Result<File> {
     }
 }
 
+/// What a chunk read of [`read_chunk`] hands back: the file, the offset and the byte count that
+/// remain after the chunk, the chunk, and the file's path (for errors).
+type ChunkRead = StoreResult<(File, u64, u64, Bytes, Arc<PathBuf>)>;
+
+/// Reads the next chunk (at most [`READ_CHUNK`] bytes) of the `remaining` bytes of `file` from
+/// `at` on, in a blocking task.
+fn read_chunk(
+    file: File,
+    at: u64,
+    remaining: u64,
+    path: Arc<PathBuf>,
+) -> tokio::task::JoinHandle<ChunkRead> {
+    tokio::task::spawn_blocking(move || {
+        // At most READ_CHUNK, so it fits in usize.
+        let want = remaining.min(READ_CHUNK) as usize;
+        let mut buf = Vec::with_capacity(want);
+        // Read into the spare capacity: no zeroing, no copy through another buffer.
+        io::Seek::seek(&mut &file, io::SeekFrom::Start(at))
+            .and_then(|_| io::Read::read_to_end(&mut io::Read::take(&file, want as u64), &mut buf))
+            .map_err(|e| io_err("cannot read", &path, e))?;
+        if buf.len() < want {
+            return Err(StoreError::failure(format!(
+                "{} ended before the requested range",
+                path.display()
+            )));
+        }
+        let n = buf.len() as u64;
+        Ok((file, at + n, remaining - n, Bytes::from(buf), path))
+    })
+}
+
 /// Bytes written in place by a streamed part between background syncs.
 const BACKGROUND_SYNC: u64 = 32 * 1024 * 1024;
 
@@ -613,48 +643,41 @@ impl BlobStore for LocalBlobs {
 
     async fn read_object(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<ByteStream> {
         let path = self.object_path(key)?;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if is_absent(&e) => return Err(StoreError::NotFound(key.to_owned())),
-            Err(e) => return Err(io_err("cannot open", &path, e)),
-        };
-        let meta = file
-            .metadata()
-            .await
-            .map_err(|e| io_err("cannot stat", &path, e))?;
-        if !meta.is_file() {
-            return Err(StoreError::NotFound(key.to_owned()));
-        }
-        let Some((first, last)) = resolve_range(meta.len(), range)? else {
+        let owned = key.to_owned();
+        let (file, size, path) = blocking("read_object", move || {
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if is_absent(&e) => return Err(StoreError::NotFound(owned)),
+                Err(e) => return Err(io_err("cannot open", &path, e)),
+            };
+            let meta = file
+                .metadata()
+                .map_err(|e| io_err("cannot stat", &path, e))?;
+            if !meta.is_file() {
+                return Err(StoreError::NotFound(owned));
+            }
+            Ok((file, meta.len(), path))
+        })
+        .await?;
+        let Some((first, last)) = resolve_range(size, range)? else {
             return Ok(Box::pin(futures_util::stream::empty()));
         };
-        file.seek(io::SeekFrom::Start(first))
-            .await
-            .map_err(|e| io_err("cannot seek in", &path, e))?;
         // The open file keeps the version it opened: a concurrent replace renames a new inode
-        // over the name, so the stream never mixes two versions.
-        let state = (file, last - first + 1, path);
-        let stream =
-            futures_util::stream::try_unfold(state, |(mut file, remaining, path)| async move {
-                if remaining == 0 {
-                    return Ok(None);
-                }
-                // At most READ_CHUNK, so it fits in usize.
-                let want = remaining.min(READ_CHUNK) as usize;
-                let mut buf = BytesMut::zeroed(want);
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| io_err("cannot read", &path, e))?;
-                if n == 0 {
-                    return Err(StoreError::failure(format!(
-                        "{} ended before the requested range",
-                        path.display()
-                    )));
-                }
-                buf.truncate(n);
-                Ok(Some((buf.freeze(), (file, remaining - n as u64, path))))
-            });
+        // over the name, so the stream never mixes two versions. Each chunk is read by a
+        // blocking task started as the chunk before is handed out, so reading overlaps sending
+        // with one chunk ahead.
+        let path = Arc::new(path);
+        let next = read_chunk(file, first, last - first + 1, Arc::clone(&path));
+        let stream = futures_util::stream::try_unfold(Some(next), |pending| async move {
+            let Some(pending) = pending else {
+                return Ok(None);
+            };
+            let (file, at, remaining, chunk, path) = pending
+                .await
+                .map_err(|e| StoreError::backend("read_object: blocking task failed", e))??;
+            let next = (remaining > 0).then(|| read_chunk(file, at, remaining, path));
+            Ok(Some((chunk, next)))
+        });
         Ok(Box::pin(stream))
     }
 
