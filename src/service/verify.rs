@@ -75,8 +75,16 @@ pub async fn sha256_of_object<B: BlobStore>(
         return sha256_of(blobs.read_object(key, None).await?).await;
     }
     if blobs.reads_one_stream_fast() {
-        // Nothing to gain from ranges in parallel: one stream, a few chunks ahead.
-        return sha256_of(blobs.read_object(key, Some((0, expected))).await?).await;
+        // Nothing to gain from ranges in parallel or a queue of chunks: one stream, hashed as
+        // it is read.
+        let mut stream = blobs.read_object(key, Some((0, expected))).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.try_next().await? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        return Ok((LayerDigest::sha256(&hasher.finalize()), size));
     }
     let count = expected.div_ceil(RANGE);
     let mut ranges = (0..count).map(move |i| {
