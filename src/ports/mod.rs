@@ -25,6 +25,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// A stream of an object's bytes, in order, in chunks of any size.
 pub type ByteStream = Pin<Box<dyn Stream<Item = StoreResult<Bytes>> + Send>>;
 
+/// The bytes of a part as they arrive ([`BlobStore::upload_part_stream`]): the part ends where
+/// the stream does.
+pub type PartStream<'a> = Pin<Box<dyn Stream<Item = Bytes> + Send + 'a>>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepositoryRecord {
     pub registry_id: String,
@@ -552,6 +556,43 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<()>> + Send {
         let _ = crc64;
         self.complete_multipart(key, multipart_id, parts)
+    }
+    /// Whether one stream reads an object about as fast as several ranged reads at once (a
+    /// local disk, unlike S3 over one connection): a completion then hashes the layer from one
+    /// stream rather than from ranges read in parallel, holding less of it in memory.
+    fn reads_one_stream_fast(&self) -> bool {
+        false
+    }
+    /// Whether [`upload_part_stream`](Self::upload_part_stream) writes a part's bytes as they
+    /// arrive, in bounded memory, rather than gathering them first (the default). A front door
+    /// hands a store that does a body in small pieces.
+    fn streams_parts(&self) -> bool {
+        false
+    }
+    /// [`upload_part_at`](Self::upload_part_at) with the part's bytes arriving as `data`, a
+    /// stream that ends where the part does; returns the part's ETag and length. Durable once it
+    /// answers, as `upload_part_at` is; the same rule for overlapping writes of different numbers
+    /// holds while it writes. A store that [streams parts](Self::streams_parts) writes each piece
+    /// as it comes; by default the pieces are gathered and handed to `upload_part_at`.
+    fn upload_part_stream(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        mut data: PartStream<'_>,
+    ) -> impl Future<Output = StoreResult<(String, u64)>> + Send {
+        async move {
+            let mut buf = bytes::BytesMut::new();
+            while let Some(piece) = futures_util::StreamExt::next(&mut data).await {
+                buf.extend_from_slice(&piece);
+            }
+            let len = buf.len() as u64;
+            let etag = self
+                .upload_part_at(key, multipart_id, number, offset, buf.freeze())
+                .await?;
+            Ok((etag, len))
+        }
     }
     /// Assemble the object at `key` from `parts` (in order, with the ETags recorded for them).
     /// A part whose ETag no longer matches fails with `Conflict`. Completing an upload that was

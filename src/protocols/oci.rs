@@ -7,8 +7,8 @@
 //! [`handle`] serves both front doors: the local server hands it the request body as a stream
 //! and streams blobs back ([`Delivery::Serve`]); Lambda hands it the whole body and answers a
 //! blob GET with a `307` to the blob store's presigned URL ([`Delivery::Redirect`]), as ECR does.
-//! A body is cut into parts of `s3_part_size` as it arrives, so a layer pushed in one `PATCH` is
-//! never held whole.
+//! A body is written as it arrives (as one part, with a blob store that streams parts; else cut
+//! into parts of `s3_part_size`), so a layer pushed in one `PATCH` is never held whole.
 
 pub mod wire;
 
@@ -26,7 +26,7 @@ use crate::domain::model::{Digest, ImageTag, RepositoryName, Sent, UploadId};
 use crate::ports::{BlobStore, ByteStream, MetadataStore};
 use crate::protocols::auth::{Action, Auth, AuthError};
 use crate::service::types::{InitiateLayerUploadRequest, PutImageRequest, UploadLayerPartRequest};
-use crate::service::{Reference, Service};
+use crate::service::{Reference, Service, StreamFailure, Streamed};
 use wire::{Context, OciError, Route, Wanted};
 
 /// An answer's body: whole, or a blob's bytes streamed from the store.
@@ -59,16 +59,24 @@ impl BodyError {
 
 const NO_ROOM: &str = "the server holds as many request bytes as it may at once; retry the request";
 
-/// The size of the parts an upload's body is cut into ([`Settings::s3_part_size`], within
-/// ECR's part limit). A front door that hands the body over in pieces of exactly this size
-/// (the last one shorter) has each piece written as it is, without a copy.
+/// The size of the pieces a front door hands a request body over in. With a blob store that
+/// streams parts, small ones ([`STREAM_PIECE`]): each is written as it comes. Otherwise the size
+/// of the parts an upload's body is cut into ([`Settings::s3_part_size`], within ECR's part
+/// limit): a piece of exactly this size (the last one shorter) is written as it is, without a
+/// copy.
 ///
 /// [`Settings::s3_part_size`]: crate::service::Settings::s3_part_size
 pub fn piece_size<M: MetadataStore, B: BlobStore>(svc: &Service<M, B>) -> usize {
+    if svc.streams_parts() {
+        return STREAM_PIECE;
+    }
     usize::try_from(svc.settings().s3_part_size)
         .unwrap_or(usize::MAX)
         .clamp(1, crate::domain::limits::MAX_LAYER_PART as usize)
 }
+
+/// The pieces a body is handed over in when the blob store streams parts.
+pub const STREAM_PIECE: usize = 1024 * 1024;
 
 /// A request body as it arrives.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
@@ -565,8 +573,23 @@ fn check_cap(delivery: Delivery, headers: &HeaderMap) -> Result<(), OciError> {
     Ok(())
 }
 
-/// Writes `body` into the upload from byte `start` on, in parts of the service's
-/// `s3_part_size`; returns the bytes the upload holds after it.
+/// The OCI error for a body that could not be read to its end.
+fn unreadable(e: BodyError) -> OciError {
+    if e.is_no_room() {
+        OciError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", e.0)
+    } else {
+        OciError::new(
+            StatusCode::BAD_REQUEST,
+            "BLOB_UPLOAD_INVALID",
+            format!("the request body could not be read: {}", e.0),
+        )
+    }
+}
+
+/// Writes `body` into the upload from byte `start` on; returns the bytes the upload holds after
+/// it. With a blob store that streams parts, a body of at least the service's
+/// `stream_threshold` is written as it arrives, as one part (src/service/stream.rs); otherwise,
+/// and for a shorter body, it is cut into parts of `s3_part_size`.
 async fn write_body<M: MetadataStore, B: BlobStore>(
     svc: &Service<M, B>,
     name: &RepositoryName,
@@ -574,7 +597,53 @@ async fn write_body<M: MetadataStore, B: BlobStore>(
     start: u64,
     mut body: BodyStream,
 ) -> Result<u64, OciError> {
-    let chunk = piece_size(svc);
+    if !svc.streams_parts() {
+        return write_parts(svc, name, upload_id, start, body).await;
+    }
+    let threshold = svc.stream_threshold();
+    let mut head = Vec::new();
+    let mut gathered = 0u64;
+    let mut ended = false;
+    while gathered < threshold {
+        let Some(piece) = body.next().await else {
+            ended = true;
+            break;
+        };
+        let piece = piece.map_err(unreadable)?;
+        gathered += piece.len() as u64;
+        head.push(piece);
+    }
+    if !ended {
+        match svc
+            .upload_layer_stream(name, upload_id, start, head, &mut body)
+            .await
+        {
+            Ok(Streamed::Written(held)) => return Ok(held),
+            Ok(Streamed::NotDirect(given)) => head = given,
+            Err(StreamFailure::Body(e)) => return Err(unreadable(e)),
+            Err(StreamFailure::Upload(e)) => return Err(wire::from_ecr(&e, Context::Upload)),
+        }
+    }
+    let head = futures_util::stream::iter(head.into_iter().map(Ok));
+    if ended {
+        // A body stream is not polled again once it has ended.
+        return write_parts(svc, name, upload_id, start, Box::pin(head)).await;
+    }
+    write_parts(svc, name, upload_id, start, Box::pin(head.chain(body))).await
+}
+
+/// Writes `body` into the upload from byte `start` on, in parts of the service's
+/// `s3_part_size`; returns the bytes the upload holds after it.
+async fn write_parts<M: MetadataStore, B: BlobStore>(
+    svc: &Service<M, B>,
+    name: &RepositoryName,
+    upload_id: &UploadId,
+    start: u64,
+    mut body: BodyStream,
+) -> Result<u64, OciError> {
+    let chunk = usize::try_from(svc.settings().s3_part_size)
+        .unwrap_or(usize::MAX)
+        .clamp(1, crate::domain::limits::MAX_LAYER_PART as usize);
     let mut next = start;
     let mut buf = BytesMut::new();
     let send = |next: u64, part: Bytes| async move {
@@ -590,21 +659,10 @@ async fn write_body<M: MetadataStore, B: BlobStore>(
         Ok::<u64, OciError>(next + len)
     };
     while let Some(piece) = body.next().await {
-        let mut piece = piece.map_err(|e| {
-            if e.is_no_room() {
-                OciError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", e.0)
-            } else {
-                OciError::new(
-                    StatusCode::BAD_REQUEST,
-                    "BLOB_UPLOAD_INVALID",
-                    format!("the request body could not be read: {}", e.0),
-                )
-            }
-        })?;
+        let mut piece = piece.map_err(unreadable)?;
         while !piece.is_empty() {
             if buf.is_empty() && piece.len() >= chunk {
-                // A whole part in one piece (the local server hands bodies over so): written
-                // as it is, with no copy.
+                // A whole part in one piece: written as it is, with no copy.
                 next = send(next, piece.split_to(chunk)).await?;
                 continue;
             }

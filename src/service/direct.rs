@@ -82,13 +82,13 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     pub(super) async fn write_direct(
         &self,
         repo: &RepositoryRecord,
-        mut up: UploadRecord,
+        up: UploadRecord,
         number: u32,
         blob: Bytes,
         fingerprint: PartFingerprint,
-        mut hash: PartHash,
+        hash: PartHash,
     ) -> Result<UploadLayerPartResponse, EcrError> {
-        let (first, last) = (fingerprint.first, fingerprint.last);
+        let first = fingerprint.first;
         let len = blob.len() as u64;
         // The part's fingerprint is its CRC-64/NVME: the checksum of a checksummed upload.
         let etag = self
@@ -100,6 +100,21 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             offset: first,
             len,
         };
+        self.record_direct(repo, up, part, fingerprint, hash).await
+    }
+
+    /// Accepts `part`, written under the number claimed in `up` (the part `fingerprint`, which
+    /// advances the upload's hash state if it keeps one: `hash`): the answer to the
+    /// UploadLayerPart.
+    pub(super) async fn record_direct(
+        &self,
+        repo: &RepositoryRecord,
+        mut up: UploadRecord,
+        part: FlushedPart,
+        fingerprint: PartFingerprint,
+        mut hash: PartHash,
+    ) -> Result<UploadLayerPartResponse, EcrError> {
+        let (first, last, number) = (fingerprint.first, fingerprint.last, part.number);
         let upload_id = up.upload_id.clone();
         for _ in 0..MAX_ATTEMPTS {
             if up.last_part.as_ref() == Some(&fingerprint) {

@@ -199,7 +199,8 @@ fn ends_with(running: &Running, last: Option<&PartFingerprint>) -> bool {
 /// bytes, their CRC-64, and the last state computed (a write that lost only to an unrelated
 /// change, such as a flush, is tried again from the same state without hashing again).
 pub struct PartHash {
-    data: Bytes,
+    /// The part's bytes; `None` for a part written as it arrived, never held whole.
+    data: Option<Bytes>,
     crc: u64,
     cached: Option<(HashState, HashState)>,
 }
@@ -207,7 +208,17 @@ pub struct PartHash {
 impl PartHash {
     pub fn new(data: Bytes, crc: u64) -> Self {
         PartHash {
-            data,
+            data: Some(data),
+            crc,
+            cached: None,
+        }
+    }
+
+    /// A part whose bytes were written as they arrived (`service/stream.rs`): it cannot
+    /// advance a state, so an upload that keeps one drops it, and its completion streams.
+    pub fn unhashed(crc: u64) -> Self {
+        PartHash {
+            data: None,
             crc,
             cached: None,
         }
@@ -227,6 +238,7 @@ impl PartHash {
         fingerprint: &PartFingerprint,
     ) -> Option<HashState> {
         let from = up.hash.as_ref()?;
+        let data = self.data.as_ref()?;
         if let Some((before, after)) = &self.cached
             && before == from
         {
@@ -239,7 +251,7 @@ impl PartHash {
         {
             return None;
         }
-        running.update(&self.data, self.crc, &fingerprint.checksum);
+        running.update(data, self.crc, &fingerprint.checksum);
         let after = running.encode();
         self.cached = Some((from.clone(), after.clone()));
         Some(after)

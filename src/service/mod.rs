@@ -5,6 +5,7 @@ mod images;
 mod incremental;
 mod oci;
 mod repository;
+mod stream;
 pub mod types;
 mod upload;
 mod verify;
@@ -20,6 +21,7 @@ pub use direct::DIRECT_MIN_PART;
 pub use images::{DOWNLOAD_URL_SECS, INLINE_MANIFEST_MAX};
 pub use incremental::{Running as RunningHash, VerifyMode, part_crc};
 pub use oci::{Blob, Reference, StoredManifest};
+pub use stream::{StreamFailure, Streamed};
 pub use upload::{COMPLETING_LEASE_MS, HEARTBEAT, part_fingerprint, staging_key};
 
 /// What the operations need to know about their deployment, fixed at start-up.

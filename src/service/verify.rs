@@ -59,7 +59,8 @@ const RANGE: u64 = 4 * 1024 * 1024;
 const PARALLEL: usize = 4;
 
 /// The sha256 digest and the length of the object at `key`, expected to hold `expected` bytes,
-/// read as consecutive ranges of [`RANGE`] bytes, [`PARALLEL`] at a time, each by a task of its
+/// read in one stream from a store that [reads one stream fast](BlobStore::reads_one_stream_fast),
+/// else as consecutive ranges of [`RANGE`] bytes, [`PARALLEL`] at a time, each by a task of its
 /// own, and hashed in order as they arrive: a store that serves one stream at a time at less
 /// than the hasher's speed (S3 over one connection) is read at several times that speed.
 ///
@@ -72,6 +73,18 @@ pub async fn sha256_of_object<B: BlobStore>(
 ) -> Result<(LayerDigest, u64), StoreError> {
     if expected == 0 {
         return sha256_of(blobs.read_object(key, None).await?).await;
+    }
+    if blobs.reads_one_stream_fast() {
+        // Nothing to gain from ranges in parallel or a queue of chunks: one stream, hashed as
+        // it is read.
+        let mut stream = blobs.read_object(key, Some((0, expected))).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.try_next().await? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        return Ok((LayerDigest::sha256(&hasher.finalize()), size));
     }
     let count = expected.div_ceil(RANGE);
     let mut ranges = (0..count).map(move |i| {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ecr_layer_upload::domain::error::EcrError;
-use ecr_layer_upload::ports::{BlobStore, ByteStream, FlushedPart, MetadataStore, StoreResult};
+use ecr_layer_upload::ports::{
+    BlobStore, ByteStream, FlushedPart, MetadataStore, PartStream, StoreResult,
+};
 use ecr_layer_upload::service::Service;
 use ecr_layer_upload::service::types::CompleteLayerUploadResponse;
 
@@ -94,6 +96,24 @@ impl<B: BlobStore> BlobStore for Gated<B> {
     ) -> StoreResult<String> {
         self.inner
             .upload_part_at(key, multipart_id, number, offset, data)
+            .await
+    }
+    fn reads_one_stream_fast(&self) -> bool {
+        self.inner.reads_one_stream_fast()
+    }
+    fn streams_parts(&self) -> bool {
+        self.inner.streams_parts()
+    }
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        data: PartStream<'_>,
+    ) -> StoreResult<(String, u64)> {
+        self.inner
+            .upload_part_stream(key, multipart_id, number, offset, data)
             .await
     }
     async fn complete_multipart(

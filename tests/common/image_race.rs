@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ecr_layer_upload::domain::error::EcrError;
 use ecr_layer_upload::domain::model::{EncryptionType, ManifestMediaType, TagMutability};
 use ecr_layer_upload::ports::{
-    BlobStore, ByteStream, FlushedPart, ImageRecord, MetadataStore, PutImageOutcome,
+    BlobStore, ByteStream, FlushedPart, ImageRecord, MetadataStore, PartStream, PutImageOutcome,
     RepositoryRecord, StoreResult,
 };
 use ecr_layer_upload::service::types::*;
@@ -220,6 +220,24 @@ impl<B: BlobStore> BlobStore for ManifestGate<B> {
     ) -> StoreResult<String> {
         self.inner
             .upload_part_at(key, multipart_id, number, offset, data)
+            .await
+    }
+    fn reads_one_stream_fast(&self) -> bool {
+        self.inner.reads_one_stream_fast()
+    }
+    fn streams_parts(&self) -> bool {
+        self.inner.streams_parts()
+    }
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        data: PartStream<'_>,
+    ) -> StoreResult<(String, u64)> {
+        self.inner
+            .upload_part_stream(key, multipart_id, number, offset, data)
             .await
     }
     async fn complete_multipart(

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use ecr_layer_upload::domain::clock::ManualClock;
 use ecr_layer_upload::domain::error::EcrError;
 use ecr_layer_upload::domain::model::{LayerAvailability, Sent};
-use ecr_layer_upload::ports::{BlobStore, ByteStream, FlushedPart, MetadataStore, StoreResult};
+use ecr_layer_upload::ports::{
+    BlobStore, ByteStream, FlushedPart, MetadataStore, PartStream, StoreResult,
+};
 use ecr_layer_upload::service::types::*;
 use ecr_layer_upload::service::{Service, Settings, staging_key};
 use futures_util::TryStreamExt;
@@ -118,6 +120,24 @@ impl<B: BlobStore> BlobStore for GatedBlobs<B> {
     ) -> StoreResult<String> {
         self.inner
             .upload_part_at(key, multipart_id, number, offset, data)
+            .await
+    }
+    fn reads_one_stream_fast(&self) -> bool {
+        self.inner.reads_one_stream_fast()
+    }
+    fn streams_parts(&self) -> bool {
+        self.inner.streams_parts()
+    }
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        data: PartStream<'_>,
+    ) -> StoreResult<(String, u64)> {
+        self.inner
+            .upload_part_stream(key, multipart_id, number, offset, data)
             .await
     }
     async fn complete_multipart(

@@ -213,7 +213,7 @@ async fn a_complete_killed_with_its_server_can_be_retried_after_a_restart() {
     });
     // Land the kill inside the completion: a second CompleteLayerUpload that is refused shows
     // that the first holds the upload (and has not finished).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let probe = complete(&ecr, &repo, &id, &d).await;
     assert!(
         matches!(

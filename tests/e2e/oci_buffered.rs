@@ -1,7 +1,8 @@
 //! `/v2/` request bodies share the local server's buffered-bytes budget
-//! (`ECR_MAX_BUFFERED_BYTES`) with the ECR API's: a blob chunk in flight holds room that an ECR
-//! part cannot take, an ECR part in flight holds room that a blob chunk cannot take (429
-//! `TOOMANYREQUESTS`), and the room comes back when the holder goes.
+//! (`ECR_MAX_BUFFERED_BYTES`) with the ECR API's: a blob chunk in flight holds room (for its
+//! pieces not yet written) that an ECR part cannot take, an ECR part in flight holds room that a
+//! blob chunk cannot take (429 `TOOMANYREQUESTS`), and the room comes back when the holder goes;
+//! a chunk larger than the whole budget streams through it.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -83,7 +84,8 @@ fn patch_head(server: &Server, path: &str, length: usize) -> String {
 
 #[test]
 fn v2_bodies_count_in_the_buffered_bytes_budget() {
-    // Parts (and so the pieces a /v2/ body is held in) of 20 MiB, a budget of 32 MiB.
+    // Parts of 20 MiB, a budget of 32 MiB. The embedded store streams a chunk once its first
+    // 6 MiB (the least a direct part holds) have arrived, holding them until then.
     let server = Server::start(&[
         ("ECR_MAX_BUFFERED_BYTES", "33554432"),
         ("ECR_S3_PART_SIZE", "20971520"),
@@ -100,16 +102,16 @@ fn v2_bodies_count_in_the_buffered_bytes_budget() {
     );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
-    // A blob chunk sent all but its last bytes holds 19 MiB ...
+    // A blob chunk of which 5 MiB were sent holds them ...
     let path = start_upload(&server, "buffered");
     let holder = send(
         &server,
         &patch_head(&server, &path, 20 * MIB),
-        &vec![7u8; 19 * MIB],
+        &vec![7u8; 5 * MIB],
     );
     std::thread::sleep(Duration::from_millis(500));
-    // ... so an ECR part of 14 MiB finds no room: LimitExceededException, which SDKs retry.
-    let body = vec![b' '; 14 * MIB];
+    // ... so an ECR part of 28 MiB finds no room: LimitExceededException, which SDKs retry.
+    let body = vec![b' '; 28 * MIB];
     let mut late = send(
         &server,
         &ecr_head(&server, "UploadLayerPart", body.len()),
@@ -123,15 +125,15 @@ fn v2_bodies_count_in_the_buffered_bytes_budget() {
     drop(holder);
     std::thread::sleep(Duration::from_millis(500));
 
-    // An ECR part body sent all but its last byte holds 31 MiB ...
-    let size = 31 * MIB;
+    // An ECR part body sent all but its last byte holds 31.5 MiB ...
+    let size = 31 * MIB + MIB / 2;
     let holder = send(
         &server,
         &ecr_head(&server, "UploadLayerPart", size + 1),
         &vec![b' '; size],
     );
     std::thread::sleep(Duration::from_millis(500));
-    // ... so a blob chunk of 2 MiB finds no room: 429 TOOMANYREQUESTS, which clients retry.
+    // ... so a blob chunk of 2 MiB finds no room for its first 1 MiB piece: 429 TOOMANYREQUESTS, which clients retry.
     let path = start_upload(&server, "buffered");
     let chunk = vec![9u8; 2 * MIB];
     let mut late = send(&server, &patch_head(&server, &path, chunk.len()), b"");
@@ -143,9 +145,10 @@ fn v2_bodies_count_in_the_buffered_bytes_budget() {
     drop(holder);
     std::thread::sleep(Duration::from_millis(500));
 
-    // With the holders gone, the room is back: a 25 MiB blob chunk (two parts) is taken whole.
+    // With the holders gone, the room is back: a 40 MiB blob chunk, larger than the budget,
+    // streams through it.
     let path = start_upload(&server, "buffered");
-    let chunk = vec![5u8; 25 * MIB];
+    let chunk = vec![5u8; 40 * MIB];
     let mut conn = send(&server, &patch_head(&server, &path, chunk.len()), &chunk);
     let answer = read_answer(&mut conn, Duration::from_secs(30));
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
@@ -154,5 +157,5 @@ fn v2_bodies_count_in_the_buffered_bytes_budget() {
         .find(|l| l.to_ascii_lowercase().starts_with("range:"))
         .unwrap_or_default()
         .to_owned();
-    assert!(range.ends_with(&format!("0-{}", 25 * MIB - 1)), "{answer}");
+    assert!(range.ends_with(&format!("0-{}", 40 * MIB - 1)), "{answer}");
 }

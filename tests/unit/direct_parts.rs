@@ -24,7 +24,9 @@ mod written {
     use bytes::Bytes;
     use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
     use ecr_layer_upload::frontdoors::lambda::part_size as lambda_part_size;
-    use ecr_layer_upload::ports::{BlobStore, ByteStream, FlushedPart, MetadataStore, StoreResult};
+    use ecr_layer_upload::ports::{
+        BlobStore, ByteStream, FlushedPart, MetadataStore, PartStream, StoreResult,
+    };
     use ecr_layer_upload::service::{Service, Settings};
 
     use crate::common::service::{complete, create_repository, initiate, part};
@@ -92,6 +94,33 @@ mod written {
             self.parts.fetch_add(data.len() as u64, Ordering::SeqCst);
             self.inner
                 .upload_part_at(key, multipart_id, number, offset, data)
+                .await
+        }
+        fn reads_one_stream_fast(&self) -> bool {
+            self.inner.reads_one_stream_fast()
+        }
+        fn streams_parts(&self) -> bool {
+            self.inner.streams_parts()
+        }
+        async fn upload_part_stream(
+            &self,
+            key: &str,
+            multipart_id: &str,
+            number: u32,
+            offset: u64,
+            data: PartStream<'_>,
+        ) -> StoreResult<(String, u64)> {
+            let parts = &self.parts;
+            self.inner
+                .upload_part_stream(
+                    key,
+                    multipart_id,
+                    number,
+                    offset,
+                    Box::pin(futures_util::StreamExt::inspect(data, move |b| {
+                        parts.fetch_add(b.len() as u64, Ordering::SeqCst);
+                    })),
+                )
                 .await
         }
         async fn complete_multipart(

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use ecr_layer_upload::backends::memory::{MemoryBlobs, MemoryMetadata};
 use ecr_layer_upload::domain::error::EcrError;
-use ecr_layer_upload::ports::{BlobStore, ByteStream, FlushedPart, StoreResult};
+use ecr_layer_upload::ports::{BlobStore, ByteStream, FlushedPart, PartStream, StoreResult};
 use ecr_layer_upload::service::Service;
 use futures_util::StreamExt;
 
@@ -100,6 +100,24 @@ impl BlobStore for Longer {
     ) -> StoreResult<String> {
         self.0
             .upload_part_at(key, multipart_id, number, offset, data)
+            .await
+    }
+    fn reads_one_stream_fast(&self) -> bool {
+        self.0.reads_one_stream_fast()
+    }
+    fn streams_parts(&self) -> bool {
+        self.0.streams_parts()
+    }
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        data: PartStream<'_>,
+    ) -> StoreResult<(String, u64)> {
+        self.0
+            .upload_part_stream(key, multipart_id, number, offset, data)
             .await
     }
     async fn complete_multipart(

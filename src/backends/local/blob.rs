@@ -36,15 +36,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use hmac::{KeyInit, Mac};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::blocking;
 use crate::domain::error::StoreError;
 use crate::ports::multipart::{check_part_list, check_part_number, part_etag, resolve_range};
 use crate::ports::{
-    BlobStore, ByteStream, DownloadRefused, FlushedPart, SignedDownloads, StoreResult,
+    BlobStore, ByteStream, DownloadRefused, FlushedPart, PartStream, SignedDownloads, StoreResult,
 };
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -375,6 +375,91 @@ fn open_data_file(dir: &Path, path: &Path) -> io::Result<File> {
     }
 }
 
+/// What a chunk read of [`read_chunk`] hands back: the file, the offset and the byte count that
+/// remain after the chunk, the chunk, and the file's path (for errors).
+type ChunkRead = StoreResult<(File, u64, u64, Bytes, Arc<PathBuf>)>;
+
+/// Reads the next chunk (at most [`READ_CHUNK`] bytes) of the `remaining` bytes of `file` from
+/// `at` on, in a blocking task.
+fn read_chunk(
+    file: File,
+    at: u64,
+    remaining: u64,
+    path: Arc<PathBuf>,
+) -> tokio::task::JoinHandle<ChunkRead> {
+    tokio::task::spawn_blocking(move || {
+        // At most READ_CHUNK, so it fits in usize.
+        let want = remaining.min(READ_CHUNK) as usize;
+        let mut buf = Vec::with_capacity(want);
+        // Read into the spare capacity: no zeroing, no copy through another buffer.
+        io::Seek::seek(&mut &file, io::SeekFrom::Start(at))
+            .and_then(|_| io::Read::read_to_end(&mut io::Read::take(&file, want as u64), &mut buf))
+            .map_err(|e| io_err("cannot read", &path, e))?;
+        if buf.len() < want {
+            return Err(StoreError::failure(format!(
+                "{} ended before the requested range",
+                path.display()
+            )));
+        }
+        let n = buf.len() as u64;
+        Ok((file, at + n, remaining - n, Bytes::from(buf), path))
+    })
+}
+
+/// Bytes written in place by a streamed part between background syncs.
+const BACKGROUND_SYNC: u64 = 32 * 1024 * 1024;
+
+/// Waits for a background sync of `path`.
+fn joined(sync: std::thread::JoinHandle<io::Result<()>>, path: &Path) -> StoreResult<()> {
+    sync.join()
+        .map_err(|_| StoreError::failure("a background sync failed"))?
+        .map_err(|e| io_err("cannot sync", path, e))
+}
+
+/// Writes one piece of a streamed part (number `number`) at `first` in the data file, under the
+/// upload's lock, as `upload_part_at` writes a part: refused with `Conflict` where a write of a
+/// higher number already covers these bytes. Returns the open data file, unsynced.
+fn write_piece(
+    writes: &Mutex<Vec<Written>>,
+    dir: &Path,
+    path: &Path,
+    number: u32,
+    first: u64,
+    piece: &[u8],
+    multipart_id: &str,
+) -> StoreResult<File> {
+    let end = first
+        .checked_add(piece.len() as u64)
+        .ok_or_else(|| StoreError::failure("part extends past the largest offset"))?;
+    let mut writes = writes.lock().unwrap_or_else(|e| e.into_inner());
+    if writes
+        .iter()
+        .any(|w| w.number > number && w.first < end && first < w.end)
+    {
+        return Err(StoreError::Conflict);
+    }
+    // Opened by name under the lock each time: once a completion has renamed the data file
+    // into place and removed the directory, a late piece finds it gone.
+    let file = match open_data_file(dir, path).and_then(|file| {
+        file.write_all_at(piece, first)?;
+        Ok(file)
+    }) {
+        Ok(file) => file,
+        Err(e) if is_absent(&e) => return Err(no_such_upload(multipart_id)),
+        Err(e) => return Err(io_err("cannot write", path, e)),
+    };
+    // The part's extent grows with each piece, so that a write of a lower number over the bytes
+    // written so far is refused.
+    match writes
+        .iter_mut()
+        .find(|w| w.number == number && w.end == first)
+    {
+        Some(w) => w.end = end,
+        None => writes.push(Written { first, end, number }),
+    }
+    Ok(file)
+}
+
 fn part_file_name(number: u32, etag: &str) -> String {
     format!("{number}.{etag}")
 }
@@ -558,48 +643,41 @@ impl BlobStore for LocalBlobs {
 
     async fn read_object(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<ByteStream> {
         let path = self.object_path(key)?;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if is_absent(&e) => return Err(StoreError::NotFound(key.to_owned())),
-            Err(e) => return Err(io_err("cannot open", &path, e)),
-        };
-        let meta = file
-            .metadata()
-            .await
-            .map_err(|e| io_err("cannot stat", &path, e))?;
-        if !meta.is_file() {
-            return Err(StoreError::NotFound(key.to_owned()));
-        }
-        let Some((first, last)) = resolve_range(meta.len(), range)? else {
+        let owned = key.to_owned();
+        let (file, size, path) = blocking("read_object", move || {
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if is_absent(&e) => return Err(StoreError::NotFound(owned)),
+                Err(e) => return Err(io_err("cannot open", &path, e)),
+            };
+            let meta = file
+                .metadata()
+                .map_err(|e| io_err("cannot stat", &path, e))?;
+            if !meta.is_file() {
+                return Err(StoreError::NotFound(owned));
+            }
+            Ok((file, meta.len(), path))
+        })
+        .await?;
+        let Some((first, last)) = resolve_range(size, range)? else {
             return Ok(Box::pin(futures_util::stream::empty()));
         };
-        file.seek(io::SeekFrom::Start(first))
-            .await
-            .map_err(|e| io_err("cannot seek in", &path, e))?;
         // The open file keeps the version it opened: a concurrent replace renames a new inode
-        // over the name, so the stream never mixes two versions.
-        let state = (file, last - first + 1, path);
-        let stream =
-            futures_util::stream::try_unfold(state, |(mut file, remaining, path)| async move {
-                if remaining == 0 {
-                    return Ok(None);
-                }
-                // At most READ_CHUNK, so it fits in usize.
-                let want = remaining.min(READ_CHUNK) as usize;
-                let mut buf = BytesMut::zeroed(want);
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| io_err("cannot read", &path, e))?;
-                if n == 0 {
-                    return Err(StoreError::failure(format!(
-                        "{} ended before the requested range",
-                        path.display()
-                    )));
-                }
-                buf.truncate(n);
-                Ok(Some((buf.freeze(), (file, remaining - n as u64, path))))
-            });
+        // over the name, so the stream never mixes two versions. Each chunk is read by a
+        // blocking task started as the chunk before is handed out, so reading overlaps sending
+        // with one chunk ahead.
+        let path = Arc::new(path);
+        let next = read_chunk(file, first, last - first + 1, Arc::clone(&path));
+        let stream = futures_util::stream::try_unfold(Some(next), |pending| async move {
+            let Some(pending) = pending else {
+                return Ok(None);
+            };
+            let (file, at, remaining, chunk, path) = pending
+                .await
+                .map_err(|e| StoreError::backend("read_object: blocking task failed", e))??;
+            let next = (remaining > 0).then(|| read_chunk(file, at, remaining, path));
+            Ok(Some((chunk, next)))
+        });
         Ok(Box::pin(stream))
     }
 
@@ -746,6 +824,94 @@ impl BlobStore for LocalBlobs {
             Ok(in_place_etag(number, offset, len))
         })
         .await
+    }
+
+    fn reads_one_stream_fast(&self) -> bool {
+        true
+    }
+
+    fn streams_parts(&self) -> bool {
+        true
+    }
+
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        number: u32,
+        offset: u64,
+        mut data: PartStream<'_>,
+    ) -> StoreResult<(String, u64)> {
+        check_part_number(number)?;
+        let dir = self.multipart_dir(multipart_id)?;
+        let writes = self.in_place.upload(multipart_id);
+        {
+            let (dir, key, multipart_id) = (dir.clone(), key.to_owned(), multipart_id.to_owned());
+            blocking("upload_part_stream", move || {
+                if owns(&dir, &key)? {
+                    Ok(())
+                } else {
+                    Err(no_such_upload(&multipart_id))
+                }
+            })
+            .await?;
+        }
+        let path = dir.join(DATA_FILE);
+        let mut end = offset;
+        let mut synced = offset;
+        // At most one fdatasync runs beside the writes, so that the one before the answer
+        // finds little left to flush.
+        let mut syncing: Option<std::thread::JoinHandle<io::Result<()>>> = None;
+        let mut last_file: Option<File> = None;
+        let result = async {
+            while let Some(piece) = data.next().await {
+                if piece.is_empty() {
+                    continue;
+                }
+                let first = end;
+                let len = piece.len() as u64;
+                let (writes, dir, at) = (Arc::clone(&writes), dir.clone(), path.clone());
+                let multipart_id = multipart_id.to_owned();
+                let file = blocking("upload_part_stream", move || {
+                    write_piece(&writes, &dir, &at, number, first, &piece, &multipart_id)
+                })
+                .await?;
+                end = first + len;
+                if end - synced >= BACKGROUND_SYNC
+                    && syncing.as_ref().is_none_or(|h| h.is_finished())
+                {
+                    if let Some(done) = syncing.take() {
+                        joined(done, &path)?;
+                    }
+                    let clone = file
+                        .try_clone()
+                        .map_err(|e| io_err("cannot sync", &path, e))?;
+                    syncing = Some(std::thread::spawn(move || clone.sync_data()));
+                    synced = end;
+                }
+                last_file = Some(file);
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        let pending = syncing.take();
+        let finish = blocking("upload_part_stream", {
+            let path = path.clone();
+            move || {
+                if let Some(done) = pending {
+                    joined(done, &path)?;
+                }
+                if let Some(file) = last_file {
+                    file.sync_data()
+                        .map_err(|e| io_err("cannot sync", &path, e))?;
+                }
+                Ok(())
+            }
+        })
+        .await;
+        result?;
+        finish?;
+        Ok((in_place_etag(number, offset, end - offset), end - offset))
     }
 
     async fn complete_multipart(

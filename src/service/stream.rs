@@ -1,0 +1,221 @@
+//! A chunk of an upload written as it arrives: one direct part (`service/direct.rs`) whose bytes
+//! the blob store writes piece by piece ([`BlobStore::upload_part_stream`]), for a store that
+//! streams parts (the embedded one). The OCI API (src/protocols/oci.rs) hands a `PATCH` body
+//! over so, instead of cutting it into parts of `s3_part_size` each written, synced and recorded
+//! before the next: memory stays at a few small pieces, the store syncs once per chunk, and the
+//! part is recorded in one metadata commit.
+//!
+//! It is the same state machine as UploadLayerPart's direct path: the part number is claimed
+//! first, the chunk must start at the upload's `next_byte` with nothing staged before it, and the
+//! part is accepted by the same conditional write (of two writers racing on one range only the
+//! later claim is accepted; the earlier gets a retryable `ServerException`). The chunk goes this
+//! way only once its first [`Service::stream_threshold`] bytes have arrived, so that every part
+//! but the last stays at least as large as a direct part must be; a shorter chunk, or one that
+//! cannot go direct, takes UploadLayerPart's path. A chunk whose body is cut is not recorded:
+//! the upload holds what it held before it, and the client resumes from there.
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use super::Service;
+use super::direct::DIRECT_MIN_PART;
+use super::incremental::PartHash;
+use super::upload::{MAX_ATTEMPTS, invalid_part};
+use crate::domain::error::{EcrError, StoreError};
+use crate::domain::limits::MAX_LAYER_SIZE;
+use crate::domain::model::{RepositoryName, UploadId};
+use crate::ports::{BlobStore, FlushedPart, MetadataStore, PartFingerprint, UploadState};
+
+/// What became of a chunk handed to [`Service::upload_layer_stream`].
+#[derive(Debug)]
+pub enum Streamed {
+    /// Written and recorded: the upload now holds this many bytes.
+    Written(u64),
+    /// The upload cannot take the chunk as a direct part (bytes are staged before it, or its
+    /// part numbers are spent): nothing was written, and these are the pieces it was given
+    /// first, for UploadLayerPart's path.
+    NotDirect(Vec<Bytes>),
+}
+
+/// Why a streamed chunk was not recorded.
+#[derive(Debug)]
+pub enum StreamFailure<E> {
+    /// The body could not be read to its end.
+    Body(E),
+    /// The upload refused the chunk, or the store failed.
+    Upload(EcrError),
+}
+
+impl<E> From<EcrError> for StreamFailure<E> {
+    fn from(e: EcrError) -> Self {
+        StreamFailure::Upload(e)
+    }
+}
+
+impl<E> From<StoreError> for StreamFailure<E> {
+    fn from(e: StoreError) -> Self {
+        StreamFailure::Upload(e.into())
+    }
+}
+
+impl<M: MetadataStore, B: BlobStore> Service<M, B> {
+    /// Whether the blob store writes a chunk as it arrives ([`BlobStore::streams_parts`]).
+    pub fn streams_parts(&self) -> bool {
+        self.blobs.streams_parts()
+    }
+
+    /// The bytes of a chunk that must have arrived before it is streamed as a part of its own:
+    /// the least a direct part may hold.
+    pub fn stream_threshold(&self) -> u64 {
+        self.settings.s3_part_size.min(DIRECT_MIN_PART)
+    }
+
+    /// Writes the chunk starting at byte `first_byte` of upload `upload_id` of `name` (`head`,
+    /// at least [`stream_threshold`](Self::stream_threshold) bytes, then whatever `rest` yields
+    /// until it ends) as one direct part, written as it arrives and recorded once it is durable.
+    pub async fn upload_layer_stream<S, E>(
+        &self,
+        name: &RepositoryName,
+        upload_id: &UploadId,
+        first_byte: u64,
+        head: Vec<Bytes>,
+        rest: &mut S,
+    ) -> Result<Streamed, StreamFailure<E>>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: Send,
+    {
+        let repo = self.repository(None, name).await?;
+        let upload_id = upload_id.as_str();
+        let head_len: u64 = head.iter().map(|b| b.len() as u64).sum();
+        let mut up = self.live_upload(&repo, upload_id).await?;
+        let mut claim = None;
+        for _ in 0..MAX_ATTEMPTS {
+            if up.state == UploadState::Completing {
+                return Err(
+                    EcrError::upload_not_found(&repo.registry_id, &repo.name, upload_id).into(),
+                );
+            }
+            if first_byte != up.next_byte {
+                return Err(invalid_part(
+                    &up,
+                    format!(
+                        "First byte of the layer part is {first_byte} instead of {}",
+                        up.next_byte
+                    ),
+                )
+                .into());
+            }
+            if up.state == UploadState::Assembled {
+                return Err(invalid_part(
+                    &up,
+                    format!(
+                        "The parts of upload '{upload_id}' were already assembled; complete the upload with the layer's digest"
+                    ),
+                )
+                .into());
+            }
+            if up.state != UploadState::Open {
+                return Err(
+                    EcrError::upload_not_found(&repo.registry_id, &repo.name, upload_id).into(),
+                );
+            }
+            // An upload that keeps a SHA-256 state (`ECR_VERIFY=incremental`) takes its parts
+            // whole, which advance the state (`service/incremental.rs`).
+            if head_len == 0
+                || up.hash.is_some()
+                || up.part_checksums
+                || !self.goes_direct(&up, first_byte, head_len)
+            {
+                return Ok(Streamed::NotDirect(head));
+            }
+            match self.claim_part_number(&up).await {
+                Ok(claimed) => {
+                    claim = Some(claimed);
+                    break;
+                }
+                Err(StoreError::Conflict) => up = self.live_upload(&repo, upload_id).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some((claimed, number)) = claim else {
+            return Err(EcrError::Server(
+                "The upload is changing too fast to accept the part; retry the request".into(),
+            )
+            .into());
+        };
+
+        // The bytes the layer may still take from here.
+        let room = MAX_LAYER_SIZE.saturating_sub(first_byte);
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+        let mut failure: Option<StreamFailure<E>> = None;
+        let mut taken = 0u64;
+        let pieces = futures_util::stream::iter(head.into_iter().map(Ok))
+            .chain(&mut *rest)
+            .scan(
+                (&mut crc, &mut failure, &mut taken),
+                move |(crc, failure, taken), piece| {
+                    let next = match piece {
+                        Ok(piece) if **taken + piece.len() as u64 > room => {
+                            **failure = Some(StreamFailure::Upload(EcrError::LimitExceeded(
+                                format!(
+                                    "The layer would exceed the maximum layer size of {MAX_LAYER_SIZE} bytes"
+                                ),
+                            )));
+                            None
+                        }
+                        Ok(piece) => {
+                            crc.update(&piece);
+                            **taken += piece.len() as u64;
+                            Some(piece)
+                        }
+                        Err(e) => {
+                            **failure = Some(StreamFailure::Body(e));
+                            None
+                        }
+                    };
+                    std::future::ready(next)
+                },
+            );
+        let written = self
+            .blobs
+            .upload_part_stream(
+                &claimed.blob_key,
+                &claimed.multipart_id,
+                number,
+                first_byte,
+                Box::pin(pieces),
+            )
+            .await;
+        if let Some(failure) = failure {
+            // Nothing is recorded: the claimed number stays unused, and the bytes written in
+            // place belong to no part (a later part over them has a higher number).
+            return Err(failure);
+        }
+        let (etag, len) = match written {
+            Ok(written) => written,
+            Err(StoreError::Conflict) => {
+                return Err(EcrError::Server(format!(
+                    "another request is writing the part at byte {first_byte} of upload {upload_id}; retry the request"
+                ))
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let crc = crc.finalize();
+        let fingerprint = PartFingerprint {
+            first: first_byte,
+            last: first_byte + len - 1,
+            checksum: format!("{crc:016x}"),
+        };
+        let part = FlushedPart {
+            number,
+            etag,
+            offset: first_byte,
+            len,
+        };
+        self.record_direct(&repo, claimed, part, fingerprint, PartHash::unhashed(crc))
+            .await?;
+        Ok(Streamed::Written(first_byte + len))
+    }
+}
