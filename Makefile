@@ -31,7 +31,8 @@ unit:
 # The side-by-side benchmark (benches/compare.rs): direct S3 multipart vs the service on
 # both backends, against the project's own local S3 and DynamoDB servers, started here on ports and
 # a state directory of their own and stopped afterwards. `make bench BENCH_SIZE_MIB=1024` for 1 GiB;
-# `BENCH_ONLY=layer` or `BENCH_ONLY=image` runs only the one-layer comparison or the 4-layer push.
+# `BENCH_ONLY=layer`, `image`, `completion` or `rss` (or a comma-separated list) runs only the one-layer
+# comparison, the 4-layer push, the verification modes or the peak RSS by layer size.
 # Then the CPU cost of verifying a signed 10 MiB part (benches/auth.rs).
 BENCH_SIZE_MIB ?= 256
 BENCH_ROUNDS ?= 3

@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 use super::Service;
 use super::direct::DIRECT_MIN_PART;
 use super::incremental::PartHash;
-use super::upload::{MAX_ATTEMPTS, invalid_part};
+use super::upload::{MAX_ATTEMPTS, fingerprint_of, invalid_part};
 use crate::domain::error::{EcrError, StoreError};
 use crate::domain::limits::MAX_LAYER_SIZE;
 use crate::domain::model::{RepositoryName, UploadId};
@@ -206,7 +206,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let fingerprint = PartFingerprint {
             first: first_byte,
             last: first_byte + len - 1,
-            checksum: format!("{crc:016x}"),
+            checksum: fingerprint_of(crc),
         };
         let part = FlushedPart {
             number,

@@ -78,7 +78,7 @@ pub fn part_fingerprint(data: &[u8]) -> String {
 }
 
 /// The fingerprint of a part whose CRC-64/NVME is `crc`.
-fn fingerprint_of(crc: u64) -> String {
+pub(super) fn fingerprint_of(crc: u64) -> String {
     format!("{crc:016x}")
 }
 
