@@ -565,7 +565,9 @@ pub trait BlobStore: Send + Sync + 'static {
     }
     /// Whether [`upload_part_stream`](Self::upload_part_stream) writes a part's bytes as they
     /// arrive, in bounded memory, rather than gathering them first (the default). A front door
-    /// hands a store that does a body in small pieces.
+    /// hands a store that does a body in small pieces. Such a store checks no part checksum
+    /// (a streamed part is written before its CRC-64 is known), as the default
+    /// [`upload_part_checksummed`](Self::upload_part_checksummed) does.
     fn streams_parts(&self) -> bool {
         false
     }

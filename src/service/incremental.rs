@@ -121,6 +121,12 @@ impl Running {
         );
         self.len += data.len() as u64;
         self.last_part = checksum.to_owned();
+        self.absorb(data);
+    }
+
+    /// Advances the SHA-256 by `data` alone: the bytes of a part that arrive in pieces
+    /// (`service/stream.rs`), which [`end_part`](Self::end_part) then counts as one part.
+    pub fn absorb(&mut self, data: &[u8]) {
         let mut rest = data;
         if !self.tail.is_empty() {
             let fill = (BLOCK - self.tail.len()).min(rest.len());
@@ -137,6 +143,15 @@ impl Running {
         let (blocks, tail) = rest.as_chunks::<BLOCK>();
         compress256(&mut self.state, blocks);
         self.tail.extend_from_slice(tail);
+    }
+
+    /// Counts the `len` bytes [`absorb`](Self::absorb)ed since the last part as the part whose
+    /// CRC-64/NVME is `crc` and whose fingerprint is `checksum`.
+    pub fn end_part(&mut self, crc: u64, len: u64, checksum: &str) {
+        self.crc64 =
+            crc_fast::checksum_combine(crc_fast::CrcAlgorithm::Crc64Nvme, self.crc64, crc, len);
+        self.len += len;
+        self.last_part = checksum.to_owned();
     }
 
     /// Bytes covered.
@@ -184,15 +199,19 @@ pub fn initial_state() -> HashState {
 /// the upload exactly (covers its `next_byte` bytes and ends with its last part); `None` means
 /// that completion must verify by streaming.
 pub fn recorded_digest(up: &UploadRecord) -> Option<(LayerDigest, u64)> {
-    let running = Running::decode(up.hash.as_ref()?)?;
-    if running.len() != up.next_byte || !ends_with(&running, up.last_part.as_ref()) {
-        return None;
-    }
+    let running = matching_state(up)?;
     Some((LayerDigest::sha256(&running.digest()), running.crc64()))
 }
 
 fn ends_with(running: &Running, last: Option<&PartFingerprint>) -> bool {
     running.last_part == last.map_or("", |p| p.checksum.as_str())
+}
+
+/// The hash state of `up`, if it keeps one that matches it exactly (covers its `next_byte`
+/// bytes and ends with its last part): the state a part written next advances.
+pub fn matching_state(up: &UploadRecord) -> Option<Running> {
+    let running = Running::decode(up.hash.as_ref()?)?;
+    (running.len() == up.next_byte && ends_with(&running, up.last_part.as_ref())).then_some(running)
 }
 
 /// A part on its way into an upload, with what advancing a recorded state by it needs: the
@@ -224,6 +243,16 @@ impl PartHash {
         }
     }
 
+    /// A part whose bytes advanced the state `from` of the upload they went into to `after` as
+    /// they arrived (`service/stream.rs`): the upload takes `after` if it still holds `from`.
+    pub fn streamed(crc: u64, from: HashState, after: HashState) -> Self {
+        PartHash {
+            data: None,
+            crc,
+            cached: Some((from, after)),
+        }
+    }
+
     /// The part's CRC-64/NVME.
     pub fn crc(&self) -> u64 {
         self.crc
@@ -238,12 +267,12 @@ impl PartHash {
         fingerprint: &PartFingerprint,
     ) -> Option<HashState> {
         let from = up.hash.as_ref()?;
-        let data = self.data.as_ref()?;
         if let Some((before, after)) = &self.cached
             && before == from
         {
             return Some(after.clone());
         }
+        let data = self.data.as_ref()?;
         let mut running = Running::decode(from)?;
         if running.len() != fingerprint.first
             || running.len() != up.next_byte

@@ -12,19 +12,32 @@
 //! way only once its first [`Service::stream_threshold`] bytes have arrived, so that every part
 //! but the last stays at least as large as a direct part must be; a shorter chunk, or one that
 //! cannot go direct, takes UploadLayerPart's path. A chunk whose body is cut is not recorded:
-//! the upload holds what it held before it, and the client resumes from there.
+//! the upload holds what it held before it, and the client resumes from there. An upload that
+//! keeps a SHA-256 state (`ECR_VERIFY=incremental`) has it advanced by the pieces as they
+//! arrive, on a thread beside the writes, and recorded with the part.
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use super::Service;
 use super::direct::DIRECT_MIN_PART;
-use super::incremental::PartHash;
+use super::incremental::{self, PartHash, Running};
 use super::upload::{MAX_ATTEMPTS, fingerprint_of, invalid_part};
 use crate::domain::error::{EcrError, StoreError};
 use crate::domain::limits::MAX_LAYER_SIZE;
 use crate::domain::model::{RepositoryName, UploadId};
 use crate::ports::{BlobStore, FlushedPart, MetadataStore, PartFingerprint, UploadState};
+
+/// Pieces of a streamed chunk queued for its hasher (each also held by the write until written).
+const HASHER_QUEUE: usize = 4;
+
+/// Advances `running` by every piece `pieces` yields, until its senders are gone.
+fn absorb(mut running: Running, mut pieces: tokio::sync::mpsc::Receiver<Bytes>) -> Running {
+    while let Some(piece) = pieces.blocking_recv() {
+        running.absorb(&piece);
+    }
+    running
+}
 
 /// What became of a chunk handed to [`Service::upload_layer_stream`].
 #[derive(Debug)]
@@ -120,11 +133,11 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     EcrError::upload_not_found(&repo.registry_id, &repo.name, upload_id).into(),
                 );
             }
-            // An upload that keeps a SHA-256 state (`ECR_VERIFY=incremental`) takes its parts
-            // whole, which advance the state (`service/incremental.rs`).
+            // A store that gathers the pieces would write the part without the CRC-64 an
+            // upload with part checksums (`ECR_VERIFY=incremental` on S3) gives each part; one
+            // that streams parts checks none (`BlobStore::streams_parts`).
             if head_len == 0
-                || up.hash.is_some()
-                || up.part_checksums
+                || (up.part_checksums && !self.blobs.streams_parts())
                 || !self.goes_direct(&up, first_byte, head_len)
             {
                 return Ok(Streamed::NotDirect(head));
@@ -143,6 +156,21 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                 "The upload is changing too fast to accept the part; retry the request".into(),
             )
             .into());
+        };
+
+        // An upload that keeps a SHA-256 state (`ECR_VERIFY=incremental`) has it advanced by
+        // the chunk's bytes as they arrive, on a thread of its own beside the writes, so that
+        // its completion needs no read-back (`service/incremental.rs`). A state that does not
+        // match the upload is not advanced: the part then drops it, and completion streams.
+        let (to_hasher, hasher) = match incremental::matching_state(&claimed) {
+            Some(running) => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(HASHER_QUEUE);
+                (
+                    Some(tx),
+                    Some(tokio::task::spawn_blocking(move || absorb(running, rx))),
+                )
+            }
+            None => (None, None),
         };
 
         // The bytes the layer may still take from here.
@@ -176,7 +204,18 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     };
                     std::future::ready(next)
                 },
-            );
+            )
+            .then(move |piece| {
+                let to_hasher = to_hasher.clone();
+                async move {
+                    if let Some(tx) = to_hasher {
+                        // A hasher that stopped leaves the state behind (the part then drops
+                        // it): no reason to stop the write.
+                        let _ = tx.send(piece.clone()).await;
+                    }
+                    piece
+                }
+            });
         let written = self
             .blobs
             .upload_part_stream(
@@ -214,7 +253,20 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             offset: first_byte,
             len,
         };
-        self.record_direct(&repo, claimed, part, fingerprint, PartHash::unhashed(crc))
+        let hash = match (hasher, &claimed.hash) {
+            (Some(hasher), Some(from)) => match hasher.await {
+                Ok(mut running) => {
+                    running.end_part(crc, len, &fingerprint.checksum);
+                    PartHash::streamed(crc, from.clone(), running.encode())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, upload_id, "hashing a streamed part failed; its completion will stream");
+                    PartHash::unhashed(crc)
+                }
+            },
+            _ => PartHash::unhashed(crc),
+        };
+        self.record_direct(&repo, claimed, part, fingerprint, hash)
             .await?;
         Ok(Streamed::Written(first_byte + len))
     }

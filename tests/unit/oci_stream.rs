@@ -4,7 +4,8 @@
 //! of two writers racing on one upload, the later claim is recorded and the earlier writer gets a
 //! retryable 500; a body cut mid-`PATCH` leaves the upload as it was before it, and a retry from
 //! the offset the upload reports completes with the right digest; a wrong digest is refused
-//! and ends the upload.
+//! and ends the upload. In incremental mode the chunks advance the upload's SHA-256 state as
+//! they stream, and a state that does not match its upload is dropped, not advanced.
 
 use std::sync::Arc;
 
@@ -397,9 +398,21 @@ async fn a_writer_that_ends_first_but_claimed_first_is_not_recorded() {
 #[tokio::test]
 async fn a_cut_patch_leaves_the_upload_as_it_was_and_a_retry_completes_it() {
     let (svc, meta, _dir) = service().await;
+    cut_patch_then_retry(&svc, &meta).await;
+}
+
+/// As above, in incremental mode: the state the cut chunk's pieces advanced is not kept, and
+/// the retry advances the one the upload held, to cover every byte.
+#[tokio::test]
+async fn a_cut_patch_leaves_the_hash_state_as_it_was() {
+    let (svc, meta, _dir) = incremental_service().await;
+    cut_patch_then_retry(&svc, &meta).await;
+}
+
+async fn cut_patch_then_retry(svc: &Local, meta: &LocalMetadata) {
     let data = noise(30 * MIB + 3, 10);
-    let location = start(&svc).await;
-    let a = patch(&svc, &location, None, pieces(&data[..8 * MIB], MIB)).await;
+    let location = start(svc).await;
+    let a = patch(svc, &location, None, pieces(&data[..8 * MIB], MIB)).await;
     assert_eq!(a.status, 202);
 
     // The connection goes after 12 MiB of the next chunk.
@@ -409,7 +422,7 @@ async fn a_cut_patch_leaves_the_upload_as_it_was_and_a_retry_completes_it() {
         .chain([Err(BodyError("connection reset by peer".into()))])
         .collect();
     let a = patch(
-        &svc,
+        svc,
         &location,
         Some((8 * MIB, data.len() - 8 * MIB)),
         strict(cut),
@@ -419,7 +432,7 @@ async fn a_cut_patch_leaves_the_upload_as_it_was_and_a_retry_completes_it() {
     assert_eq!(a.code(), "BLOB_UPLOAD_INVALID");
 
     // Nothing of the cut chunk was recorded: the upload holds the first chunk.
-    let reported = held(&svc, &location).await;
+    let reported = held(svc, &location).await;
     assert_eq!(reported, format!("0-{}", 8 * MIB - 1));
     let parts = meta.list_parts(upload_id(&location)).await.unwrap();
     assert_eq!(parts.len(), 1);
@@ -434,17 +447,27 @@ async fn a_cut_patch_leaves_the_upload_as_it_was_and_a_retry_completes_it() {
         .unwrap()
         + 1;
     let a = patch(
-        &svc,
+        svc,
         &location,
         Some((from, data.len() - from)),
         pieces(&data[from..], 300_000),
     )
     .await;
     assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    if svc.settings().verify == ecr_layer_upload::service::VerifyMode::Incremental {
+        let state = running(meta, upload_id(&location))
+            .await
+            .expect("the state is kept");
+        assert_eq!(state.len(), data.len() as u64);
+        assert_eq!(
+            ecr_layer_upload::domain::model::Digest::sha256(&state.digest()).to_string(),
+            digest(&data)
+        );
+    }
     let d = digest(&data);
-    let a = finish(&svc, &location, &d).await;
+    let a = finish(svc, &location, &d).await;
     assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
-    assert!(blob(&svc, &d).await.body == data);
+    assert!(blob(svc, &d).await.body == data);
 }
 
 #[tokio::test]
@@ -466,11 +489,8 @@ async fn a_streamed_upload_with_the_wrong_digest_is_refused() {
     assert_eq!(blob(&svc, &digest(&data)).await.status, 404);
 }
 
-/// With `ECR_VERIFY=incremental` an upload keeps a SHA-256 state that each part advances: a
-/// `/v2/` chunk then takes the part path (parts of `s3_part_size`, whole in memory) instead of
-/// streaming, so that the state covers every byte and completion needs no read-back.
-#[tokio::test]
-async fn an_upload_that_keeps_a_hash_state_takes_its_chunks_whole() {
+/// The embedded service in `ECR_VERIFY=incremental` mode on a fresh directory.
+async fn incremental_service() -> (Arc<Local>, LocalMetadata, tempfile::TempDir) {
     let dir = temp_dir();
     let meta = LocalMetadata::open(dir.path()).unwrap();
     let blobs = LocalBlobs::open(dir.path())
@@ -482,20 +502,55 @@ async fn an_upload_that_keeps_a_hash_state_takes_its_chunks_whole() {
     };
     let svc = Service::new(meta.clone(), blobs, settings);
     create_repository(&svc, NAME).await;
-    let data = noise(21 * MIB + 13, 7);
-    let location = start(&svc).await;
-    let a = patch(&svc, &location, None, pieces(&data, 64 * 1024)).await;
-    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
-    let id = upload_id(&location);
-    let parts = meta.list_parts(id).await.unwrap();
-    assert!(parts.len() > 1, "cut into parts, not streamed: {parts:?}");
+    (Arc::new(svc), meta, dir)
+}
+
+/// The hash state upload `id` keeps, decoded.
+async fn running(meta: &LocalMetadata, id: &str) -> Option<ecr_layer_upload::service::RunningHash> {
     let up = meta.get_upload(id).await.unwrap().expect("the upload");
-    let state = up.hash.as_ref().expect("a hash state");
-    let running = ecr_layer_upload::service::RunningHash::decode(state).expect("decodes");
+    up.hash
+        .as_ref()
+        .map(|state| ecr_layer_upload::service::RunningHash::decode(state).expect("decodes"))
+}
+
+/// With `ECR_VERIFY=incremental` an upload keeps a SHA-256 state that each part advances: a
+/// streamed `/v2/` chunk advances it as its pieces arrive, chunk after chunk, so that the state
+/// covers every byte (and completion needs no read-back) while each chunk is still written as
+/// one part.
+#[tokio::test]
+async fn streamed_chunks_advance_an_uploads_hash_state() {
+    let (svc, meta, _dir) = incremental_service().await;
+    let data = noise(21 * MIB + 13, 7);
+    let cut = 13 * MIB + 5;
+    let location = start(&svc).await;
+    let id = upload_id(&location).to_owned();
+    let a = patch(&svc, &location, None, pieces(&data[..cut], 64 * 1024)).await;
+    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    let a = patch(
+        &svc,
+        &location,
+        Some((cut, data.len() - cut)),
+        pieces(&data[cut..], 1_000_003),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    let parts = meta.list_parts(&id).await.unwrap();
+    assert_eq!(parts.len(), 2, "one part per chunk, streamed: {parts:?}");
+    let state = running(&meta, &id).await.expect("the state is kept");
     assert_eq!(
-        running.len(),
+        state.len(),
         data.len() as u64,
         "the state covers every byte"
+    );
+    assert_eq!(
+        ecr_layer_upload::domain::model::Digest::sha256(&state.digest()).to_string(),
+        digest(&data),
+        "and is the SHA-256 of the bytes pushed"
+    );
+    assert_eq!(
+        state.crc64(),
+        ecr_layer_upload::service::part_crc(&data),
+        "and their CRC-64"
     );
 
     let wrong = digest(b"not these bytes");
@@ -511,4 +566,48 @@ async fn an_upload_that_keeps_a_hash_state_takes_its_chunks_whole() {
     assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
     let got = blob(&svc, &d).await;
     assert!(got.body == data, "the blob reads back as pushed");
+}
+
+/// A state that does not match its upload (here: one that claims other bytes) is not
+/// advanced by a streamed chunk: the part drops it, and completion verifies by streaming the
+/// stored bytes, so the right digest is still accepted and a wrong one refused.
+#[tokio::test]
+async fn a_streamed_chunk_drops_a_state_that_does_not_match_its_upload() {
+    let (svc, meta, _dir) = incremental_service().await;
+    let data = noise(9 * MIB + 1, 8);
+    let location = start(&svc).await;
+    let id = upload_id(&location).to_owned();
+    let mut up = meta.get_upload(&id).await.unwrap().expect("the upload");
+    let mut other = ecr_layer_upload::service::RunningHash::new();
+    other.update(b"bytes the upload never took", 1, "elsewhere");
+    up.hash = Some(other.encode());
+    up.version += 1;
+    meta.update_upload(&up, ecr_layer_upload::ports::SideWrite::None)
+        .await
+        .unwrap();
+
+    let a = patch(&svc, &location, None, pieces(&data, MIB)).await;
+    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(meta.list_parts(&id).await.unwrap().len(), 1, "streamed");
+    assert!(running(&meta, &id).await.is_none(), "the state is dropped");
+    assert_eq!(
+        finish(&svc, &location, &digest(b"wrong")).await.code(),
+        "DIGEST_INVALID"
+    );
+    let location = start(&svc).await;
+    let id = upload_id(&location).to_owned();
+    let mut up = meta.get_upload(&id).await.unwrap().expect("the upload");
+    up.hash = Some(other.encode());
+    up.version += 1;
+    meta.update_upload(&up, ecr_layer_upload::ports::SideWrite::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        patch(&svc, &location, None, pieces(&data, MIB))
+            .await
+            .status,
+        202
+    );
+    let a = finish(&svc, &location, &digest(&data)).await;
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
 }
