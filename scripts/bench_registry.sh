@@ -4,6 +4,9 @@
 # filesystem storage), both on 127.0.0.1 with their storage under target/bench-registry (the same
 # disk), one after the other. Prints, side by side, the median throughput of BENCH_ROUNDS rounds
 # (3 by default) for push and pull, and each server's peak resident memory (VmHWM) over the run.
+# This server runs twice, side by side: with the default verification (CompleteLayerUpload reads
+# the layer back through SHA-256) and with ECR_VERIFY=incremental (the chunks advance a SHA-256
+# state as they arrive, as distribution hashes while it receives).
 #
 # Each round pushes a layer of fresh random bytes to a repository of its own (so no client
 # skips the upload because the registry, or its own cache, knows the blob), then pulls it into an
@@ -17,6 +20,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 BIN=${ECR_BIN:-target/release/ecr-layer-upload}
 OURS_PORT=${BENCH_OURS_PORT:-41580}
 DIST_PORT=${BENCH_DISTRIBUTION_PORT:-41581}
+INCR_PORT=${BENCH_INCREMENTAL_PORT:-41582}
 WORK=${BENCH_REGISTRY_DIR:-$PWD/target/bench-registry}
 READY_SECS=30
 
@@ -63,12 +67,19 @@ wait_ready() { # url pid
   return 1
 }
 
-# This server: embedded backend, no authentication, repositories created by the first push.
-mkdir -p "$WORK/ours"
-ECR_BACKEND=local ECR_DATA_DIR="$WORK/ours" ECR_LISTEN="127.0.0.1:$OURS_PORT" ECR_AUTH=none \
-  ECR_CREATE_ON_PUSH=true RUST_LOG=warn "$BIN" serve >"$WORK/ours.log" 2>&1 &
+# This server: embedded backend, no authentication, repositories created by the first push;
+# once per verification mode.
+start_ours() { # name port verify
+  mkdir -p "$WORK/$1"
+  ECR_BACKEND=local ECR_DATA_DIR="$WORK/$1" ECR_LISTEN="127.0.0.1:$2" ECR_AUTH=none \
+    ECR_CREATE_ON_PUSH=true ECR_VERIFY="$3" RUST_LOG=warn "$BIN" serve >"$WORK/$1.log" 2>&1 &
+}
+start_ours ours "$OURS_PORT" stream
 OURS_PID=$!
 pids+=("$OURS_PID")
+start_ours ours-incremental "$INCR_PORT" incremental
+INCR_PID=$!
+pids+=("$INCR_PID")
 
 # distribution: filesystem storage, no authentication, no background health checks.
 mkdir -p "$WORK/distribution"
@@ -89,6 +100,7 @@ DIST_PID=$!
 pids+=("$DIST_PID")
 
 wait_ready "http://127.0.0.1:$OURS_PORT/v2/" "$OURS_PID"
+wait_ready "http://127.0.0.1:$INCR_PORT/v2/" "$INCR_PID"
 wait_ready "http://127.0.0.1:$DIST_PORT/v2/" "$DIST_PID"
 
 # One layout per round: a layer of fresh random bytes, its config and manifest.
@@ -130,8 +142,8 @@ now() { date +%s.%N; }
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
 
 declare -A PUSH PULL
-names=(ours distribution)
-declare -A PORT=([ours]=$OURS_PORT [distribution]=$DIST_PORT)
+names=(ours ours-incremental distribution)
+declare -A PORT=([ours]=$OURS_PORT [ours-incremental]=$INCR_PORT [distribution]=$DIST_PORT)
 for ((round = 1; round <= ROUNDS; round++)); do
   for name in "${names[@]}"; do
     src="$WORK/src-$name-$round"
@@ -161,10 +173,12 @@ print(f'{int(sys.argv[1]) / s:8.1f} MiB/s ({s:.2f} s)')" "$SIZE_MIB" "$@"
 
 echo
 echo "skopeo, one ${SIZE_MIB} MiB layer, median of $ROUNDS rounds (127.0.0.1, storage in $WORK)"
-printf '%-18s %-24s %-24s %s\n' registry push pull "peak RSS"
-# shellcheck disable=SC2086 # the lists of seconds are split on purpose
-printf '%-18s %-24s %-24s %s MiB\n' "ecr-layer-upload" "$(median_rate ${PUSH[ours]})" \
-  "$(median_rate ${PULL[ours]})" "$(peak_mib "$OURS_PID")"
-# shellcheck disable=SC2086
-printf '%-18s %-24s %-24s %s MiB\n' "distribution" "$(median_rate ${PUSH[distribution]})" \
-  "$(median_rate ${PULL[distribution]})" "$(peak_mib "$DIST_PID")"
+printf '%-30s %-24s %-24s %s\n' registry push pull "peak RSS"
+row() { # label name pid
+  # shellcheck disable=SC2086 # the lists of seconds are split on purpose
+  printf '%-30s %-24s %-24s %s MiB\n' "$1" "$(median_rate ${PUSH[$2]})" \
+    "$(median_rate ${PULL[$2]})" "$(peak_mib "$3")"
+}
+row "ecr-layer-upload" ours "$OURS_PID"
+row "ecr-layer-upload, incremental" ours-incremental "$INCR_PID"
+row "distribution" distribution "$DIST_PID"

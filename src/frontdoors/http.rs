@@ -480,7 +480,34 @@ impl Gathering {
             _room: room,
         })))
     }
+
+    /// Reads and drops what is left of the body, at most `limit` bytes within `within`: whether
+    /// it ended (the connection can then carry the next request).
+    async fn drain(&mut self, limit: usize, within: Duration) -> bool {
+        let mut left = limit.saturating_sub(std::mem::take(&mut self.rest).len());
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.ended {
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Ok(None) => self.ended = true,
+                Ok(Some(Ok(frame))) => {
+                    let n = frame.data_ref().map_or(0, |d| d.len());
+                    if n > left {
+                        return false;
+                    }
+                    left -= n;
+                }
+                Ok(Some(Err(_))) | Err(_) => return false,
+            }
+        }
+        true
+    }
 }
+
+/// What of a request body its answer left unread the server reads and drops, within
+/// [`DRAIN_TIME`], so that the connection stays open for the next request (as Go's server
+/// does); past that, the answer says `Connection: close`.
+const DRAIN_LIMIT: usize = 256 * 1024;
+const DRAIN_TIME: Duration = Duration::from_millis(500);
 
 /// Body of the local server's answers: API answers in one piece, downloads streamed.
 pub type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -544,13 +571,23 @@ async fn respond<M: MetadataStore, B: BlobStore>(
                 }
             }
         }
-        Err(Unread::TooLarge) => ecr::body_too_large(&parts.headers),
-        Err(Unread::NoRoom) => ecr::no_room_for_body(),
-        Err(Unread::TimedOut(after)) => ecr::unreadable_body(
-            false,
-            &format_args!("no complete body within {} s", after.as_secs()),
-        ),
-        Err(Unread::Cut(e)) => ecr::unreadable_body(false, &e),
+        Err(unread) => {
+            let mut refused = match unread {
+                Unread::TooLarge => ecr::body_too_large(&parts.headers),
+                Unread::NoRoom => ecr::no_room_for_body(),
+                Unread::TimedOut(after) => ecr::unreadable_body(
+                    false,
+                    &format_args!("no complete body within {} s", after.as_secs()),
+                ),
+                Unread::Cut(e) => ecr::unreadable_body(false, &e),
+            };
+            // The rest of the body is not read: the connection cannot carry another request,
+            // and the answer says so.
+            refused
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            refused
+        }
     };
     response.map(full)
 }
@@ -578,12 +615,18 @@ async fn oci_request<M: MetadataStore, B: BlobStore>(
     // ahead, no further: it takes a slot in the channel before it reads on), so a body streams
     // in while the parts are written. The reader ends when the request does (its receiver goes).
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut g = gathering;
         while let Ok(slot) = tx.reserve().await {
-            let Some(piece) = g.next().await else { return };
+            let Some(piece) = g.next().await else {
+                return true;
+            };
             slot.send(piece);
         }
+        // The answer is ready and left the body unread (a GET sent with a body, a chunk
+        // refused before its end): hyper would close the connection without saying so, and a
+        // client that sends its next request on it would find it gone.
+        g.drain(DRAIN_LIMIT, DRAIN_TIME).await
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let piece = rx.recv().await?;
@@ -595,17 +638,30 @@ async fn oci_request<M: MetadataStore, B: BlobStore>(
         tokio::spawn(
             async move { oci::handle(&svc, auth.as_deref(), oci::Delivery::Serve, req).await },
         );
-    match answer.await {
-        Ok(resp) => resp.map(|payload| match payload {
-            oci::Payload::Full(bytes) => full(bytes),
-            oci::Payload::Blob(stream) => {
-                StreamBody::new(stream.map_ok(Frame::data).map_err(|e| {
-                    tracing::error!(error = %chain(&e), "blob download cut");
-                    std::io::Error::other(e)
-                }))
-                .boxed_unsync()
+    let answer = answer.await;
+    // The handler has dropped the request, so the reader ends: at once if the body was read to
+    // its end, after the drain otherwise.
+    let read_whole = matches!(
+        tokio::time::timeout(DRAIN_TIME * 2, reader).await,
+        Ok(Ok(true))
+    );
+    match answer {
+        Ok(mut resp) => {
+            if !read_whole {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-        }),
+            resp.map(|payload| match payload {
+                oci::Payload::Full(bytes) => full(bytes),
+                oci::Payload::Blob(stream) => {
+                    StreamBody::new(stream.map_ok(Frame::data).map_err(|e| {
+                        tracing::error!(error = %chain(&e), "blob download cut");
+                        std::io::Error::other(e)
+                    }))
+                    .boxed_unsync()
+                }
+            })
+        }
         Err(e) => {
             tracing::error!(error = %e, "request handler failed");
             plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")

@@ -9,6 +9,7 @@ mod common;
 mod allocator;
 mod auth;
 mod completion_cuts;
+mod keep_alive;
 mod oci_auth;
 mod oci_buffered;
 mod oci_client;
