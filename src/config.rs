@@ -223,8 +223,9 @@ pub struct ServeArgs {
         default_value = "false"
     )]
     pub create_on_push: String,
-    /// how CompleteLayerUpload verifies a layer's digest: `stream` reads the assembled layer back
-    /// through SHA-256; `incremental` keeps a SHA-256 state with the upload, advanced by each
+    /// how CompleteLayerUpload verifies a layer's digest: `stream` reads the stored layer back
+    /// through SHA-256 (on the embedded backend a streamed `/v2/` chunk is read back as it
+    /// lands, beside the writes); `incremental` keeps a SHA-256 state with the upload, advanced by each
     /// part (about one CPU-second per GB on the part path), and completes without reading the
     /// layer back (S3 also checks the assembled object's CRC-64), streaming whenever that state
     /// is missing or does not match the upload

@@ -596,6 +596,22 @@ pub trait BlobStore: Send + Sync + 'static {
             Ok((etag, len))
         }
     }
+    /// The `len` bytes from `offset` of the multipart upload `multipart_id` of `key` as its
+    /// parts wrote them, before completion: `None` for a store that cannot read them (the
+    /// default, as S3). The embedded store reads them from the upload's data file, where parts
+    /// are written in place ([`upload_part_at`](Self::upload_part_at),
+    /// [`upload_part_stream`](Self::upload_part_stream)); completion then assembles the object
+    /// from exactly those bytes.
+    fn read_written(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send {
+        let _ = (key, multipart_id, offset, len);
+        async { Ok(None) }
+    }
     /// Assemble the object at `key` from `parts` (in order, with the ETags recorded for them).
     /// A part whose ETag no longer matches fails with `Conflict`. Completing an upload that was
     /// already completed into an object of the same total size succeeds.

@@ -1,6 +1,7 @@
 //! The service: ECR's operations over the storage ports, independent of wire and backend.
 
 mod direct;
+mod early;
 mod images;
 mod incremental;
 mod oci;
@@ -113,6 +114,8 @@ pub struct Service<M, B> {
     clock: Arc<dyn Clock>,
     /// Staged segments this process wrote lately (`upload::RecentSegments`).
     recent: upload::RecentSegments,
+    /// Hashes of stored bytes read back as `/v2/` chunks were written (`early.rs`).
+    early: early::EarlyHashes,
 }
 
 /// One page of `entries` (sorted by their keys): those after `after`, at most `max`, and the
@@ -137,6 +140,7 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
     pub fn new(meta: M, blobs: B, settings: Settings) -> Self {
         Service {
             recent: upload::RecentSegments::new(settings.s3_part_size),
+            early: early::EarlyHashes::new(),
             meta,
             blobs,
             settings,

@@ -21,7 +21,8 @@ use futures_util::{Stream, StreamExt};
 
 use super::Service;
 use super::direct::DIRECT_MIN_PART;
-use super::incremental::{self, PartHash, Running};
+use super::early;
+use super::incremental::{self, PartHash, Running, VerifyMode};
 use super::upload::{MAX_ATTEMPTS, fingerprint_of, invalid_part};
 use crate::domain::error::{EcrError, StoreError};
 use crate::domain::limits::MAX_LAYER_SIZE;
@@ -173,11 +174,24 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             None => (None, None),
         };
 
+        // In the default mode, with a store that can read an upload's bytes, they are read back
+        // and hashed as they are written (`service/early.rs`): the store writes a piece before
+        // it takes the next, so a piece's range is handed to the reader once the next one is
+        // taken, and the last once the write is done.
+        let early = (self.settings.verify == VerifyMode::Stream && claimed.hash.is_none())
+            .then(|| self.early.start(upload_id, first_byte))
+            .flatten();
+        let (written_tx, written_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+        let written_tx = early.is_some().then_some(written_tx);
+        let last_piece: std::sync::Mutex<Option<(u64, u64)>> = std::sync::Mutex::new(None);
+
         // The bytes the layer may still take from here.
         let room = MAX_LAYER_SIZE.saturating_sub(first_byte);
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
         let mut failure: Option<StreamFailure<E>> = None;
         let mut taken = 0u64;
+        let to_reader = written_tx.clone();
+        let last_piece = &last_piece;
         let pieces = futures_util::stream::iter(head.into_iter().map(Ok))
             .chain(&mut *rest)
             .scan(
@@ -194,6 +208,17 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                         }
                         Ok(piece) => {
                             crc.update(&piece);
+                            if let Some(tx) = &to_reader {
+                                let range = (first_byte + **taken, piece.len() as u64);
+                                let before = last_piece
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .replace(range);
+                                if let Some(before) = before {
+                                    // Written: the store takes a piece once the last is in.
+                                    let _ = tx.send(before);
+                                }
+                            }
                             **taken += piece.len() as u64;
                             Some(piece)
                         }
@@ -216,16 +241,34 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
                     piece
                 }
             });
-        let written = self
-            .blobs
-            .upload_part_stream(
-                &claimed.blob_key,
-                &claimed.multipart_id,
-                number,
-                first_byte,
-                Box::pin(pieces),
-            )
-            .await;
+        let write = async {
+            let written = self
+                .blobs
+                .upload_part_stream(
+                    &claimed.blob_key,
+                    &claimed.multipart_id,
+                    number,
+                    first_byte,
+                    Box::pin(pieces),
+                )
+                .await;
+            if let (Ok(_), Some(tx)) = (&written, &written_tx) {
+                let last = last_piece.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(last) = last {
+                    let _ = tx.send(last);
+                }
+            }
+            // The reader ends when the ranges do.
+            drop(written_tx);
+            written
+        };
+        let reading = async {
+            match early {
+                Some(covered) => early::read_back(&self.blobs, &claimed, covered, written_rx).await,
+                None => None,
+            }
+        };
+        let (written, early) = tokio::join!(write, reading);
         if let Some(failure) = failure {
             // Nothing is recorded: the claimed number stays unused, and the bytes written in
             // place belong to no part (a later part over them has a higher number).
@@ -266,8 +309,15 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
             },
             _ => PartHash::unhashed(crc),
         };
-        self.record_direct(&repo, claimed, part, fingerprint, hash)
+        let checksum = fingerprint.checksum.clone();
+        self.record_direct(&repo, claimed, part.clone(), fingerprint, hash)
             .await?;
+        if let Some(mut covered) = early
+            && covered.len() == first_byte + len
+        {
+            covered.end_part(part, &checksum);
+            self.early.keep(upload_id, covered);
+        }
         Ok(Streamed::Written(first_byte + len))
     }
 }

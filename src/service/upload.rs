@@ -886,14 +886,28 @@ impl<M: MetadataStore, B: BlobStore> Service<M, B> {
         let joined = started.elapsed();
 
         let from_state = recorded.is_some();
+        let mut early = false;
         let (computed, size) = match recorded {
             Some((digest, _)) => (digest, up.next_byte),
-            None => verify::sha256_of_object(&self.blobs, &up.blob_key, up.next_byte).await?,
+            // The default mode: the hash of the stored bytes read back as they were written
+            // (`service/early.rs`) if it covers exactly these parts and confirms a digest asked
+            // for; else the assembled object, streamed.
+            None => match self.early.digest(&up, &parts) {
+                Some(digest)
+                    if digests.contains(&digest)
+                        && self.blobs.object_size(&up.blob_key).await? == Some(up.next_byte) =>
+                {
+                    early = true;
+                    (digest, up.next_byte)
+                }
+                _ => verify::sha256_of_object(&self.blobs, &up.blob_key, up.next_byte).await?,
+            },
         };
         tracing::debug!(
             upload_id = %up.upload_id,
             parts = parts.len(),
             from_state,
+            early,
             flush_ms = flushed.as_millis() as u64,
             assemble_ms = (joined - flushed).as_millis() as u64,
             verify_ms = (started.elapsed() - joined).as_millis() as u64,

@@ -26,6 +26,7 @@ mod contract;
 mod decoder_bounds;
 mod decoder_props;
 mod direct_parts;
+mod early_verify;
 mod events;
 mod image_race;
 mod in_place_parts;

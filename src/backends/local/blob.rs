@@ -914,6 +914,38 @@ impl BlobStore for LocalBlobs {
         Ok((in_place_etag(number, offset, end - offset), end - offset))
     }
 
+    async fn read_written(
+        &self,
+        key: &str,
+        multipart_id: &str,
+        offset: u64,
+        len: u64,
+    ) -> StoreResult<Option<Bytes>> {
+        let dir = self.multipart_dir(multipart_id)?;
+        let want = usize::try_from(len)
+            .map_err(|_| StoreError::failure("range too large to read at once"))?;
+        let (key, multipart_id) = (key.to_owned(), multipart_id.to_owned());
+        blocking("read_written", move || {
+            if !owns(&dir, &key)? {
+                return Err(no_such_upload(&multipart_id));
+            }
+            let path = dir.join(DATA_FILE);
+            let file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
+            let mut buf = Vec::with_capacity(want);
+            io::Seek::seek(&mut &file, io::SeekFrom::Start(offset))
+                .and_then(|_| io::Read::read_to_end(&mut io::Read::take(&file, len), &mut buf))
+                .map_err(|e| io_err("cannot read", &path, e))?;
+            if buf.len() < want {
+                return Err(StoreError::failure(format!(
+                    "{} ended before the requested range",
+                    path.display()
+                )));
+            }
+            Ok(Some(Bytes::from(buf)))
+        })
+        .await
+    }
+
     async fn complete_multipart(
         &self,
         key: &str,
